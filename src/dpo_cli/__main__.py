@@ -1,0 +1,5 @@
+"""``python -m dpo_cli`` (also under ``accelerate launch -m dpo_cli`` and ``torchrun -m dpo_cli``)."""
+
+from .cli import main
+
+main()

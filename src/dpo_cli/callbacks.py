@@ -1,0 +1,83 @@
+"""Trainer callbacks: metrics.jsonl, and progress as a rich bar on a terminal or plain lines otherwise."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+# The few metrics worth a place on the progress line; everything is in metrics.jsonl.
+_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies")
+
+
+def _split(logs: dict) -> str:
+    if "train_runtime" in logs:
+        return "summary"
+    return "eval" if any(k.startswith("eval_") for k in logs) else "train"
+
+
+def _clean(value):
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append one JSON object per logged step to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, "split": _split(logs)}
+        record.update({k: _clean(v) for k, v in logs.items()})
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _headline(logs: dict) -> str:
+    return "  ".join(f"{k} {logs[k]:.4f}" for k in _HEADLINE if isinstance(logs.get(k), (int, float)))
+
+
+class ProgressCallback(TrainerCallback):
+    """A rich progress bar when stderr is a terminal, else one plain line per log."""
+
+    def __init__(self, live: bool | None = None):
+        self.live = sys.stderr.isatty() if live is None else live
+        self.progress = self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not (state.is_world_process_zero and self.live):
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold blue]training"), BarColumn(), MofNCompleteColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.description}"), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("", total=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or _split(logs) == "summary":
+            return
+        line = _headline(logs)
+        if self.progress is not None:
+            self.progress.update(self.task, description=line)
+        elif line:
+            print(f"step {state.global_step}/{state.max_steps}  {line}", file=sys.stderr, flush=True)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

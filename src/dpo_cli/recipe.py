@@ -1,0 +1,268 @@
+"""Recipe schema, YAML loading with line numbers, dotted command-line overrides and did-you-mean errors."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import RecipeError, did_you_mean
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``5e-6`` as a float (YAML 1.1 wants ``5.0e-6``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_scalar(text: str) -> Any:
+    """Parse one override value the way the recipe's YAML would read it."""
+    try:
+        return yaml.load(text, Loader=_Loader) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+PathList = Annotated[list[str], BeforeValidator(_as_list)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name_or_path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    chat_template: str | None = Field(default=None, description="a Jinja template, or a path to a file holding one")
+
+
+class DataSection(_Section):
+    train: PathList
+    eval: PathList | None = None
+    eval_split: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataSection:
+        if self.eval and self.eval_split:
+            raise ValueError("give either data.eval or data.eval_split, not both")
+        return self
+
+
+class Recipe(_Section):
+    stage: str
+    model: ModelSection
+    data: DataSection
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str
+    seed: int = 42
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# Keys of the TRL config that the recipe owns at the top level: setting them under `trainer:` would be ambiguous.
+OWNED_TRAINER_KEYS = {
+    "output_dir": "set output_dir at the top level of the recipe",
+    "seed": "set seed at the top level of the recipe",
+    "model_init_kwargs": "use the model: section (dtype, trust_remote_code)",
+    "trust_remote_code": "use model.trust_remote_code",
+}
+
+
+class _Located:
+    """The YAML node tree of a recipe, to turn a key path back into a line number."""
+
+    def __init__(self, file: Path, root: yaml.Node | None, overrides: dict[tuple, str]):
+        self.file, self.root, self.overrides = file, root, overrides
+
+    def line(self, path: Sequence[Any]) -> int | None:
+        node, line = self.root, None
+        for key in path:
+            if isinstance(node, yaml.MappingNode):
+                match = next((v for k, v in node.value if k.value == key), None)
+                if match is None:
+                    # an unknown key: point at the key itself
+                    key_node = next((k for k, _ in node.value if k.value == key), None)
+                    return key_node.start_mark.line + 1 if key_node else line
+                line = next(k for k, _ in node.value if k.value == key).start_mark.line + 1
+                node = match
+            elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+                node = node.value[key]
+                line = node.start_mark.line + 1
+            else:
+                break
+        return line
+
+    def error(self, path: Sequence[Any], message: str) -> RecipeError:
+        dotted = ".".join(str(p) for p in path)
+        for prefix_len in range(len(path), 0, -1):
+            override = self.overrides.get(tuple(path[:prefix_len]))
+            if override is not None:
+                return RecipeError(message, file=f"command-line override '{override}'", field=dotted or None)
+        return RecipeError(message, file=self.file, line=self.line(path), field=dotted or None)
+
+
+def _load_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader) if node is not None else {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        if mark is not None:
+            raise RecipeError(f"YAML syntax error at column {mark.column + 1}: {problem}",
+                              file=path, line=mark.line + 1) from None
+        raise RecipeError(f"YAML syntax error: {problem}", file=path) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError("a recipe must be a mapping of sections (stage:, model:, data:, trainer:, ...)", file=path,
+                          line=1)
+    return data, node
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict[tuple, str]:
+    """Set each ``a.b.c=value`` into ``data`` in place; return which key path came from which override."""
+    origin: dict[tuple, str] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = tuple(key.strip().split("."))
+        if not sep or not all(parts):
+            raise RecipeError(f"override '{item}' is not of the form section.key=value (e.g. trainer.beta=0.2)")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise RecipeError(f"override '{item}': '{'.'.join(parts[:i + 1])}' is not a section")
+            node = child
+        node[parts[-1]] = parse_scalar(raw)
+        origin[parts] = item
+    return origin
+
+
+def _describe(err: dict, model: type[BaseModel] | None, located: _Located, loc: tuple) -> RecipeError:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        choices = _fields_at(model, loc[:-1]) if model else []
+        return located.error(loc, f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), choices)}")
+    if kind == "missing":
+        return located.error(loc, "required key is missing")
+    value = err.get("input")
+    return located.error(loc, f"{err['msg'].rstrip('.')} (got {value!r})")
+
+
+def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
+    """Names of the fields of the (nested) pydantic model at ``path``."""
+    for part in path:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _first_error(exc: ValidationError, model: type[BaseModel], located: _Located,
+                 prefix: tuple = ()) -> RecipeError:
+    err = exc.errors()[0]
+    # pydantic places a model_validator's error on the section itself
+    loc = prefix + tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+    if err["type"] == "value_error":
+        return located.error(loc, str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
+    return _describe(err, model, located, loc)
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe file, apply overrides and validate every section, the trainer section against TRL."""
+    path = Path(path)
+    data, root = _load_yaml(path)
+    origin = apply_overrides(data, overrides)
+    located = _Located(path, root, origin)
+    data.setdefault("output_dir", str(Path("runs") / path.stem))
+
+    from .stages import stage_names
+
+    stage = data.get("stage")
+    if isinstance(stage, str) and stage not in stage_names():
+        raise located.error(("stage",), f"unknown stage '{stage}'{did_you_mean(stage, stage_names())}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, Recipe, located) from None
+    recipe.trainer = validate_trainer(recipe.stage, recipe.trainer, located.error)
+    return recipe
+
+
+def validate_trainer(stage: str, trainer: dict[str, Any],
+                     error: Callable[[Sequence[Any], str], RecipeError]) -> dict[str, Any]:
+    """Check ``trainer:`` against the fields of the stage's TRL config; return the values coerced to their types."""
+    from .stages import get_stage
+
+    schema = trainer_schema(get_stage(stage).config_class())
+    for key in trainer:
+        if key in OWNED_TRAINER_KEYS:
+            raise error(("trainer", key), f"'{key}' is not a trainer key here: {OWNED_TRAINER_KEYS[key]}")
+        if key not in schema.model_fields:
+            config_name = get_stage(stage).config_class().__name__
+            raise error(("trainer", key), f"{config_name} has no field '{key}'{did_you_mean(key, schema.model_fields)}")
+    try:
+        checked = schema.model_validate(trainer)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ("trainer",) + tuple(err["loc"][:1])
+        raise error(loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})") from None
+    # Keep the recipe's own values (TRL takes 10 for a float field, or one string for a list); only strings that
+    # pydantic read as numbers or booleans are replaced, so "5e-6" given as a string still reaches TRL as a float.
+    return {key: getattr(checked, key) if isinstance(value, str) else value for key, value in trainer.items()}
+
+
+_SCHEMAS: dict[type, type[BaseModel]] = {}
+
+
+def trainer_schema(config_class: type) -> type[BaseModel]:
+    """A pydantic model with one optional field per dataclass field of a TRL config, typed as TRL types it."""
+    if config_class not in _SCHEMAS:
+        import dataclasses
+        import typing
+
+        from pydantic import TypeAdapter, create_model
+
+        hints = typing.get_type_hints(config_class)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(config_class):
+            if not f.init:
+                continue
+            annotation = hints.get(f.name, Any)
+            try:
+                TypeAdapter(annotation)
+            except Exception:  # a type pydantic cannot check (a callable, a torch type): accept as given
+                annotation = Any
+            if typing.get_origin(annotation) is list:  # TRL itself accepts one string for a list of strings
+                annotation = Annotated[annotation, BeforeValidator(_as_list)]
+            fields[f.name] = (annotation | None, None)
+        _SCHEMAS[config_class] = create_model(
+            f"{config_class.__name__}Fields",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+    return _SCHEMAS[config_class]

@@ -1,0 +1,56 @@
+"""What a run shows a person: the dry-run plan and the end-of-run table on the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from .recipe import Recipe
+
+
+def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> None:
+    console.print("[bold]resolved recipe[/]")
+    console.print(Syntax(recipe.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in plan["config_fields"].items():
+        table.add_row(key, repr(value))
+    console.print(table)
+    device = plan["device"]
+    console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
+    console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
+    console.print(f"[bold]reference[/]  {plan['reference']}")
+    console.print("dry run: no weights loaded, nothing written")
+
+
+_ROWS = (
+    ("preference accuracy (implicit reward)", "reward_accuracy", "{:.3f}"),
+    ("mean reward margin", "reward_margin", "{:+.4f}"),
+    ("preference accuracy (length-normalised log-prob)", "logprob_accuracy", "{:.3f}"),
+    ("mean log-prob, chosen", "logps_chosen", "{:.2f}"),
+    ("mean log-prob, rejected", "logps_rejected", "{:.2f}"),
+)
+
+
+def evaluation_table(before: dict, after: dict) -> Table:
+    table = Table(title=f"held-out pairs: {after['pairs']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for label, key, fmt in _ROWS:
+        if key in after:
+            table.add_row(label, fmt.format(before[key]) if key in before else "-", fmt.format(after[key]))
+    return table
+
+
+def print_run_summary(console: Console, result) -> None:
+    manifest = result.manifest
+    evaluation = manifest.get("evaluation")
+    if evaluation:
+        console.print(evaluation_table(evaluation["before"], evaluation["after"]))
+    console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
+                  f"in {result.output_dir}")

@@ -1,0 +1,41 @@
+"""Shared fixtures: offline hub, a per-session dpo-cli home with the built tiny model, recipe writing helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def dpo_cli_home(tmp_path_factory) -> Path:
+    """Build the tiny model once per session into a private home, so tests never touch the user's cache."""
+    home = Path(os.environ.get("DPO_CLI_TEST_HOME") or tmp_path_factory.mktemp("dpo-cli-home"))
+    os.environ["DPO_CLI_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(dpo_cli_home) -> Path:
+    from dpo_cli.tiny import ensure_tiny_chat
+
+    return ensure_tiny_chat()
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """Write a recipe (YAML text) to a file and return its path."""
+
+    def write(text: str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
