@@ -19,7 +19,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_state = {"debug": os.environ.get("DPO_CLI_DEBUG") == "1"}
+_state = {"debug": False}
+
+
+def _env_debug() -> bool:
+    return os.environ.get("DPO_CLI_DEBUG") == "1"
 
 
 def _console(stderr: bool = False):
@@ -30,8 +34,7 @@ def _console(stderr: bool = False):
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False):
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or _env_debug()
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -63,7 +66,7 @@ def main() -> None:
     try:
         app()
     except DpoCliError as exc:
-        if _state["debug"]:
+        if _state["debug"] or _env_debug():
             raise
         from rich.text import Text
 

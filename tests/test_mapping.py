@@ -1,0 +1,64 @@
+"""Golden mapping: a recipe in, the exact TRL config fields out, with the device decision applied."""
+
+from __future__ import annotations
+
+from dpo_cli.models import DevicePlan, plan_device
+from dpo_cli.recipe import load_recipe
+from dpo_cli.run import build_config, trainer_kwargs
+
+RECIPE = """\
+stage: dpo
+model: {name_or_path: builtin:tiny-chat}
+data: {train: builtin:demo/train.jsonl}
+trainer:
+  beta: 0.25
+  loss_type: [sigmoid, sft]
+  loss_weights: [1.0, 0.5]
+  learning_rate: 5.0e-6
+  lr_scheduler_type: cosine
+  gradient_accumulation_steps: 8
+  max_length: 2048
+output_dir: /tmp/golden
+seed: 3
+"""
+
+CPU = DevicePlan("cpu", 0, "fp32", "test")
+GPU = DevicePlan("cuda", 2, "bf16", "test")
+
+
+def test_recipe_maps_to_exact_dpo_config_kwargs(write_recipe):
+    recipe = load_recipe(write_recipe(RECIPE))
+    assert trainer_kwargs(recipe, CPU) == {
+        "report_to": "none", "bf16": False, "fp16": False, "use_cpu": True,
+        "beta": 0.25, "loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "learning_rate": 5e-6,
+        "lr_scheduler_type": "cosine", "gradient_accumulation_steps": 8, "max_length": 2048,
+        "output_dir": "/tmp/golden", "seed": 3,
+    }
+    config = build_config(recipe, CPU)
+    assert type(config).__name__ == "DPOConfig"
+    assert (config.beta, config.loss_type, config.loss_weights) == (0.25, ["sigmoid", "sft"], [1.0, 0.5])
+    assert (config.learning_rate, config.gradient_accumulation_steps, config.max_length) == (5e-6, 8, 2048)
+    assert config.lr_scheduler_type.value == "cosine"
+    assert (config.use_cpu, config.bf16, config.fp16, config.seed) == (True, False, False, 3)
+    assert config.output_dir == "/tmp/golden" and config.report_to == []
+
+
+def test_gpu_with_bf16_gets_bf16_and_no_use_cpu(write_recipe):
+    kwargs = trainer_kwargs(load_recipe(write_recipe(RECIPE)), GPU)
+    assert kwargs["bf16"] is True and kwargs["fp16"] is False and "use_cpu" not in kwargs
+
+
+def test_recipe_precision_overrides_the_hardware_decision():
+    assert plan_device({"bf16": True}).precision == "bf16"
+    assert plan_device({"fp16": True}).precision == "fp16"
+    assert plan_device({}).precision in {"fp32", "bf16", "fp16"}
+
+
+def test_trl_cross_field_errors_become_recipe_errors(write_recipe):
+    import pytest
+
+    from dpo_cli.errors import RecipeError
+
+    recipe = load_recipe(write_recipe(RECIPE.replace("loss_weights: [1.0, 0.5]", "loss_weights: [1.0]")))
+    with pytest.raises(RecipeError, match="DPOConfig rejected the trainer: section: .*loss_weights"):
+        build_config(recipe, CPU)
