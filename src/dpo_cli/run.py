@@ -40,6 +40,7 @@ class StageInputs:
 class RunResult:
     output_dir: Path
     manifest: dict
+    is_main: bool = True  # under torchrun/accelerate, only the main process reports
 
 
 def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
@@ -91,13 +92,18 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def prepare_output_dir(recipe: Recipe, overwrite: bool) -> Path:
+def check_output_dir(recipe: Recipe, overwrite: bool) -> Path:
     out = Path(recipe.output_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InputError(f"output directory {out} is not empty; pass --overwrite to write over it, "
                          f"or choose another with output_dir=DIR")
-    out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
 
 
 def load_data(recipe: Recipe, kind: str):
@@ -141,16 +147,21 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     # 1. config: device and precision from the hardware, the rest from the recipe
     plan = plan_device(recipe.trainer)
     args = build_config(recipe, plan)
-    out = prepare_output_dir(recipe, overwrite)
+    # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
+    is_main = args.process_index == 0
+    out = check_output_dir(recipe, overwrite)
+    _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
     manifest = {"dpo_cli_version": _versions()["dpo-cli"], "versions": _versions(), "git_commit": _git_commit(),
                 "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
                 "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision,
-                           "reason": plan.reason, "host": platform.node()}}
-    atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
+                           "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}
 
     # 2. data, checked before any weights are loaded
     train_dataset, eval_dataset, manifest["data"] = load_data(recipe, stage.DATA_KIND)
-    atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
+        atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
@@ -165,21 +176,21 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
     # 5. train, with held-out preference metrics before and after
     score = None
-    if eval_dataset is not None and hasattr(args, "beta"):
+    if is_main and eval_dataset is not None and hasattr(args, "beta"):
         def score(model):
             return score_pairs(model, tokenizer, eval_dataset, max_length=args.max_length,
                                batch_size=args.per_device_eval_batch_size)
 
         before = score(trainer.model)
     trainer.train()
-    if score is not None and trainer.is_world_process_zero():
+    if score is not None:
         after = score(trainer.model)
         manifest["evaluation"] = {"before": preference_metrics(before, before, args.beta),
                                   "after": preference_metrics(after, before, args.beta)}
 
     # 6. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
-    trainer.save_model(str(out))
-    if trainer.is_world_process_zero():
-        manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
+    trainer.save_model(str(out))  # every rank must call it (sharded states are gathered); the main one writes
+    manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
+    if is_main:
         atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
-    return RunResult(out, manifest)
+    return RunResult(out, manifest, is_main)

@@ -1,0 +1,92 @@
+"""Several processes on CPU: torchrun with two ranks matches one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from dpo_cli.launch import SHIPPED_CONFIGS, accelerate_config_path, config_warnings, load_accelerate_config
+from dpo_cli.recipe import load_recipe
+
+RECIPE = """\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+data: {{train: builtin:demo/train.jsonl}}
+trainer:
+  max_steps: 4
+  logging_steps: 1
+  per_device_train_batch_size: {batch}
+  learning_rate: 1.0e-3
+  max_length: 64
+  gradient_checkpointing: false
+  save_strategy: "no"
+output_dir: {out}
+"""
+
+
+def _losses(out):
+    return [m["loss"] for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+            if m["split"] == "train"]
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_match_one_process_with_the_same_global_batch(tiny_model, write_recipe, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, "-m", "dpo_cli", "train",
+                             str(write_recipe(RECIPE.format(batch=4, out=one), "one.yaml"))],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run([sys.executable, "-m", "dpo_cli", "train",
+                             str(write_recipe(RECIPE.format(batch=2, out=two), "two.yaml")), "--nproc", "2"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert double.returncode == 0, double.stderr[-2000:]
+    assert "torch.distributed.run --nproc_per_node 2" in double.stderr or "torchrun" in double.stderr
+
+    expected, got = _losses(one), _losses(two)
+    assert len(expected) == len(got) == 4  # one metrics line per step: only rank 0 wrote
+    for a, b in zip(expected, got):
+        assert abs(a - b) <= 1e-4 * abs(a), (expected, got)
+
+    assert double.stdout.count("done:") == 1
+    manifest = json.loads((two / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["device"]["processes"] == 2
+    assert not [p.name for p in two.iterdir() if p.name.startswith(".")]  # no temporary files left behind
+
+
+@pytest.mark.parametrize("name", SHIPPED_CONFIGS)
+def test_every_shipped_accelerate_config_loads(name):
+    path = accelerate_config_path(name)
+    assert path == (REPO / "recipes" / "accelerate" / f"{name}.yaml").resolve() or path.read_text() == \
+        (REPO / "recipes" / "accelerate" / f"{name}.yaml").read_text()
+    config = load_accelerate_config(path)
+    assert config["distributed_type"] in {"MULTI_GPU", "FSDP", "DEEPSPEED"}
+    assert path.read_text().splitlines()[0].startswith(f"# dpo-cli train recipe.yaml --nproc 8 --accelerate-config {name}")
+
+
+def test_zero3_with_a_separate_reference_warns(write_recipe, tmp_path):
+    recipe = load_recipe(write_recipe(RECIPE.format(batch=2, out=tmp_path)))
+    warnings = config_warnings(load_accelerate_config(accelerate_config_path("zero3")), recipe, "cuda")
+    assert any("ZeRO-3 with full fine-tuning" in w for w in warnings)
+    assert not config_warnings(load_accelerate_config(accelerate_config_path("ddp")), recipe, "cuda")
+
+
+def test_unknown_accelerate_config_is_an_input_error(capsys, write_recipe, tmp_path):
+    from helpers import run_cli
+
+    code, _, err = run_cli(capsys, "train", str(write_recipe(RECIPE.format(batch=2, out=tmp_path / "o"))),
+                           "--accelerate-config", "zero4", "--dry-run")
+    assert code == 2 and "accelerate config 'zero4' is neither a file nor a shipped config" in err
+
+
+def test_dry_run_prints_the_launch_command(capsys, write_recipe, tmp_path):
+    from helpers import run_cli
+
+    code, out, _ = run_cli(capsys, "train", str(write_recipe(RECIPE.format(batch=2, out=tmp_path / "o"))),
+                           "trainer.beta=0.2", "--nproc", "2", "--dry-run")
+    assert code == 0 and "--nproc_per_node 2 -m dpo_cli train" in out and "trainer.beta=0.2" in out
