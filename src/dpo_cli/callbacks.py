@@ -9,6 +9,8 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from .atomic import atomic_write_text
+
 # The few metrics worth a place on the progress line; everything is in metrics.jsonl.
 _HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies")
 
@@ -24,15 +26,24 @@ def _clean(value):
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Append one JSON object per logged step to ``metrics.jsonl`` (main process only)."""
+    """Append one JSON object per logged step to ``metrics.jsonl`` (main process only).
 
-    def __init__(self, path: Path):
+    A resumed run keeps the lines up to its checkpoint's step, so the file reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, keep_until: int | None = None):
         self.path = Path(path)
+        self.keep_until = keep_until
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("")
+        if not state.is_world_process_zero:
+            return
+        kept = []
+        if self.keep_until is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if json.loads(line)["step"] <= self.keep_until and json.loads(line)["split"] != "summary"]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

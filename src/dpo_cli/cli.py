@@ -49,6 +49,11 @@ def train(
     accelerate_config: Annotated[Optional[str], typer.Option(
         "--accelerate-config", help="ddp, fsdp2, zero2, zero3, zero3-offload, or a path to an Accelerate config.",
         show_default=False)] = None,
+    resume: Annotated[Optional[str], typer.Option(
+        "--resume", help="auto (the newest complete checkpoint in output_dir) or a checkpoint directory.",
+        show_default=False)] = None,
+    resume_force: Annotated[bool, typer.Option(
+        "--resume-force", help="Resume even if the recipe or data changed since the checkpoint.")] = False,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
     from .recipe import load_recipe
@@ -64,7 +69,8 @@ def train(
                 if config else []:
             _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
         if nproc and not launch.inside_launcher():
-            recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else [])]
+            recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else []),
+                           *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else [])]
             command = launch.launch_command(recipe_args, nproc, config, device)
             if dry_run:
                 _console().print("would run: " + " ".join(command), soft_wrap=True)
@@ -79,7 +85,9 @@ def train(
     from .report import print_run_summary
     from .run import train as run_training
 
-    result = run_training(resolved, overwrite=overwrite)
+    warn = _console(stderr=True).print
+    result = run_training(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force,
+                          warn=lambda text: warn(f"[yellow]warning:[/] {text}"))
     if result.is_main:
         print_run_summary(_console(), result)
 

@@ -70,9 +70,15 @@ class Recipe(_Section):
     trainer: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
     seed: int = 42
+    # environment variables set for the run (WANDB_PROJECT, WANDB_API_KEY, ...); secret ones never reach a file
+    env: dict[str, str] = Field(default_factory=dict)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        return yaml_dump(self.model_dump(mode="json"))
+
+
+def yaml_dump(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 # Keys of the TRL config that the recipe owns at the top level: setting them under `trainer:` would be ambiguous.

@@ -8,16 +8,17 @@ from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from .recipe import Recipe
+from .recipe import Recipe, yaml_dump
+from .redact import redact
 
 
 def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> None:
     console.print("[bold]resolved recipe[/]")
-    console.print(Syntax(recipe.to_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    console.print(Syntax(yaml_dump(redact(recipe.model_dump(mode="json"))), "yaml", theme="ansi_dark", background_color="default"))
     table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
     table.add_column("field")
     table.add_column("value")
-    for key, value in plan["config_fields"].items():
+    for key, value in redact(plan["config_fields"]).items():
         table.add_row(key, repr(value))
     console.print(table)
     device = plan["device"]

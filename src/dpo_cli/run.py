@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import signal
 import subprocess
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -11,10 +13,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import checkpoints
 from .atomic import atomic_write_text
 from .errors import InputError, RecipeError
 from .models import DevicePlan, plan_device
-from .recipe import Recipe
+from .recipe import Recipe, yaml_dump
+from .redact import redact
 from .stages import get_stage
 
 RUN_FILE = "run.json"
@@ -133,15 +137,34 @@ def _quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
+def _identity(recipe: Recipe, data_info: dict) -> dict:
+    """What a checkpoint records so a resume can refuse a different recipe or different data."""
+    return {"recipe": redact(recipe.model_dump(mode="json")),
+            "data": {split: info.get("fingerprint") for split, info in data_info.items()}}
+
+
+def _resume_point(out: Path, resume: str, identity: dict, force: bool, warn) -> Path:
+    checkpoint = checkpoints.resolve_resume(out, resume, warn)
+    recorded = json.loads((checkpoint / checkpoints.MARKER).read_text(encoding="utf-8"))
+    changes = checkpoints.identity_diff(recorded, identity)
+    if changes and not force:
+        raise InputError(f"{checkpoint} was written by a different recipe or data; pass --resume-force to resume "
+                         "anyway. Changed: " + "; ".join(changes))
+    return checkpoint
+
+
+def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None, resume_force: bool = False,
+          warn=print) -> RunResult:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
     from .callbacks import MetricsFileCallback, ProgressCallback
     from .evaluate import preference_metrics, score_pairs
+    from .interrupt import GracefulStop, Interrupted
     from .models import load_models, load_tokenizer
 
     _quiet_libraries()
+    os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
     stage = get_stage(recipe.stage)
 
     # 1. config: device and precision from the hardware, the rest from the recipe
@@ -149,7 +172,7 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     args = build_config(recipe, plan)
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
-    out = check_output_dir(recipe, overwrite)
+    out = Path(recipe.output_dir) if resume else check_output_dir(recipe, overwrite)
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
     manifest = {"dpo_cli_version": _versions()["dpo-cli"], "versions": _versions(), "git_commit": _git_commit(),
                 "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
@@ -158,21 +181,28 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
     # 2. data, checked before any weights are loaded
     train_dataset, eval_dataset, manifest["data"] = load_data(recipe, stage.DATA_KIND)
+    identity = _identity(recipe, manifest["data"])
+    checkpoint = _resume_point(out, resume, identity, resume_force, warn) if resume else None
+    if checkpoint:
+        manifest["resumed_from"] = str(checkpoint)
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / RESOLVED_RECIPE, recipe.to_yaml())
-        atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
+        atomic_write_text(out / RESOLVED_RECIPE, yaml_dump(redact(recipe.model_dump(mode="json"))))
+        atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
     policy, reference = load_models(recipe)
 
-    # 4. trainer
-    callbacks = [MetricsFileCallback(out / METRICS_FILE), ProgressCallback()]
+    # 4. trainer, with checkpoints that are complete or absent, and a graceful stop on SIGTERM/SIGINT
+    stopper = GracefulStop()
+    resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
+    callbacks = [MetricsFileCallback(out / METRICS_FILE, keep_until=resumed_step), ProgressCallback(), stopper]
     trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
                                               callbacks))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
+    checkpoints.install(trainer, identity)
 
     # 5. train, with held-out preference metrics before and after
     score = None
@@ -182,7 +212,13 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
                                batch_size=args.per_device_eval_batch_size)
 
         before = score(trainer.model)
-    trainer.train()
+    with stopper:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if stopper.signum is not None:
+        saved = checkpoints.newest_complete(out)[0]
+        raise Interrupted(f"stopped by {signal.Signals(stopper.signum).name} after step {trainer.state.global_step}"
+                          f"; checkpoint saved in {saved}; resume with the same command plus --resume auto",
+                          stopper.signum)
     if score is not None:
         after = score(trainer.model)
         manifest["evaluation"] = {"before": preference_metrics(before, before, args.beta),
@@ -192,5 +228,6 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     trainer.save_model(str(out))  # every rank must call it (sharded states are gathered); the main one writes
     manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
     if is_main:
-        atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
+        checkpoints.replace_pickled_args(out, args)
+        atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
     return RunResult(out, manifest, is_main)
