@@ -132,8 +132,9 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
     from .callbacks import MetricsFileCallback, ProgressCallback
-    from .evaluate import preference_metrics, score_pairs
+    from .evaluate import kl_on_chosen, preference_metrics, score_pairs
     from .models import load_models, load_tokenizer
+    from .watchdog import EarlyStopping, TrainingStopped, Watchdog
 
     _quiet_libraries()
     stage = get_stage(recipe.stage)
@@ -158,10 +159,15 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
     # 4. trainer
     callbacks = [MetricsFileCallback(out / METRICS_FILE), ProgressCallback()]
+    watchdog = Watchdog() if recipe.watchdog else None
+    stopper = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
+    callbacks += [c for c in (watchdog, stopper) if c is not None]
     trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
                                               callbacks))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
+    if watchdog is not None:
+        watchdog.attach(trainer)
 
     # 5. train, with held-out preference metrics before and after
     score = None
@@ -172,14 +178,34 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
         before = score(trainer.model)
     trainer.train()
+    if watchdog is not None and watchdog.warnings:
+        manifest["warnings"] = watchdog.warnings
+    if stopper is not None:
+        manifest["early_stopping"] = stopper.summary()
+    if watchdog is not None and watchdog.stopped_at is not None:
+        if trainer.is_world_process_zero():
+            manifest.update(status="failed", finished_at=_now(), global_step=trainer.state.global_step,
+                            error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
+            atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
+        raise TrainingStopped(watchdog.message())
     if score is not None and trainer.is_world_process_zero():
         after = score(trainer.model)
-        manifest["evaluation"] = {"before": preference_metrics(before, before, args.beta),
+        # before training the policy is the reference: its KL is 0 by construction
+        manifest["evaluation"] = {"before": {**preference_metrics(before, before, args.beta),
+                                             "kl_chosen_per_token": 0.0, "kl_chosen_per_sequence": 0.0},
                                   "after": preference_metrics(after, before, args.beta)}
+        if getattr(trainer, "ref_model", None) is not None:
+            manifest["evaluation"]["after"].update(kl_on_chosen(
+                trainer.model, trainer.ref_model, tokenizer, eval_dataset, max_length=args.max_length,
+                batch_size=max(1, args.per_device_eval_batch_size // 4)))
 
     # 6. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
+        if recipe.plot:
+            from .plots import plot_after_training
+
+            manifest["plots"] = plot_after_training(out, manifest.get("evaluation"))
         manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
         atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
     return RunResult(out, manifest)
