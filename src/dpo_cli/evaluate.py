@@ -138,8 +138,8 @@ def kl_on_chosen(policy, reference, tokenizer, rows, *, max_length: int | None =
                 per_sequence.append(float(piece.sum()))
             total += float(kl.sum())
             tokens += int(mask.sum())
-    return {"kl_chosen_per_token": total / tokens if tokens else 0.0,
-            "kl_chosen_per_sequence": sum(per_sequence) / len(per_sequence) if per_sequence else 0.0}
+    return _clean({"kl_chosen_per_token": total / tokens if tokens else 0.0,
+                   "kl_chosen_per_sequence": sum(per_sequence) / len(per_sequence) if per_sequence else 0.0})
 
 
 def score_reward_pairs(model, tokenizer, rows, *, max_length: int | None = None, batch_size: int = 16) -> PairScores:
@@ -164,11 +164,23 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _clean(value):
+    """Non-finite floats (a model whose weights went NaN) become None, so run.json stays valid JSON."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    return _finite(value) if isinstance(value, float) else value
+
+
 def margin_distribution(margin) -> dict[str, Any]:
     """Spread of per-pair margins: standard deviation, quantiles and a histogram (for the report and plots)."""
     import torch
 
     margin = margin.double()
+    margin = margin[margin.isfinite()]
+    if margin.numel() == 0:
+        return {"margin_std": None, "margin_quantiles": None, "margin_histogram": None}
     lo, hi = float(margin.min()), float(margin.max())
     if hi == lo:  # one value (e.g. policy == reference): a single bin around it
         lo, hi = lo - 0.5, hi + 0.5
@@ -191,6 +203,10 @@ def length_bias(margin, chosen_tokens, rejected_tokens) -> dict[str, float | Non
     """
     diff = (chosen_tokens - rejected_tokens).double()
     margin = margin.double()
+    finite = margin.isfinite()
+    diff, margin = diff[finite], margin[finite]
+    if margin.numel() == 0:
+        return {"chosen_longer_fraction": None, "correlation": None, "r_squared": None, "margin_per_token": None}
     dm, mm = diff - diff.mean(), margin - margin.mean()
     var_d, var_m = float((dm * dm).mean()), float((mm * mm).mean())
     cov = float((dm * mm).mean())
@@ -230,16 +246,16 @@ def preference_metrics(policy: PairScores, reference: PairScores | None, beta: f
         })
         metrics.update(margin_distribution(margin))
         metrics["length_bias"] = length_bias(margin, policy.chosen_tokens, policy.rejected_tokens)
-    return metrics
+    return _clean(metrics)
 
 
 def reward_model_metrics(scores: PairScores) -> dict[str, Any]:
     """Pairwise accuracy of a reward model (reward of chosen above rejected), its margins and their length bias."""
     margin = (scores.chosen - scores.rejected).double()
-    return {"pairs": int(margin.numel()), "reward_accuracy": float((margin > 0).double().mean()),
+    return _clean({"pairs": int(margin.numel()), "reward_accuracy": float((margin > 0).double().mean()),
             "reward_margin": float(margin.mean()), "reward_chosen": float(scores.chosen.mean()),
             "reward_rejected": float(scores.rejected.mean()), **margin_distribution(margin),
-            "length_bias": length_bias(margin, scores.chosen_tokens, scores.rejected_tokens)}
+            "length_bias": length_bias(margin, scores.chosen_tokens, scores.rejected_tokens)})
 
 
 # --- dpo-cli eval: a run directory or a model, on held-out pairs --------------------------------------------------
@@ -343,7 +359,9 @@ def run_eval(target: EvalTarget, *, batch_size: int = 16) -> dict[str, Any]:
     """Score the target on its pairs; a reward model gets pairwise accuracy, a policy the preference metrics."""
     from .models import load_tokenizer
     from .recipe import ModelSection
+    from .run import _quiet_libraries
 
+    _quiet_libraries()
     rows, files = _eval_rows(target)
     tokenizer = load_tokenizer(ModelSection(name_or_path=target.model))
     result: dict[str, Any] = {"model": target.model, "data": {"files": files, "pairs": len(rows)},
