@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -200,6 +201,9 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     for part in path:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        # an optional section (Section | None): its fields are the section's
+        annotation = next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                          annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation
