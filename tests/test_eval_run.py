@@ -116,3 +116,16 @@ def test_compare_then_report(run_dir):
     html = (run_dir / "report.html").read_text()
     assert first_prompt[0]["content"] in html  # the sample generations section shows the compared prompts
     assert html.count("data:image/png;base64,") == len(list((run_dir / "plots").glob("*.png")))
+
+
+def test_a_tracker_that_is_not_installed_is_a_clear_error_before_loading(monkeypatch):
+    from dpo_cli.errors import RecipeError
+    from dpo_cli.trackers import check_trackers
+
+    check_trackers(["tensorboard"])  # installed with the dev extra
+    check_trackers("none")
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(RecipeError, match=r"report_to 'wandb' needs the wandb package: pip install wandb .*"
+                                          r"WANDB_MODE=offline") as caught:
+        check_trackers(["wandb"])
+    assert caught.value.field == "trainer.report_to"

@@ -89,7 +89,7 @@ def _curve(records: list[dict], title: str, keys: list[str], path: Path) -> Path
     ax = fig.subplots()
     for i, (label, steps, values, style) in enumerate(lines):
         color = f"C{i}"
-        if style == "-" and len(values) >= 10:
+        if style == "-" and len(values) >= 30:  # fewer points: smoothing would only lag
             ax.plot(steps, values, color=color, alpha=0.3, linewidth=1)
             ax.plot(steps, _ema(values, 0.6), color=color, label=f"{label} (smoothed)")
         else:

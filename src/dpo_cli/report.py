@@ -58,6 +58,12 @@ def print_run_summary(console: Console, result) -> None:
     evaluation = manifest.get("evaluation")
     if evaluation:
         console.print(evaluation_table(evaluation["before"], evaluation["after"]))
+        line = _length_bias_line(evaluation["after"].get("length_bias"))
+        if line:
+            console.print(line)
+    if manifest.get("plots"):
+        console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
+                      f"report")
     console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
                   f"in {result.output_dir}")
 

@@ -49,6 +49,9 @@ def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
 
 
 def build_config(recipe: Recipe, plan: DevicePlan):
+    from .trackers import check_trackers
+
+    check_trackers(recipe.trainer.get("report_to"))
     config_class = get_stage(recipe.stage).config_class()
     try:
         return config_class(**trainer_kwargs(recipe, plan))
