@@ -174,3 +174,28 @@ def test_reward_model_pairwise_accuracy(tiny_model, tmp_path):
     # identical texts tie (up to float noise between rows of one batch)
     assert tied["margin_quantiles"]["min"] == pytest.approx(0.0, abs=1e-5)
     assert tied["margin_quantiles"]["max"] == pytest.approx(0.0, abs=1e-5)
+
+
+def test_compare_reads_prompts_from_text_and_json_lines(tmp_path):
+    from dpo_cli.compare import read_prompts
+    from dpo_cli.errors import DataError
+
+    text = tmp_path / "prompts.txt"
+    text.write_text("Say hi.\n\nName a colour.\nCount to three.\n")
+    assert read_prompts(text, 2) == ["Say hi.", "Name a colour."]
+    lines = tmp_path / "prompts.jsonl"
+    lines.write_text('{"prompt": "Say hi."}\n{"prompt": [{"role": "user", "content": "Hello"}]}\n{"prompt": 3}\n')
+    assert read_prompts(lines, 2) == ["Say hi.", [{"role": "user", "content": "Hello"}]]
+    with pytest.raises(DataError, match=r"prompts.jsonl:3: field 'prompt': expected a text or a list of chat"):
+        read_prompts(lines, 5)
+
+
+def test_compare_needs_exactly_one_prompt_source(tmp_path):
+    from typer.testing import CliRunner
+
+    from dpo_cli.cli import app
+    from dpo_cli.errors import InputError
+
+    result = CliRunner().invoke(app, ["compare", "--tuned", str(tmp_path)])
+    assert isinstance(result.exception, InputError) and "exactly one of --prompts FILE or --data FILE" in str(
+        result.exception)

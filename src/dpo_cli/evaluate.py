@@ -318,8 +318,10 @@ def _eval_rows(target: EvalTarget):
         rows, _ = load_training_data(target.data, "preference")
         return rows, target.data
     from .run import load_data
+    from .stages import get_stage
 
-    _, rows, info = load_data(target.recipe, "preference")
+    # the run's own split: the same files, or the same eval_split drawn again with the run's seed
+    _, rows, info = load_data(target.recipe, get_stage(target.recipe.stage).DATA_KIND)
     if rows is None:
         raise InputError(f"run {target.model} has no held-out data (no data.eval nor data.eval_split in its recipe): "
                          f"pass --data FILE")
