@@ -92,6 +92,80 @@ def train(
         print_run_summary(_console(), result)
 
 
+@app.command("eval")
+def eval_(
+    model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model (directory or hub name).",
+                                                show_default=False)],
+    data: Annotated[Optional[str], typer.Option("--data", help="Preference pairs to score (default: the run's "
+                                                "held-out data).", show_default=False)] = None,
+    ref: Annotated[Optional[str], typer.Option("--ref", help="Reference model (default: the run's starting model).",
+                                               show_default=False)] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="DPO beta (default: the run's).",
+                                                  show_default=False)] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate pairs to this many tokens.",
+                                                      show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
+):
+    """Score held-out pairs: preference accuracy, margins, log-probs, KL to the reference, length bias."""
+    from .evaluate import resolve_target, run_eval
+
+    result = run_eval(resolve_target(model_or_run, data=data, ref=ref, beta=beta, max_length=max_length))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        from .report import print_eval
+
+        print_eval(_console(), result)
+
+
+@app.command()
+def compare(
+    tuned: Annotated[Path, typer.Option("--tuned", help="Run directory (or saved model) of the tuned model.",
+                                        show_default=False)],
+    base: Annotated[Optional[str], typer.Option("--base", help="Base model (default: the run's starting model).",
+                                                show_default=False)] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts: JSON lines with a prompt, or one "
+                                                    "per line.", show_default=False)] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Preference data: its pairs' prompts.",
+                                                show_default=False)] = None,
+    n: Annotated[int, typer.Option("-n", help="How many prompts.", min=1)] = 5,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
+):
+    """Greedy and sampled generations of base and tuned side by side; also written to RUN/compare.md."""
+    from .compare import Settings, comparison_table, compare as run_compare, data_prompts, read_prompts
+    from .errors import InputError
+
+    if (prompts is None) == (data is None):
+        raise InputError("give exactly one of --prompts FILE or --data FILE")
+    texts = read_prompts(prompts, n) if prompts else data_prompts(data, n)
+    result = run_compare(tuned, texts, base=base, settings=Settings(max_new_tokens=max_new_tokens))
+    _console().print(comparison_table(result))
+    _console().print(f"written to {tuned / 'compare.md'}")
+
+
+@app.command()
+def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding metrics.jsonl).", show_default=False)]):
+    """PNG curves of loss, rewards, margins, accuracies, learning rate and eval metrics into RUN_DIR/plots."""
+    from .plots import plot_run
+
+    for path in plot_run(run_dir):
+        _console().print(str(path))
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html.",
+                                                   show_default=False)] = None,
+):
+    """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations."""
+    from .htmlreport import write_report
+
+    _console().print(f"report written to {write_report(run_dir, output)}")
+
+
 def main() -> None:
     if not _env_debug() and "--debug" not in sys.argv:
         import warnings

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .errors import RecipeError, did_you_mean
 
@@ -63,6 +65,13 @@ class DataSection(_Section):
         return self
 
 
+class EarlyStoppingSection(_Section):
+    metric: str = Field(description="an eval metric, with or without the eval_ prefix: loss, rewards/accuracies, ...")
+    patience: int = Field(default=3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(default=0.0, ge=0.0, description="smallest change that counts as an improvement")
+    mode: Literal["min", "max"] | None = Field(default=None, description="default: min for losses, else max")
+
+
 class Recipe(_Section):
     stage: str
     model: ModelSection
@@ -72,6 +81,22 @@ class Recipe(_Section):
     seed: int = 42
     # environment variables set for the run (WANDB_PROJECT, WANDB_API_KEY, ...); secret ones never reach a file
     env: dict[str, str] = Field(default_factory=dict)
+    plot: bool = True
+    watchdog: bool = True
+    early_stopping: EarlyStoppingSection | None = None
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _early_stopping_needs_evaluation(cls, value, info: ValidationInfo):
+        if value is None:
+            return value
+        data, trainer = info.data.get("data"), info.data.get("trainer")
+        if data is not None and not (data.eval or data.eval_split):
+            raise ValueError("early_stopping needs held-out pairs: set data.eval or data.eval_split")
+        if trainer is not None and str(trainer.get("eval_strategy", "no")) == "no":
+            raise ValueError("early_stopping needs evaluations during training: set trainer.eval_strategy: steps "
+                             "(with trainer.eval_steps) or epoch")
+        return value
 
     def to_yaml(self) -> str:
         return yaml_dump(self.model_dump(mode="json"))
@@ -182,6 +207,9 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     for part in path:
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        # an optional section (Section | None): its fields are the section's
+        annotation = next((a for a in typing.get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)),
+                          annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return []
         model = annotation

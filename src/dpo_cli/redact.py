@@ -21,8 +21,9 @@ def redact(value: Any, _values: list[str] | None = None) -> Any:
     """A copy of ``value`` with secret-looking keys' values and any known secret string replaced."""
     values = _secret_values() if _values is None else _values
     if isinstance(value, dict):
-        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and value[k] not in (None, "")
-                else redact(value[k], values) for k in value}
+        # a secret is a string: numbers under a secret-looking key (kl_per_token) are left alone
+        return {k: REDACTED if isinstance(k, str) and SECRET_KEY.search(k) and isinstance(value[k], str)
+                and value[k] else redact(value[k], values) for k in value}
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v, values) for v in value)
     if isinstance(value, str):

@@ -34,7 +34,13 @@ _ROWS = (
     ("preference accuracy (length-normalised log-prob)", "logprob_accuracy", "{:.3f}"),
     ("mean log-prob, chosen", "logps_chosen", "{:.2f}"),
     ("mean log-prob, rejected", "logps_rejected", "{:.2f}"),
+    ("KL to reference on chosen, per token", "kl_chosen_per_token", "{:.5f}"),
+    ("spread of the margin (std)", "margin_std", "{:.4f}"),
 )
+
+
+def _fmt(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)  # None: not measured, or not finite
 
 
 def evaluation_table(before: dict, after: dict) -> Table:
@@ -44,7 +50,7 @@ def evaluation_table(before: dict, after: dict) -> Table:
     table.add_column("after", justify="right")
     for label, key, fmt in _ROWS:
         if key in after:
-            table.add_row(label, fmt.format(before[key]) if key in before else "-", fmt.format(after[key]))
+            table.add_row(label, _fmt(before.get(key), fmt), _fmt(after[key], fmt))
     return table
 
 
@@ -53,5 +59,50 @@ def print_run_summary(console: Console, result) -> None:
     evaluation = manifest.get("evaluation")
     if evaluation:
         console.print(evaluation_table(evaluation["before"], evaluation["after"]))
+        line = _length_bias_line(evaluation["after"].get("length_bias"))
+        if line:
+            console.print(line)
+    if manifest.get("plots"):
+        console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
+                      f"report")
     console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
                   f"in {result.output_dir}")
+
+
+def _length_bias_line(bias: dict) -> str | None:
+    if not bias or bias.get("r_squared") is None:
+        return None
+    return (f"length bias: {bias['r_squared']:.0%} of the margin's variance is explained by the length difference "
+            f"(margin per token {bias['margin_per_token']:+.4f}; chosen longer in {bias['chosen_longer_fraction']:.0%} "
+            f"of pairs)")
+
+
+def eval_table(result: dict) -> Table:
+    """The figures of ``dpo-cli eval`` for one model."""
+    metrics = result["metrics"]
+    what = "reward model" if result["kind"] == "reward_model" else "policy"
+    table = Table(title=f"{what} {result['model']} on {metrics['pairs']} pairs", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = (("pairwise accuracy (reward of chosen above rejected)", "reward_accuracy", "{:.3f}"),
+            ("mean reward margin", "reward_margin", "{:+.4f}"),
+            ("mean reward, chosen", "reward_chosen", "{:+.4f}"),
+            ("mean reward, rejected", "reward_rejected", "{:+.4f}"),
+            ("spread of the margin (std)", "margin_std", "{:.4f}")) if result["kind"] == "reward_model" else _ROWS
+    for label, key, fmt in rows:
+        if metrics.get(key) is not None:
+            table.add_row(label, fmt.format(metrics[key]))
+    quantiles = metrics.get("margin_quantiles")
+    if quantiles and None not in quantiles.values():
+        table.add_row("margin quantiles (min p10 p50 p90 max)",
+                      " ".join(f"{quantiles[k]:+.3f}" for k in ("min", "p10", "p50", "p90", "max")))
+    return table
+
+
+def print_eval(console: Console, result: dict) -> None:
+    console.print(eval_table(result))
+    line = _length_bias_line(result["metrics"].get("length_bias"))
+    if line:
+        console.print(line)
+    if result["kind"] == "policy" and not result.get("reference"):
+        console.print("no reference model (--ref): implicit-reward accuracy, margins and KL need one")

@@ -54,6 +54,9 @@ def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
 
 
 def build_config(recipe: Recipe, plan: DevicePlan):
+    from .trackers import check_trackers
+
+    check_trackers(recipe.trainer.get("report_to"))
     config_class = get_stage(recipe.stage).config_class()
     try:
         return config_class(**trainer_kwargs(recipe, plan))
@@ -159,9 +162,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
     from .callbacks import MetricsFileCallback, ProgressCallback
-    from .evaluate import preference_metrics, score_pairs
+    from .evaluate import kl_on_chosen, preference_metrics, score_pairs
     from .interrupt import GracefulStop, Interrupted
     from .models import load_models, load_tokenizer
+    from .watchdog import EarlyStopping, TrainingStopped, Watchdog
 
     _quiet_libraries()
     os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
@@ -194,15 +198,20 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     tokenizer = load_tokenizer(recipe.model)
     policy, reference = load_models(recipe)
 
-    # 4. trainer, with checkpoints that are complete or absent, and a graceful stop on SIGTERM/SIGINT
+    # 4. trainer, with checkpoints that are complete or absent, a graceful stop on SIGTERM/SIGINT, the watchdog
     stopper = GracefulStop()
     resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
     callbacks = [MetricsFileCallback(out / METRICS_FILE, keep_until=resumed_step), ProgressCallback(), stopper]
+    watchdog = Watchdog() if recipe.watchdog else None
+    early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
+    callbacks += [c for c in (watchdog, early_stop) if c is not None]
     trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
                                               callbacks))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
     checkpoints.install(trainer, identity)
+    if watchdog is not None:
+        watchdog.attach(trainer)
 
     # 5. train, with held-out preference metrics before and after
     score = None
@@ -219,15 +228,35 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         raise Interrupted(f"stopped by {signal.Signals(stopper.signum).name} after step {trainer.state.global_step}"
                           f"; checkpoint saved in {saved}; resume with the same command plus --resume auto",
                           stopper.signum)
+    if watchdog is not None and watchdog.warnings:
+        manifest["warnings"] = watchdog.warnings
+    if early_stop is not None:
+        manifest["early_stopping"] = early_stop.summary()
+    if watchdog is not None and watchdog.stopped_at is not None:
+        if is_main:
+            manifest.update(status="failed", finished_at=_now(), global_step=trainer.state.global_step,
+                            error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
+            atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
+        raise TrainingStopped(watchdog.message())
     if score is not None:
         after = score(trainer.model)
-        manifest["evaluation"] = {"before": preference_metrics(before, before, args.beta),
+        # before training the policy is the reference: its KL is 0 by construction
+        manifest["evaluation"] = {"before": {**preference_metrics(before, before, args.beta),
+                                             "kl_chosen_per_token": 0.0, "kl_chosen_per_sequence": 0.0},
                                   "after": preference_metrics(after, before, args.beta)}
+        if getattr(trainer, "ref_model", None) is not None:
+            manifest["evaluation"]["after"].update(kl_on_chosen(
+                trainer.model, trainer.ref_model, tokenizer, eval_dataset, max_length=args.max_length,
+                batch_size=max(1, args.per_device_eval_batch_size // 4)))
 
     # 6. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
     trainer.save_model(str(out))  # every rank must call it (sharded states are gathered); the main one writes
     manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
     if is_main:
         checkpoints.replace_pickled_args(out, args)
+        if recipe.plot:
+            from .plots import plot_after_training
+
+            manifest["plots"] = plot_after_training(out, manifest.get("evaluation"))
         atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
     return RunResult(out, manifest, is_main)

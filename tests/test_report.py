@@ -1,0 +1,105 @@
+"""dpo-cli report: one self-contained HTML file with every section, rendered in headless Chromium when present."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dpo_cli.htmlreport import SECTIONS, write_report
+from test_plots import write_metrics
+
+CHROMIUM = Path("/usr/bin/chromium")
+AFTER = {"pairs": 8, "reward_accuracy": 0.875, "reward_margin": 0.12, "logprob_accuracy": 0.75,
+         "logps_chosen": -60.0, "logps_rejected": -70.0, "kl_chosen_per_token": 0.0123, "margin_std": 0.05,
+         "margin_quantiles": {"min": -0.1, "p10": 0.0, "p25": 0.05, "p50": 0.1, "p75": 0.15, "p90": 0.2, "max": 0.3},
+         "margin_histogram": {"edges": [-0.1, 0.0, 0.1, 0.2, 0.3], "counts": [1, 3, 3, 1]},
+         "length_bias": {"chosen_longer_fraction": 0.625, "correlation": 0.5, "r_squared": 0.25,
+                         "margin_per_token": 0.004}}
+BEFORE = {"pairs": 8, "reward_accuracy": 0.0, "reward_margin": 0.0, "logprob_accuracy": 0.5, "logps_chosen": -61.0,
+          "logps_rejected": -69.0, "kl_chosen_per_token": 0.0}
+
+
+def make_run(run_dir: Path, *, evaluation=True, metrics=True, generations=True) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = {"status": "completed", "stage": "dpo", "global_step": 12, "started_at": "2026-11-22T00:00:00+00:00",
+                "finished_at": "2026-11-22T00:01:00+00:00", "git_commit": "abc123",
+                "versions": {"dpo-cli": "0.1.0", "trl": "1.16.0", "torch": "2.13.0+cpu"},
+                "device": {"device": "cpu", "reason": "no GPU found", "precision": "fp32", "host": "box"},
+                "data": {"train": {"files": ["train.jsonl"], "rows": 24, "fingerprint": "f" * 64},
+                         "eval": {"files": ["eval.jsonl"], "rows": 8, "fingerprint": "e" * 64}},
+                "warnings": ["step 9: the log-probs of the chosen responses have been falling <steadily>"]}
+    if evaluation:
+        manifest["evaluation"] = {"before": BEFORE, "after": AFTER}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    (run_dir / "recipe.resolved.yaml").write_text("stage: dpo\nmodel:\n  chat_template: '<|im_start|>{{x}}'\n")
+    if metrics:
+        write_metrics(run_dir)
+    if generations:
+        (run_dir / "compare.json").write_text(json.dumps({
+            "base": "base-model", "tuned": str(run_dir), "settings": {"temperature": 0.7, "top_p": 0.9, "seed": 0},
+            "rows": [{"prompt": [{"role": "user", "content": "What is 32 plus 17?"}], "base_greedy": "dunno",
+                      "tuned_greedy": "49", "base_sampled": "<b>maybe</b>", "tuned_sampled": "49."}]}))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    """One full run directory and its report, shared: drawing the plots is the slow part."""
+    return write_report(make_run(tmp_path_factory.mktemp("report") / "run"))
+
+
+def test_report_has_every_section_and_embeds_the_plots(report):
+    html = report.read_text()
+    for key, title in SECTIONS.items():
+        assert f'<section id="{key}"><h2>{title}</h2>' in html
+    assert html.count('src="data:image/png;base64,') == 8  # 7 curves + the held-out margin histogram
+    assert "0.875" in html and "0.01230" in html and "25% of the margin" in html  # after-training figures
+    assert "What is 32 plus 17?" in html and "&lt;b&gt;maybe&lt;/b&gt;" in html  # generations, escaped
+    assert "&lt;|im_start|&gt;" in html and "falling &lt;steadily&gt;" in html
+    assert "trl" in html and "1.16.0" in html and "eeeeeeeeeeeeeeee" in html  # versions, data fingerprint
+
+
+def test_report_needs_no_network(report):
+    html = report.read_text()
+    assert not re.findall(r'(?:src|href)\s*=\s*"(?!data:|#)', html)
+    assert "<script" not in html and "@import" not in html and "url(" not in html
+
+
+def test_report_of_a_bare_run_still_has_every_section_saying_what_is_missing(tmp_path):
+    run = make_run(tmp_path / "run", evaluation=False, metrics=False, generations=False)
+    html = write_report(run, tmp_path / "elsewhere.html").read_text()
+    assert all(f'<section id="{key}">' in html for key in SECTIONS)
+    assert "no held-out evaluation" in html and "no curves" in html and "dpo-cli compare" in html
+    assert not (run / "report.html").exists()
+
+
+def test_report_on_a_directory_that_is_not_a_run(tmp_path):
+    from dpo_cli.errors import InputError
+
+    with pytest.raises(InputError, match="has no run.json"):
+        write_report(tmp_path)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
+def test_report_renders_in_headless_chromium_with_every_plot_showing(report, tmp_path):
+    html = report.read_text()
+    # a probe added to a copy: once loaded, record each image's decoded width in the DOM that Chromium dumps
+    probe = ("<script>addEventListener('load',()=>{document.body.setAttribute('data-widths',"
+             "[...document.images].map(i=>i.complete?i.naturalWidth:-1).join(','))})</script></body>")
+    page = tmp_path / "probe.html"
+    page.write_text(html.replace("</body>", probe))
+    done = subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    widths = re.search(r'data-widths="([^"]*)"', done.stdout)
+    assert widths, "the page did not finish loading"
+    assert [int(w) for w in widths.group(1).split(",")] == [640] * 6 + [320, 640]  # curves are 640 px, a grid of one 320
+    for title in SECTIONS.values():
+        assert f"<h2>{title}</h2>" in done.stdout
