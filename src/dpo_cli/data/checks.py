@@ -92,7 +92,7 @@ def text(value: Any, at: Where, field: str) -> str:
 
 def response_text(value: Any, at: Where, field: str) -> str:
     value = text(value, at, field)
-    if not value.strip():
+    if not value or value.isspace():
         raise at.error("empty-response", "response is empty or whitespace only", field)
     return value
 
@@ -170,7 +170,8 @@ def check_prompt(prompt: list[dict[str, str]], at: Where, field: str = "prompt")
 def check_response(turn: dict[str, str], at: Where, field: str) -> None:
     if turn["role"] != "assistant":
         raise at.error("last-not-assistant", f"the response must be an assistant turn, not {turn['role']}", field)
-    if not turn["content"].strip():
+    content = turn["content"]
+    if not content or content.isspace():
         raise at.error("empty-response", "response is empty or whitespace only", field)
 
 

@@ -88,10 +88,10 @@ def guess_language(text: str) -> str:
     """A script-based guess, used only when the data has no language column."""
     if text.isascii():
         return "en"
+    if _CJK.search(text):
+        return "ja" if _KANA.search(text) else "zh"
     if _KANA.search(text):
         return "ja"
-    if _CJK.search(text):
-        return "zh"
     if _HANGUL.search(text):
         return "ko"
     if _CYRILLIC.search(text):
@@ -106,6 +106,8 @@ def prompt_text(example: dict) -> str:
         prompt = example.get("messages") or example.get("conversations") or example.get("instruction") or ""
     if type(prompt) is str:
         return prompt
+    if prompt and type(prompt[-1]) is dict and prompt[-1].get("role") == "user":
+        return prompt[-1]["content"]
     for turn in reversed(prompt):
         if type(turn) is dict and turn.get("role", turn.get("from")) in ("user", "human"):
             return turn.get("content", turn.get("value", ""))
@@ -184,9 +186,11 @@ class Pipeline:
                         return
 
     def _convert(self, row: dict, fmt: Format, at: Where) -> list[dict]:
-        outputs = []
-        for example in fmt.adapter(row, at, self.options):
-            outputs.extend(self.target(example, at))
+        examples = fmt.adapter(row, at, self.options)
+        if len(examples) == 1:
+            outputs = self.target(examples[0], at)
+        else:
+            outputs = [out for example in examples for out in self.target(example, at)]
         if not outputs:
             return outputs
         prompt = outputs[0].get("prompt")
@@ -207,7 +211,9 @@ class Pipeline:
             for out in outputs:
                 out.update(extra)
         if self.count_languages:
-            language = row.get("language", row.get("lang"))
+            language = row.get("language")
+            if language is None:
+                language = row.get("lang")
             if type(language) is not str:
                 language = guess_language(prompt_text(outputs[0]))
                 self.stats.languages_guessed = True
