@@ -119,7 +119,13 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
                 raise at.error("bad-value", f"with an explicit prompt, {name} must be one assistant message "
                                f"(found {len(turns)}; for full conversations use --format messages)", name)
         chosen_turn, rejected_turn = chosen_turns[0], rejected_turns[0]
-    return [c.check_pair(prompt_turns, chosen_turn, rejected_turn, at)]
+    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), row)]
+
+
+def _with_tools(pair: dict, row: dict) -> dict:
+    if "tools" in row:  # TRL's DPO hands a tools column to the chat template
+        pair["tools"] = row["tools"]
+    return pair
 
 
 # --- messages (OpenAI-style full conversations; DPO-En-Zh-20k, UltraFeedback-binarized) -----------------------------
@@ -151,7 +157,7 @@ def messages(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
         if _is_number(sc) and _is_number(sr) and sc <= sr:
             options.warn(at.error("score-order", f"score_chosen {sc} is not above score_rejected {sr}",
                                   "score_chosen"))
-    return [c.check_pair(prompt_turns, chosen_turn, rejected_turn, at)]
+    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), row)]
 
 
 def _is_number(value: Any) -> bool:
@@ -244,10 +250,7 @@ def sharegpt(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     c.check_prompt(prompt, at, "conversations")
     chosen = _sharegpt_message(c.require(row, "chosen", at), at, "chosen")
     rejected = _sharegpt_message(c.require(row, "rejected", at), at, "rejected")
-    pair = c.check_pair(prompt, chosen, rejected, at)
-    if "tools" in row:  # TRL's DPO passes a tools column to the chat template
-        pair["tools"] = row["tools"]
-    return [pair]
+    return [_with_tools(c.check_pair(prompt, chosen, rejected, at), row)]
 
 
 # --- hh-rlhf -----------------------------------------------------------------------------------------------------
@@ -455,10 +458,10 @@ def _has(*names: str) -> Callable[[dict], bool]:
 PAIR_KEYS = ("chosen", "rejected", "response_0", "responses", "completion", "messages", "conversations")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected"}),
+    Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected", "tools"}),
            "TRL's own rows: prompt/chosen/rejected as strings or messages, explicit or implicit prompt"),
     Format("messages", messages, _detect_messages,
-           frozenset({"prompt", "chosen", "rejected", "messages", "score_chosen", "score_rejected"}),
+           frozenset({"prompt", "chosen", "rejected", "messages", "score_chosen", "score_rejected", "tools"}),
            "full OpenAI-style conversations in chosen/rejected, optional prompt (DPO-En-Zh-20k, UltraFeedback)"),
     Format("alpaca", alpaca,
            lambda row: "instruction" in row and (("chosen" in row and "rejected" in row) or "output" in row),

@@ -8,11 +8,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import DataError
+from ..errors import DataError, did_you_mean
 from .checks import RowError, Where, check_of
 from .formats import AdapterOptions, Format, candidates, detect, get_format
 from .readers import Record, expand_paths, iter_records
-from .where import FilterError, compile_where
+from .where import FilterError, columns_of, compile_where
 
 EXAMPLES_KEPT = 5  # locations remembered per check, for the summary
 
@@ -114,6 +114,14 @@ def prompt_text(example: dict) -> str:
     return ""
 
 
+def _check_where_columns(names: set[str], row: dict, at: Where) -> None:
+    """A --where column missing from the first row of a file is almost always a typo: say so before filtering."""
+    for name in sorted(names):
+        if name not in row:
+            raise DataError(f"--where names column '{name}', which the first row does not have"
+                            f"{did_you_mean(name, map(str, row))}", file=at.file, line=at.line)
+
+
 class Pipeline:
     """Turns sources into output rows of one target shape; bad rows raise, or are counted and handed to on_reject."""
 
@@ -145,6 +153,7 @@ class Pipeline:
         """Yield ``(record, output row)`` for every good row of the source, in file order."""
         forced = get_format(source.format) if source.format else None
         predicate = compile_where(source.where) if source.where else None
+        where_columns = {name.split(".")[0] for name in columns_of(source.where)} if source.where else set()
         renames = tuple(source.columns.items())
         limit = source.limit
         produced = 0
@@ -159,10 +168,9 @@ class Pipeline:
                     row = self._rename(row, renames, at)
                     if row is None:
                         continue
-                if fmt is None:
-                    fmt = detect(row, at.file, at.line)
-                    self.stats.formats[at.file] = fmt.name
-                elif forced is not None and at.file not in self.stats.formats:
+                if at.file not in self.stats.formats:  # the first readable row of this file
+                    _check_where_columns(where_columns, row, at)
+                    fmt = forced or detect(row, at.file, at.line)
                     self.stats.formats[at.file] = fmt.name
                 if predicate is not None:
                     try:

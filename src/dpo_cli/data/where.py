@@ -9,7 +9,8 @@ Grammar::
     comparison := value (("==" | "!=" | "<" | "<=" | ">" | ">=" | "in" | "not in") value)?
     value      := STRING | NUMBER | true | false | null | COLUMN | len(value) | [value, ...] | "(" expr ")"
 
-COLUMN is a name such as ``language`` or a dotted path into nested objects such as ``meta.source``.
+COLUMN is a name such as ``language`` or a dotted path into nested objects such as ``meta.source``; a row that lacks
+it reads it as null.
 """
 
 from __future__ import annotations
@@ -221,21 +222,18 @@ class _Parser:
 
 
 def _column(path: str) -> Predicate:
+    # A row without the column reads it as null, as in SQL; a name that no row has is caught on the first row of
+    # each file by the pipeline, with a did-you-mean.
     parts = path.split(".")
     if len(parts) == 1:
-        def lookup(row: dict) -> Any:
-            try:
-                return row[path]
-            except KeyError:
-                raise FilterError(f"--where names column '{path}', which this row does not have", path) from None
-        return lookup
+        return lambda row: row.get(path)
 
     def nested(row: dict) -> Any:
         value: Any = row
         for part in parts:
-            if type(value) is not dict or part not in value:
-                raise FilterError(f"--where names '{path}', which this row does not have", path)
-            value = value[part]
+            if type(value) is not dict:
+                return None
+            value = value.get(part)
         return value
 
     return nested
