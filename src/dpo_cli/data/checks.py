@@ -120,7 +120,7 @@ def message(value: Any, at: Where, field: str) -> dict[str, str]:
     if role is None:
         raise at.error("missing-field" if "role" not in value else "null-field",
                        "message has no 'role'", field)
-    if role not in ROLES:
+    if type(role) is not str or role not in ROLES:
         raise at.error("bad-role", f"unknown role {role!r} (expected one of {', '.join(sorted(ROLES))})", field)
     content = value.get("content")
     if content is None:
