@@ -1,4 +1,4 @@
-"""Property: any JSON row fed to any adapter (and any output shape) either converts or raises DataError, nothing else."""
+"""Property: any JSON row fed to any adapter (and any output shape) converts or raises DataError, nothing else."""
 
 from __future__ import annotations
 

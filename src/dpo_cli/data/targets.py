@@ -1,4 +1,4 @@
-"""Output shapes: canonical examples -> the rows a stage or a --to option asks for (TRL, text, alpaca, sharegpt, ...)."""
+"""Output shapes: canonical examples -> the rows a stage or a --to option asks for (TRL, text, alpaca, ...)."""
 
 from __future__ import annotations
 
