@@ -91,9 +91,24 @@ def load_causal_lm(section: ModelSection):
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code)
 
 
+def load_sequence_classifier(section: ModelSection):
+    """A one-output sequence classifier (a reward or value model); a causal LM's weights give its backbone."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+                                                              trust_remote_code=section.trust_remote_code)
+
+
 def load_models(recipe: Recipe):
-    """The policy and, for full fine-tuning without precomputed log-probs, a frozen reference copy."""
-    policy = load_causal_lm(recipe.model)
-    needs_reference = recipe.stage == "dpo" and not recipe.trainer.get("precompute_ref_log_probs")
-    reference = load_causal_lm(recipe.model) if needs_reference else None
+    """The policy, as the stage's model class, and a frozen reference copy where the stage wants one."""
+    from .stages import get_stage
+
+    stage = get_stage(recipe.stage)
+    load = getattr(stage, "load_policy", load_causal_lm)
+    policy = load(recipe.model)
+    needs_reference = getattr(stage, "needs_reference", None)
+    reference = load(recipe.model) if needs_reference is not None and needs_reference(recipe) else None
     return policy, reference

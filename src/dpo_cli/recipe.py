@@ -120,6 +120,25 @@ class EarlyStoppingSection(_Section):
     mode: Literal["min", "max"] | None = Field(default=None, description="default: min for losses, else max")
 
 
+class RewardSection(_Section):
+    """What scores a policy's samples: reward functions (grpo) or a reward model and value model (ppo)."""
+
+    functions: list[str | dict[str, Any]] = Field(
+        default_factory=list, description="grpo: built-in names (length, regex, contains_answer, reward_model) with "
+        "options as {name: {...}}, or user functions module:function / path/to/file.py:function")
+    weights: list[float] | None = Field(default=None, description="grpo: one weight per function (default 1 each)")
+    model: str | None = Field(default=None, description="ppo: the reward model, e.g. the output_dir of a reward stage")
+    value_model: str | None = Field(default=None, description="ppo: the value model's starting weights (default: the "
+                                    "reward model)")
+
+    @model_validator(mode="after")
+    def _one_weight_per_function(self) -> RewardSection:
+        if self.weights is not None and len(self.weights) != len(self.functions):
+            raise ValueError(f"reward.weights has {len(self.weights)} entries for {len(self.functions)} reward "
+                             "functions; give one weight per function")
+        return self
+
+
 class Recipe(_Section):
     stage: str
     model: ModelSection
@@ -132,6 +151,7 @@ class Recipe(_Section):
     plot: bool = True
     watchdog: bool = True
     early_stopping: EarlyStoppingSection | None = None
+    reward: RewardSection | None = None
 
     @field_validator("early_stopping")
     @classmethod
@@ -239,15 +259,16 @@ def apply_overrides(data: dict, overrides: Sequence[str]) -> dict[tuple, str]:
     return origin
 
 
-def _describe(err: dict, model: type[BaseModel] | None, located: _Located, loc: tuple) -> RecipeError:
+def _describe(err: dict, model: type[BaseModel] | None, located: _Located, loc: tuple,
+              prefix: tuple = ()) -> RecipeError:
     kind = err["type"]
     if kind == "extra_forbidden":
         choices = _fields_at(model, loc[:-1]) if model else []
-        return located.error(loc, f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), choices)}")
+        return located.error(prefix + loc, f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), choices)}")
     if kind == "missing":
-        return located.error(loc, "required key is missing")
+        return located.error(prefix + loc, "required key is missing")
     value = err.get("input")
-    return located.error(loc, f"{err['msg'].rstrip('.')} (got {value!r})")
+    return located.error(prefix + loc, f"{err['msg'].rstrip('.')} (got {value!r})")
 
 
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
@@ -268,10 +289,10 @@ def _first_error(exc: ValidationError, model: type[BaseModel], located: _Located
                  prefix: tuple = ()) -> RecipeError:
     err = exc.errors()[0]
     # pydantic places a model_validator's error on the section itself
-    loc = prefix + tuple(p for p in err["loc"] if not str(p).startswith("function-") and p not in _SOURCE_TAGS)
+    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-") and p not in _SOURCE_TAGS)
     if err["type"] == "value_error":
-        return located.error(loc, str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
-    return _describe(err, model, located, loc)
+        return located.error(prefix + loc, str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
+    return _describe(err, model, located, loc, prefix)
 
 
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
@@ -280,18 +301,35 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     data, root = _load_yaml(path)
     origin = apply_overrides(data, overrides)
     located = _Located(path, root, origin)
+    if "stages" in data:
+        raise located.error(("stages",), "this file is a pipeline (it has stages:); run it with dpo-cli train")
     data.setdefault("output_dir", str(Path("runs") / path.stem))
+    return build_recipe(data, located)
 
-    from .stages import stage_names
+
+def build_recipe(data: dict, located: _Located, prefix: tuple = ()) -> Recipe:
+    """Validate one stage recipe's data; ``prefix`` locates it inside a pipeline file (``("stages", 2)``)."""
+    from .stages import get_stage, stage_names, unavailable
+
+    def error(path: Sequence[Any], message: str) -> RecipeError:
+        return located.error(prefix + tuple(path), message)
 
     stage = data.get("stage")
     if isinstance(stage, str) and stage not in stage_names():
-        raise located.error(("stage",), f"unknown stage '{stage}'{did_you_mean(stage, stage_names())}")
+        raise error(("stage",), f"unknown stage '{stage}'{did_you_mean(stage, stage_names())}")
+    if isinstance(stage, str) and (reason := unavailable(stage)):
+        raise error(("stage",), reason)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise _first_error(exc, Recipe, located) from None
-    recipe.trainer = validate_trainer(recipe.stage, recipe.trainer, located.error)
+        raise _first_error(exc, Recipe, located, prefix) from None
+    recipe.trainer = validate_trainer(recipe.stage, recipe.trainer, error)
+    module = get_stage(recipe.stage)
+    if recipe.reward is not None and not getattr(module, "USES_REWARD", False):
+        raise error(("reward",), f"stage {recipe.stage} does not use a reward: section (grpo and ppo do)")
+    check = getattr(module, "validate_recipe", None)
+    if check is not None:
+        check(recipe, error)
     return recipe
 
 

@@ -43,12 +43,21 @@ def _fmt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)  # None: not measured, or not finite
 
 
-def evaluation_table(before: dict, after: dict) -> Table:
+_REWARD_MODEL_ROWS = (
+    ("pairwise accuracy (reward of chosen above rejected)", "reward_accuracy", "{:.3f}"),
+    ("mean reward margin", "reward_margin", "{:+.4f}"),
+    ("mean reward, chosen", "reward_chosen", "{:+.4f}"),
+    ("mean reward, rejected", "reward_rejected", "{:+.4f}"),
+    ("spread of the margin (std)", "margin_std", "{:.4f}"),
+)
+
+
+def evaluation_table(before: dict, after: dict, rows=_ROWS) -> Table:
     table = Table(title=f"held-out pairs: {after['pairs']}", title_justify="left")
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    for label, key, fmt in _ROWS:
+    for label, key, fmt in rows:
         if key in after:
             table.add_row(label, _fmt(before.get(key), fmt), _fmt(after[key], fmt))
     return table
@@ -58,7 +67,8 @@ def print_run_summary(console: Console, result) -> None:
     manifest = result.manifest
     evaluation = manifest.get("evaluation")
     if evaluation:
-        console.print(evaluation_table(evaluation["before"], evaluation["after"]))
+        rows = _REWARD_MODEL_ROWS if manifest.get("stage") == "reward" else _ROWS
+        console.print(evaluation_table(evaluation["before"], evaluation["after"], rows))
         line = _length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
@@ -84,11 +94,7 @@ def eval_table(result: dict) -> Table:
     table = Table(title=f"{what} {result['model']} on {metrics['pairs']} pairs", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = (("pairwise accuracy (reward of chosen above rejected)", "reward_accuracy", "{:.3f}"),
-            ("mean reward margin", "reward_margin", "{:+.4f}"),
-            ("mean reward, chosen", "reward_chosen", "{:+.4f}"),
-            ("mean reward, rejected", "reward_rejected", "{:+.4f}"),
-            ("spread of the margin (std)", "margin_std", "{:.4f}")) if result["kind"] == "reward_model" else _ROWS
+    rows = _REWARD_MODEL_ROWS if result["kind"] == "reward_model" else _ROWS
     for label, key, fmt in rows:
         if metrics.get(key) is not None:
             table.add_row(label, fmt.format(metrics[key]))

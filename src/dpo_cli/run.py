@@ -15,7 +15,7 @@ from typing import Any
 
 from . import checkpoints
 from .atomic import atomic_write_text
-from .errors import InputError, RecipeError
+from .errors import DataError, InputError, RecipeError
 from .models import DevicePlan, plan_device
 from .recipe import Recipe, yaml_dump
 from .redact import redact
@@ -38,6 +38,7 @@ class StageInputs:
     train_dataset: Any
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
+    recipe: Any = None  # the validated Recipe, for stages that read their own sections (reward:)
 
 
 @dataclass
@@ -49,7 +50,9 @@ class RunResult:
 
 def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
     """The keyword arguments of the stage's TRL config: device fields, then the recipe's trainer: section."""
-    return {"report_to": "none", **plan.trainer_fields(), **recipe.trainer,
+    stage = get_stage(recipe.stage)
+    derived = stage.trainer_fields(recipe) if hasattr(stage, "trainer_fields") else {}
+    return {"report_to": "none", **plan.trainer_fields(), **derived, **recipe.trainer,
             "output_dir": recipe.output_dir, "seed": recipe.seed}
 
 
@@ -162,7 +165,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
     from .callbacks import MetricsFileCallback, ProgressCallback
-    from .evaluate import kl_on_chosen, preference_metrics, score_pairs
+    from .evaluate import kl_on_chosen, preference_metrics, reward_model_metrics, score_pairs, score_reward_pairs
     from .interrupt import GracefulStop, Interrupted
     from .models import load_models, load_tokenizer
     from .watchdog import EarlyStopping, TrainingStopped, Watchdog
@@ -184,7 +187,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                            "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}
 
     # 2. data, checked before any weights are loaded
-    train_dataset, eval_dataset, manifest["data"] = load_data(recipe, stage.DATA_KIND)
+    try:
+        train_dataset, eval_dataset, manifest["data"] = load_data(recipe, stage.DATA_KIND)
+    except DataError as exc:  # say what this stage reads, beside what the file holds
+        raise DataError(f"stage {recipe.stage} reads {stage.DATA_EXPECTS}; {exc.reason}", file=exc.file,
+                        line=exc.line, field=exc.field) from None
     identity = _identity(recipe, manifest["data"])
     checkpoint = _resume_point(out, resume, identity, resume_force, warn) if resume else None
     if checkpoint:
@@ -206,19 +213,22 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
     callbacks += [c for c in (watchdog, early_stop) if c is not None]
     trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
-                                              callbacks))
+                                              callbacks, recipe=recipe))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
     checkpoints.install(trainer, identity)
     if watchdog is not None:
         watchdog.attach(trainer)
 
-    # 5. train, with held-out preference metrics before and after
+    # 5. train, with held-out metrics before and after: preference metrics (DPO) or pairwise accuracy (reward)
     score = None
-    if is_main and eval_dataset is not None and hasattr(args, "beta"):
+    evaluation = getattr(stage, "EVALUATION", None)
+    if is_main and eval_dataset is not None and evaluation is not None:
+        scorer = score_pairs if evaluation == "preference" else score_reward_pairs
+
         def score(model):
-            return score_pairs(model, tokenizer, eval_dataset, max_length=args.max_length,
-                               batch_size=args.per_device_eval_batch_size)
+            return scorer(model, tokenizer, eval_dataset, max_length=args.max_length,
+                          batch_size=args.per_device_eval_batch_size)
 
         before = score(trainer.model)
     with stopper:
@@ -238,7 +248,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                             error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
             atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
         raise TrainingStopped(watchdog.message())
-    if score is not None:
+    if score is not None and evaluation == "reward":
+        manifest["evaluation"] = {"before": reward_model_metrics(before),
+                                  "after": reward_model_metrics(score(trainer.model))}
+    elif score is not None:
         after = score(trainer.model)
         # before training the policy is the reference: its KL is 0 by construction
         manifest["evaluation"] = {"before": {**preference_metrics(before, before, args.beta),
