@@ -12,7 +12,8 @@ from transformers import TrainerCallback
 from .atomic import atomic_write_text
 
 # The few metrics worth a place on the progress line; everything is in metrics.jsonl.
-_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "eval_loss", "eval_rewards/accuracies")
+_HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "reward", "objective/scores", "loss/policy_avg",
+             "eval_loss", "eval_rewards/accuracies")
 
 
 def _split(logs: dict) -> str:

@@ -56,8 +56,13 @@ def train(
         "--resume-force", help="Resume even if the recipe or data changed since the checkpoint.")] = False,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
+    from .pipeline import is_pipeline
     from .recipe import load_recipe
 
+    if is_pipeline(recipe):
+        _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
+                        resume_force=resume_force, several=bool(nproc or accelerate_config))
+        return
     resolved = load_recipe(recipe, overrides or [])
     if nproc or accelerate_config or dry_run:
         from . import launch
@@ -90,6 +95,36 @@ def train(
                           warn=lambda text: warn(f"[yellow]warning:[/] {text}"))
     if result.is_main:
         print_run_summary(_console(), result)
+
+
+def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrite: bool, resume: Optional[str],
+                    resume_force: bool, several: bool) -> None:
+    """A recipe with stages: each stage in order, complete ones skipped."""
+    from .errors import InputError
+    from .pipeline import load_pipeline, run_pipeline
+
+    pipeline = load_pipeline(path, overrides)
+    if several:
+        raise InputError("--nproc and --accelerate-config start one stage recipe; for a pipeline start the launcher "
+                         "yourself: torchrun --nproc_per_node N -m dpo_cli train " + str(path))
+    console = _console()
+    if dry_run:
+        from .report import print_dry_run
+        from .run import describe
+
+        for stage in pipeline.stages:
+            console.rule(f"stage {stage.name} ({stage.recipe.stage})")
+            print_dry_run(console, stage.recipe, describe(stage.recipe))
+        return
+    from .report import print_run_summary
+
+    warn = _console(stderr=True).print
+    run_pipeline(pipeline, overwrite=overwrite, resume=resume, resume_force=resume_force,
+                 say=lambda text: console.print(f"[bold]{text}[/]"),
+                 warn=lambda text: warn(f"[yellow]warning:[/] {text}"),
+                 on_result=lambda stage, result: print_run_summary(console, result) if result.is_main else None)
+    console.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in "
+                  f"{pipeline.output_dir}")
 
 
 @app.command("eval")

@@ -18,6 +18,10 @@ CURVES = {
     "accuracies": ("preference accuracy", ["rewards/accuracies"]),
     "logps": ("log-probs of the responses", ["logps/chosen", "logps/rejected"]),
     "learning_rate": ("learning rate", ["learning_rate"]),
+    # online stages: GRPO logs reward and kl, PPO objective/* and loss/*
+    "sample_rewards": ("reward of the policy's samples", ["reward", "objective/scores", "objective/rlhf_reward"]),
+    "kl": ("KL to the reference", ["kl", "objective/kl"]),
+    "ppo_losses": ("PPO losses", ["loss/policy_avg", "loss/value_avg"]),
 }
 # Eval figures that say nothing about the model.
 _EVAL_NOISE = ("runtime", "samples_per_second", "steps_per_second", "num_tokens", "model_preparation_time")
