@@ -181,6 +181,33 @@ def compare(
 
 
 @app.command()
+def score(
+    model: Annotated[str, typer.Argument(help="A reward model: the output_dir of a reward stage, or a hub name.",
+                                         show_default=False)],
+    data: Annotated[str, typer.Option("--data", help="Rows to score: pairs (both sides scored), conversations or "
+                                      "prompt/completion rows.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write every row with its score(s) as "
+                                                   "JSON lines here instead of printing them.",
+                                                   show_default=False)] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate to this many tokens.",
+                                                      show_default=False)] = None,
+):
+    """Score text with a reward model: one score per row, or chosen and rejected scores per pair."""
+    from .scoring import pairwise_accuracy, score_file, scores_table, write_scores
+
+    scored = score_file(model, data, max_length=max_length)
+    console = _console()
+    if output is not None:
+        write_scores(scored, output)
+        console.print(f"{len(scored.rows)} rows scored, written to {output}")
+    else:
+        console.print(scores_table(scored))
+    accuracy = pairwise_accuracy(scored)
+    if accuracy is not None:
+        console.print(f"pairwise accuracy (chosen scored above rejected): {accuracy:.3f}")
+
+
+@app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding metrics.jsonl).", show_default=False)]):
     """PNG curves of loss, rewards, margins, accuracies, learning rate and eval metrics into RUN_DIR/plots."""
     from .plots import plot_run

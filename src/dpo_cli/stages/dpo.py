@@ -24,7 +24,10 @@ def config_class() -> type:
 def known_loss_types(trainer_class: type) -> list[str]:
     """The loss types a TRL trainer dispatches on, read from its installed source so the list never drifts."""
     source = inspect.getsource(inspect.getmodule(trainer_class))
-    return sorted(set(re.findall(r"""loss_type\s*==\s*["']([A-Za-z0-9_]+)["']""", source)))
+    names = set(re.findall(r"""loss_type\s*==\s*["']([A-Za-z0-9_]+)["']""", source))
+    for group in re.findall(r"""loss_type\s+in\s*[\[{(]([^\]})]*)[\]})]""", source):  # loss_type in ["a", "b"]
+        names.update(re.findall(r"""["']([A-Za-z0-9_]+)["']""", group))
+    return sorted(names)
 
 
 def check_loss_types(recipe, error, trainer_class: type) -> list[str]:

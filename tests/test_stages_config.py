@@ -1,0 +1,257 @@
+"""Stages without training: golden TRL config mappings, loss types, reward specs and each stage's bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from conftest import REPO
+from dpo_cli.errors import DataError, RecipeError
+from dpo_cli.models import DevicePlan
+from dpo_cli.recipe import load_recipe
+from dpo_cli.run import build_config, train
+from dpo_cli.stages import unavailable
+
+CPU = DevicePlan("cpu", 0, "fp32", "test")
+TINY = REPO / "recipes" / "tiny"
+
+
+def _config(path, *overrides):
+    return build_config(load_recipe(path, list(overrides)), CPU)
+
+
+def test_sft_recipe_maps_to_sft_config():
+    config = _config(TINY / "sft.yaml", "output_dir=/tmp/x")
+    assert type(config).__name__ == "SFTConfig"
+    assert (config.learning_rate, config.max_steps, config.max_length, config.per_device_train_batch_size) == \
+        (1e-3, 15, 96, 16)
+    assert config.use_cpu and not config.bf16 and config.seed == 42 and config.report_to == []
+
+
+def test_dpo_loss_mix_and_its_knobs_reach_dpo_config():
+    config = _config(TINY / "dpo.yaml", "trainer.label_smoothing=0.1", "trainer.ld_alpha=0.5",
+                     "trainer.f_divergence_type=js_divergence")
+    assert config.loss_type == ["sigmoid", "bco_pair", "sft"]
+    assert config.loss_weights == [0.8, 0.2, 1.0]
+    assert (config.label_smoothing, config.ld_alpha, config.f_divergence_type, config.beta) == \
+        (0.1, 0.5, "js_divergence", 0.1)
+
+
+def test_one_loss_type_given_as_a_string_becomes_trls_list():
+    assert _config(TINY / "dpo.yaml", "trainer.loss_type=ipo", "trainer.loss_weights=null").loss_type == ["ipo"]
+
+
+def test_kto_and_reward_recipes_map_to_their_configs():
+    kto = _config(TINY / "kto.yaml")
+    assert type(kto).__name__ == "KTOConfig" and (kto.beta, kto.desirable_weight, kto.max_steps) == (0.1, 1.0, 20)
+    reward = _config(TINY / "reward.yaml")
+    assert type(reward).__name__ == "RewardConfig" and (reward.num_train_epochs, reward.max_length) == (2, 96)
+
+
+def test_grpo_reward_weights_come_from_the_reward_section():
+    config = _config(TINY / "grpo.yaml")
+    assert type(config).__name__ == "GRPOConfig"
+    assert config.reward_weights == [1.0, 0.5]
+    assert (config.num_generations, config.max_completion_length, config.max_steps) == (4, 24, 4)
+
+
+def test_unknown_dpo_loss_type_lists_the_ones_trl_knows():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY / "dpo.yaml", ["trainer.loss_type=[sigmoid, sigmod_norm]", "trainer.loss_weights=[1, 1]"])
+    message = str(err.value)
+    assert "command-line override" in message and "trainer.loss_type" in message
+    assert "'sigmod_norm' (entry 2 of the list)" in message and "did you mean 'sigmoid_norm'" in message
+    for known in ("sigmoid", "ipo", "hinge", "robust", "sft", "apo_zero", "discopop"):
+        assert known in message
+
+
+def test_unknown_loss_type_in_the_file_names_line(write_recipe):
+    text = (TINY / "dpo.yaml").read_text().replace("loss_type: [sigmoid, bco_pair, sft]", "loss_type: [dpo, x, y]")
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: field 'trainer.loss_type': loss type 'dpo'"):
+        load_recipe(write_recipe(text))
+
+
+def test_loss_weights_must_match_loss_types():
+    with pytest.raises(RecipeError, match="2 loss_weights for 3 loss_type entries"):
+        load_recipe(TINY / "dpo.yaml", ["trainer.loss_weights=[1, 1]"])
+
+
+def test_grpo_loss_type_is_checked_too():
+    with pytest.raises(RecipeError, match="loss type 'grpoo'.*did you mean 'grpo'.*it knows: .*dr_grpo"):
+        load_recipe(TINY / "grpo.yaml", ["trainer.loss_type=grpoo"])
+
+
+@pytest.mark.skipif(unavailable("ppo") is None, reason="this TRL still has PPO")
+def test_ppo_on_a_newer_trl_fails_at_load_naming_the_extra():
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY / "ppo.yaml")
+    message = str(err.value)
+    assert "ppo.yaml:" in message and "field 'stage'" in message
+    assert "removed in 1.13" in message and "pip install 'dpo-cli[ppo]'" in message
+
+
+def test_reward_section_only_for_stages_that_use_it():
+    with pytest.raises(RecipeError, match="stage dpo does not use a reward: section"):
+        load_recipe(TINY / "dpo.yaml", ["reward.model=runs/rm"])
+
+
+# --- GRPO reward functions ----------------------------------------------------------------------------------------
+
+GRPO = """\
+stage: grpo
+model: {{name_or_path: builtin:tiny-chat}}
+data: {{train: {data}}}
+reward:
+  functions:
+{functions}
+trainer: {{max_steps: 1, per_device_train_batch_size: 4, num_generations: 4, max_completion_length: 8,
+          logging_steps: 1, save_strategy: "no"}}
+output_dir: {out}
+"""
+
+
+def _grpo(write_recipe, tmp_path, functions: str, data: str = "builtin:demo/train.jsonl"):
+    return write_recipe(GRPO.format(functions=functions, data=data, out=tmp_path / "out"))
+
+
+def test_reward_function_file_that_does_not_exist(write_recipe, tmp_path):
+    path = _grpo(write_recipe, tmp_path, "    - length\n    - rewards/missing.py:score")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert "recipe.yaml:7: field 'reward.functions.1'" in message
+    assert "reward function file rewards/missing.py does not exist" in message
+
+
+def test_reward_function_missing_from_its_module(write_recipe, tmp_path, monkeypatch):
+    (tmp_path / "my_rewards.py").write_text("def brevity(completions, **kw):\n    return [0.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError, match="my_rewards.py has no function 'brevit'; did you mean 'brevity'"):
+        load_recipe(_grpo(write_recipe, tmp_path, "    - my_rewards.py:brevit"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(RecipeError, match="cannot import module 'no_such_rewards'"):
+        load_recipe(_grpo(write_recipe, tmp_path, "    - no_such_rewards:score"))
+    load_recipe(_grpo(write_recipe, tmp_path, "    - my_rewards:brevity\n    - my_rewards.py:brevity"))
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("- lenght", "unknown reward function 'lenght'; did you mean 'length'"),
+    ("- regex", "reward 'regex' needs its pattern"),
+    ("- regex: {pattern: '('}", "is not a regular expression"),
+    ("- length: {target: 0}", "target must be a positive number"),
+    ("- length: {targt: 10}", "has no option 'targt'; did you mean 'target'"),
+    ("- contains_answer: {column: 3}", "option 'column' must be str"),
+])
+def test_bad_builtin_reward_entries(write_recipe, tmp_path, entry, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(_grpo(write_recipe, tmp_path, "    " + entry))
+
+
+def test_grpo_without_reward_functions(write_recipe, tmp_path):
+    text = GRPO.format(functions="", data="builtin:demo/train.jsonl", out=tmp_path).replace(
+        "reward:\n  functions:\n\n", "")
+    with pytest.raises(RecipeError, match="stage grpo needs reward functions"):
+        load_recipe(write_recipe(text))
+
+
+def test_reward_weights_must_match_functions(write_recipe, tmp_path):
+    path = _grpo(write_recipe, tmp_path, "    - length\n  weights: [1.0, 2.0]")
+    with pytest.raises(RecipeError, match="reward.weights has 2 entries for 1 reward functions"):
+        load_recipe(path)
+
+
+def test_builtin_rewards_score_completions():
+    from dpo_cli.rewards import ContainsAnswerReward, LengthReward, RegexReward
+
+    assert LengthReward(target=10)(completions=["x" * 10, "x" * 15, "x" * 30]) == [1.0, 0.5, 0.0]
+    assert LengthReward(target=2, unit="words")(completions=["a b", "a b c d"]) == [1.0, 0.0]
+    conversational = [[{"role": "assistant", "content": "The answer is 4."}], [{"role": "assistant", "content": "?"}]]
+    assert RegexReward(r"answer is \d")(completions=conversational) == [1.0, 0.0]
+    assert RegexReward(r"The .*\.", full=True)(completions=conversational) == [1.0, 0.0]
+    assert ContainsAnswerReward()(completions=["it is  PARIS", "london"], answer=["paris", "Paris"]) == [1.0, 0.0]
+
+
+def test_guard_names_the_function_and_batch():
+    from dpo_cli.rewards import GuardedReward, RewardFunctionError
+
+    class State:
+        global_step = 6
+
+    def explode(completions, **kwargs):
+        raise KeyError("answer")
+
+    guarded = GuardedReward("explode", explode)
+    with pytest.raises(RewardFunctionError, match=r"reward function 'explode', batch 1 \(training step 7\) "
+                                                  r"raised KeyError: 'answer'"):
+        guarded(["p"], ["c"], trainer_state=State())
+
+    short = GuardedReward("short", lambda completions, **kw: [1.0])
+    short(["p"], ["c"])
+    with pytest.raises(RewardFunctionError, match="'short', batch 2 returned 1 values for 3 completions"):
+        short(["p"] * 3, ["c"] * 3)
+
+    nan = GuardedReward("nan", lambda completions, **kw: [1.0, math.nan])
+    with pytest.raises(RewardFunctionError, match="'nan', batch 1 returned nan for completion 2 of 2"):
+        nan(["p", "p"], ["a", "b"])
+
+    text = GuardedReward("text", lambda completions, **kw: ["high"])
+    with pytest.raises(RewardFunctionError, match="returned 'high' for completion 1, not a number"):
+        text(["p"], ["c"])
+
+
+def test_guard_passes_only_the_arguments_a_function_takes():
+    from dpo_cli.rewards import GuardedReward
+
+    seen = {}
+
+    def narrow(completions, answer):
+        seen["answer"] = answer
+        return [None, 2]
+
+    assert GuardedReward("narrow", narrow)(["p", "q"], ["a", "b"], answer=["x", "y"], trainer_state=None) == \
+        [None, 2.0]
+    assert seen["answer"] == ["x", "y"]
+
+
+# --- data given to the wrong stage: the message says what the stage reads and what the file holds --------------------
+
+def _recipe_for(stage_file, data, tmp_path, *extra):
+    return load_recipe(stage_file, [f"data.train={data}", "data.eval=null", f"output_dir={tmp_path / 'out'}",
+                                    *extra])
+
+
+def test_prompt_only_data_given_to_dpo(tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "What is 2+2?", "answer": "4"}\n')
+    with pytest.raises(DataError) as err:
+        train(_recipe_for(TINY / "dpo.yaml", data, tmp_path))
+    message = str(err.value)
+    assert f"{data}:1" in message
+    assert "stage dpo reads preference pairs (prompt, chosen, rejected)" in message
+    assert "the row holds prompt-only rows" in message
+
+
+def test_preference_data_without_a_prompt_column_given_to_grpo(tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"chosen": "Paris is the capital.", "rejected": "No idea."}\n')
+    with pytest.raises(DataError) as err:
+        train(_recipe_for(TINY / "grpo.yaml", data, tmp_path))
+    message = str(err.value)
+    assert f"{data}:1" in message and "stage grpo reads prompts: a prompt column" in message
+    assert "columns (chosen, rejected)" in message
+
+
+def test_prompt_only_data_given_to_sft(tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "Hello"}\n')
+    with pytest.raises(DataError, match="stage sft reads supervised rows.*there is no response to learn"):
+        train(_recipe_for(TINY / "sft.yaml", data, tmp_path))
+
+
+def test_contains_answer_without_the_column_stops_before_training(tmp_path, tiny_model):
+    recipe = load_recipe(TINY / "grpo.yaml", [f"output_dir={tmp_path / 'out'}", "reward.functions=[contains_answer]",
+                                              "reward.weights=null"])
+    with pytest.raises(RecipeError, match="compares with column 'answer', which the training data does not have "
+                                          r"\(it has: prompt\)"):
+        train(recipe)
