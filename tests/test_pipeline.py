@@ -1,0 +1,127 @@
+"""Pipelines: references, their errors (unknown stage, cycle, order), overrides per stage, and a short sft -> dpo run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO
+from dpo_cli.errors import RecipeError
+from dpo_cli.pipeline import load_pipeline, run_pipeline
+
+STAGE = """\
+  - name: {name}
+    stage: sft
+    model:
+      name_or_path: {model}
+    data: {{train: builtin:demo/train.jsonl}}
+    trainer: {{max_steps: 1, save_strategy: "no"}}
+"""
+
+
+def _pipeline(write_recipe, tmp_path, *stages: tuple[str, str]):
+    text = f"output_dir: {tmp_path / 'p'}\nstages:\n" + "".join(STAGE.format(name=n, model=m) for n, m in stages)
+    return write_recipe(text, "pipe.yaml")
+
+
+def test_references_resolve_to_each_stages_output_dir(write_recipe, tmp_path):
+    pipeline = load_pipeline(_pipeline(write_recipe, tmp_path, ("a", "builtin:tiny-chat"), ("b", "${a.output_dir}"),
+                                       ("c", "${ b.output_dir }")))
+    a, b, c = pipeline.stages
+    assert a.recipe.output_dir == str(tmp_path / "p" / "a")
+    assert b.recipe.model.name_or_path == str(tmp_path / "p" / "a") and b.needs == ["a"]
+    assert c.recipe.model.name_or_path == str(tmp_path / "p" / "b") and c.needs == ["b"]
+
+
+def test_reference_to_an_unknown_stage(write_recipe, tmp_path):
+    path = _pipeline(write_recipe, tmp_path, ("sft", "builtin:tiny-chat"), ("dpo", "${stf.output_dir}"))
+    with pytest.raises(RecipeError) as err:
+        load_pipeline(path)
+    message = str(err.value)
+    assert "pipe.yaml:12: field 'stages.1.model.name_or_path'" in message
+    assert "${stf.output_dir} refers to no stage named 'stf'; did you mean 'sft'?" in message
+    assert "the stages are: sft, dpo" in message
+
+
+def test_a_cycle_is_refused_and_shown(write_recipe, tmp_path):
+    path = _pipeline(write_recipe, tmp_path, ("a", "${b.output_dir}"), ("b", "${a.output_dir}"))
+    with pytest.raises(RecipeError, match=r"pipe.yaml:3: field 'stages.0.name': stages refer to each other in a "
+                                          r"cycle: a -> b -> a"):
+        load_pipeline(path)
+    with pytest.raises(RecipeError, match="cycle: a -> a"):
+        load_pipeline(_pipeline(write_recipe, tmp_path, ("a", "${a.output_dir}")))
+
+
+def test_a_stage_cannot_use_a_later_ones_output(write_recipe, tmp_path):
+    path = _pipeline(write_recipe, tmp_path, ("a", "${b.output_dir}"), ("b", "builtin:tiny-chat"))
+    with pytest.raises(RecipeError, match="stage 'a' uses \\$\\{b.output_dir\\} but 'b' runs after it"):
+        load_pipeline(path)
+
+
+def test_only_output_dir_can_be_referred_to(write_recipe, tmp_path):
+    path = _pipeline(write_recipe, tmp_path, ("a", "builtin:tiny-chat"), ("b", "${a.model}"))
+    with pytest.raises(RecipeError, match="can only be referred to by its output_dir"):
+        load_pipeline(path)
+
+
+def test_stage_errors_point_into_the_pipeline_file(write_recipe, tmp_path):
+    text = (f"output_dir: {tmp_path}\nstages:\n  - name: a\n    stage: sft\n    model: {{name_or_path: x}}\n"
+            "    data: {train: t.jsonl}\n    trainer: {learning_rat: 0.1}\n")
+    with pytest.raises(RecipeError, match=r"pipe.yaml:7: field 'stages.0.trainer.learning_rat': SFTConfig has no "
+                                          r"field 'learning_rat'; did you mean 'learning_rate'"):
+        load_pipeline(write_recipe(text, "pipe.yaml"))
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("  - name: a\n    stage: sft\n", "two stages are named 'a'"),
+    ("  - name: 'b c'\n", "each stage needs a name"),
+    ("  - name: b\n    output_dir: x\n", "set output_dir once, at the top of the pipeline"),
+])
+def test_names_and_output_dirs(write_recipe, tmp_path, extra, message):
+    path = _pipeline(write_recipe, tmp_path, ("a", "builtin:tiny-chat"))
+    path.write_text(path.read_text() + extra)
+    with pytest.raises(RecipeError, match=message):
+        load_pipeline(path)
+
+
+def test_overrides_address_a_stage_by_name(write_recipe, tmp_path):
+    path = _pipeline(write_recipe, tmp_path, ("a", "builtin:tiny-chat"), ("b", "${a.output_dir}"))
+    pipeline = load_pipeline(path, ["b.trainer.max_steps=7", f"output_dir={tmp_path / 'q'}"])
+    assert pipeline.stages[1].recipe.trainer["max_steps"] == 7
+    assert pipeline.stages[1].recipe.model.name_or_path == str(tmp_path / "q" / "a")
+    with pytest.raises(RecipeError, match="start with a stage name \\(a, b\\)"):
+        load_pipeline(path, ["trainer.max_steps=2"])
+    with pytest.raises(RecipeError, match="command-line override 'b.trainer.beta=0.1'.*SFTConfig has no field 'beta'"):
+        load_pipeline(path, ["b.trainer.beta=0.1"])
+
+
+def test_a_pipeline_file_is_not_a_stage_recipe():
+    from dpo_cli.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="this file is a pipeline"):
+        load_recipe(REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml")
+
+
+def test_sft_then_dpo_runs_and_a_second_run_skips_both(tiny_model, tmp_path):
+    path = REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml"
+    overrides = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "dpo.trainer.max_steps=2",
+                 "dpo.data.eval={path: builtin:demo/eval.jsonl, limit: 8}", "sft.plot=false", "dpo.plot=false"]
+    said = []
+    results = run_pipeline(load_pipeline(path, overrides), say=said.append)
+    assert [r.output_dir for r in results] == [tmp_path / "sft", tmp_path / "dpo"]
+    dpo_run = json.loads((tmp_path / "dpo" / "run.json").read_text())
+    assert dpo_run["status"] == "completed" and "evaluation" in dpo_run
+    recorded = (tmp_path / "dpo" / "recipe.resolved.yaml").read_text()
+    assert f"name_or_path: {tmp_path / 'sft'}" in recorded  # the reference, resolved
+
+    said.clear()
+    assert run_pipeline(load_pipeline(path, overrides), say=said.append) == []
+    assert said == [f"stage sft (sft): complete in {tmp_path / 'sft'}, skipped",
+                    f"stage dpo (dpo): complete in {tmp_path / 'dpo'}, skipped"]
+
+    # a changed downstream stage trains again (into its non-empty directory only with overwrite)
+    said.clear()
+    changed = load_pipeline(path, overrides[:-1] + ["dpo.trainer.max_steps=1"])
+    run_pipeline(changed, say=said.append, overwrite=True)
+    assert said[0].endswith("skipped") and said[1].startswith("stage dpo (dpo): training into")
