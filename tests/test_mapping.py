@@ -59,6 +59,11 @@ def test_trl_cross_field_errors_become_recipe_errors(write_recipe):
 
     from dpo_cli.errors import RecipeError
 
-    recipe = load_recipe(write_recipe(RECIPE.replace("loss_weights: [1.0, 0.5]", "loss_weights: [1.0]")))
+    # loss_weights against loss_type is now checked at recipe load, with the line (stages/dpo.py)
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: field 'trainer.loss_weights': 1 loss_weights for 2"):
+        load_recipe(write_recipe(RECIPE.replace("loss_weights: [1.0, 0.5]", "loss_weights: [1.0]")))
+    # what only TRL's own __post_init__ knows still arrives as a RecipeError
+    recipe = load_recipe(write_recipe(RECIPE))
+    recipe.trainer["loss_weights"] = [1.0]
     with pytest.raises(RecipeError, match="DPOConfig rejected the trainer: section: .*loss_weights"):
         build_config(recipe, CPU)

@@ -189,7 +189,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     # 2. data, checked before any weights are loaded
     try:
         train_dataset, eval_dataset, manifest["data"] = load_data(recipe, stage.DATA_KIND)
-    except DataError as exc:  # say what this stage reads, beside what the file holds
+    except DataError as exc:
+        if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
+            raise
+        # a row the stage cannot use: say what this stage reads, beside what the row holds
         raise DataError(f"stage {recipe.stage} reads {stage.DATA_EXPECTS}; {exc.reason}", file=exc.file,
                         line=exc.line, field=exc.field) from None
     identity = _identity(recipe, manifest["data"])
