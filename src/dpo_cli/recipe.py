@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag,
+                      ValidationError, ValidationInfo, field_validator, model_validator)
+from typing_extensions import NotRequired, TypedDict
 
 from .errors import RecipeError, did_you_mean
 
@@ -53,9 +54,56 @@ class ModelSection(_Section):
     chat_template: str | None = Field(default=None, description="a Jinja template, or a path to a file holding one")
 
 
+def _known_format(name: str) -> str:
+    from .data.formats import FORMATS
+
+    if name not in FORMATS:
+        raise ValueError(f"unknown data format '{name}'{did_you_mean(name, FORMATS)}")
+    return name
+
+
+def _valid_where(text: str) -> str:
+    from .data.where import compile_where
+    from .errors import DataError
+
+    try:
+        compile_where(text)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+class DataSource(TypedDict):
+    """A data source given as an object; stays a plain dict so run.json can record it as written."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    path: str
+    format: NotRequired[Annotated[str, AfterValidator(_known_format)]]
+    columns: NotRequired[dict[str, str]]  # canonical name -> column in the file
+    where: NotRequired[Annotated[str, AfterValidator(_valid_where)]]
+    limit: NotRequired[Annotated[int, Field(gt=0)]]
+
+
+# pydantic puts a tagged union's tag into error locations; these are dropped again when naming the recipe key
+_SOURCE_TAGS = ("path-string", "source-object")
+SourceItem = Annotated[
+    Annotated[str, Tag(_SOURCE_TAGS[0])] | Annotated[DataSource, Tag(_SOURCE_TAGS[1])],
+    Discriminator(lambda v: _SOURCE_TAGS[0] if isinstance(v, str) else _SOURCE_TAGS[1]),
+]
+
+
+def _as_source_list(value: Any) -> Any:
+    return [value] if isinstance(value, (str, dict)) else value
+
+
+SourceList = Annotated[list[SourceItem], BeforeValidator(_as_source_list)]
+
+
 class DataSection(_Section):
-    train: PathList
-    eval: PathList | None = None
+    """Each of train/eval is a path, an object {path, format, columns, where, limit}, or a list of either."""
+
+    train: SourceList
+    eval: SourceList | None = None
     eval_split: float | None = Field(default=None, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -220,7 +268,7 @@ def _first_error(exc: ValidationError, model: type[BaseModel], located: _Located
                  prefix: tuple = ()) -> RecipeError:
     err = exc.errors()[0]
     # pydantic places a model_validator's error on the section itself
-    loc = prefix + tuple(p for p in err["loc"] if not str(p).startswith("function-"))
+    loc = prefix + tuple(p for p in err["loc"] if not str(p).startswith("function-") and p not in _SOURCE_TAGS)
     if err["type"] == "value_error":
         return located.error(loc, str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
     return _describe(err, model, located, loc)

@@ -1,35 +1,48 @@
-"""Turn the data files named by a recipe into a datasets.Dataset of canonical rows, with a content fingerprint."""
+"""Turn the data sources named by a recipe into a datasets.Dataset of canonical rows, with a content fingerprint."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Sequence
+from typing import Any
 
-from ..errors import DataError
-from ..tiny import resolve_builtin
-from .formats import ADAPTERS
-from .readers import Record, iter_records
-
-__all__ = ["Record", "iter_records", "load_training_data"]
+from ..errors import DataError, did_you_mean
+from .pipeline import Pipeline, Source
+from .targets import KINDS
 
 
-def load_training_data(paths: Sequence[str], kind: str = "preference"):
+def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference"):
     """Read, check and convert every row; return ``(dataset, fingerprint)``.
 
+    ``sources`` are paths (files, directories, globs, ``builtin:`` names) or objects
+    ``{path, format, columns, where, limit}``. ``kind`` is what the stage needs: ``preference`` (TRL pairs), ``kto``
+    (unpaired; pairs are split), ``prompt`` (prompt-only plus extra columns) or ``sft`` (conversations).
     The fingerprint is a SHA-256 over the canonical rows, so it names the data the trainer saw whatever the source
     format was.
     """
-    from datasets import Dataset
-
-    adapter = ADAPTERS[kind]
+    if kind not in KINDS:
+        raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
+    if isinstance(sources, (str, Source)) or hasattr(sources, "keys"):
+        sources = [sources]
+    pipeline = Pipeline(KINDS[kind])
     digest = hashlib.sha256()
-    rows = []
-    for path in paths:
-        for record in iter_records(resolve_builtin(path)):
-            row = adapter(record)
+    rows: list[dict] = []
+    columns: tuple | None = None
+    for source in map(Source.of, sources):
+        for record, row in pipeline.rows(source):
+            keys = tuple(row)
+            if columns is None:
+                columns = keys
+            elif keys != columns and set(keys) != set(columns):
+                raise DataError(f"this row has columns ({', '.join(keys)}) but earlier rows have "
+                                f"({', '.join(columns)}); one dataset cannot mix them",
+                                file=record.file, line=record.line)
             digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
             rows.append(row)
     if not rows:
-        raise DataError("no rows", file=", ".join(paths))
+        names = ", ".join(str(Source.of(s).path) for s in sources)
+        raise DataError(f"no {kind} rows (every row was filtered out, or the files are empty)", file=names)
+    from datasets import Dataset
+
     return Dataset.from_list(rows), digest.hexdigest()

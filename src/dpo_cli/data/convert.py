@@ -1,0 +1,268 @@
+"""`dpo-cli convert-data`: stream rows from the inputs to one canonical output file, checked, filtered, atomic."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import random
+import tempfile
+import time
+from array import array
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..atomic import atomic_path
+from ..errors import DataError, InputError, did_you_mean
+from .checks import CHECKS, WARNINGS, check_of
+from .formats import AdapterOptions
+from .pipeline import Pipeline, Source, Stats
+from .readers import expand_paths
+from .targets import TARGETS
+from .writers import dumps, open_writer, output_kind
+
+
+@dataclass
+class ConvertOptions:
+    inputs: list[str]
+    output: Path
+    format: str | None = None
+    to: str = "trl"
+    columns: dict[str, str] = field(default_factory=dict)
+    keep: list[str] = field(default_factory=list)
+    where: str | None = None
+    limit: int | None = None
+    shuffle: bool = False
+    seed: int = 42
+    dedupe: bool = False
+    eval_split: float | None = None
+    skip_invalid: bool = False
+    rejects: Path | None = None
+    force: bool = False
+    preference: str = "better"
+    pairs: str = "best-worst"
+
+
+@dataclass
+class ConvertSummary:
+    output: Path
+    eval_output: Path | None
+    written: int
+    eval_written: int
+    duplicates: int
+    seconds: float
+    stats: Stats
+    rejects: Path | None = None
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.stats.read / self.seconds if self.seconds > 0 else float("inf")
+
+
+def parse_map(items: list[str]) -> dict[str, str]:
+    """``--map prompt=question`` -> {"prompt": "question"}."""
+    out = {}
+    for item in items:
+        target, sep, column = item.partition("=")
+        if not sep or not target.strip() or not column.strip():
+            raise InputError(f"--map '{item}' must be CANONICAL=COLUMN, for example --map prompt=question")
+        out[target.strip()] = column.strip()
+    return out
+
+
+def eval_path_for(output: Path) -> Path:
+    """out.jsonl -> out.eval.jsonl (the extension, gz included, stays last)."""
+    kind = output_kind(output)
+    return output.with_name(output.name[: -len(kind)] + ".eval" + kind)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_outputs(options: ConvertOptions, outputs: list[Path]) -> None:
+    inputs = [p for spec in options.inputs for p in expand_paths(spec)]
+    for out in outputs:
+        for path in inputs:
+            if out.resolve() == path.resolve() or _same_file(out, path) or path.resolve() in out.resolve().parents:
+                raise InputError(f"the output {out} is the input {path} (or a link to it); inputs are never "
+                                 "written to, choose another --output")
+        if out.exists() and not options.force:
+            raise InputError(f"{out} exists; pass --force to replace it")
+        if out.is_dir():
+            raise InputError(f"{out} is a directory; --output must be a file")
+
+
+def _validate(options: ConvertOptions) -> None:
+    if options.to not in TARGETS:
+        raise InputError(f"--to '{options.to}' is not an output shape{did_you_mean(options.to, TARGETS)}")
+    if options.limit is not None and options.limit <= 0:
+        raise InputError("--limit must be a positive number of rows")
+    if options.eval_split is not None and not 0.0 < options.eval_split < 1.0:
+        raise InputError("--eval-split must be a fraction between 0 and 1, such as 0.05")
+    if options.rejects is not None and not options.skip_invalid:
+        raise InputError("--rejects only applies with --skip-invalid (without it the first bad row stops)")
+
+
+class _Spool:
+    """Rows written to a temporary jsonl beside the output, with their offsets, so shuffling and splitting need
+    memory for one offset per row rather than for the rows."""
+
+    def __init__(self, directory: Path):
+        fd, name = tempfile.mkstemp(prefix=".dpo-cli-spool.", suffix=".jsonl", dir=directory)
+        self.path = Path(name)
+        self._file = os.fdopen(fd, "wb", buffering=1 << 20)
+        self.offsets = array("Q")
+        self._position = 0
+
+    def write(self, line: bytes, row: dict | None = None) -> None:
+        self.offsets.append(self._position)
+        self._file.write(line + b"\n")
+        self._position += len(line) + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def replay(self, order: Any):
+        self._file.close()
+        with open(self.path, "rb") as f:
+            if order is None:
+                for line in f:
+                    yield line[:-1]
+            else:
+                for index in order:
+                    f.seek(self.offsets[index])
+                    yield f.readline()[:-1]
+
+    def remove(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+def convert(options: ConvertOptions) -> ConvertSummary:
+    """Run one conversion; raises DataError at the first bad row unless ``skip_invalid``."""
+    _validate(options)
+    started = time.perf_counter()
+    output = Path(options.output)
+    kind = output_kind(output)
+    eval_output = eval_path_for(output) if options.eval_split else None
+    outputs = [output] + ([eval_output] if eval_output else []) + ([options.rejects] if options.rejects else [])
+    _check_outputs(options, outputs)
+
+    with contextlib.ExitStack() as stack:
+        rejects_writer = None
+        if options.rejects is not None:
+            rejects_tmp = stack.enter_context(atomic_path(options.rejects))
+            rejects_writer = open_writer(rejects_tmp, output_kind(options.rejects))
+            stack.callback(rejects_writer.close)
+
+        def on_reject(error: DataError, row: dict | None) -> None:
+            if rejects_writer is not None:
+                rejects_writer.write(dumps({"file": str(error.file), "line": error.line, "check": check_of(error),
+                                            "field": error.field, "message": error.reason, "row": row}))
+
+        pipeline = Pipeline(TARGETS[options.to], AdapterOptions(preference=options.preference, pairs=options.pairs),
+                            keep=options.keep, skip_invalid=options.skip_invalid, on_reject=on_reject,
+                            count_languages=True)
+        tmp = stack.enter_context(atomic_path(output))
+        spooled = options.shuffle or options.eval_split is not None
+        if spooled:
+            spool = _Spool(output.parent)
+            stack.callback(spool.remove)
+            sink: Any = spool
+        else:
+            sink = open_writer(tmp, kind)
+        seen: set[bytes] | None = set() if options.dedupe else None
+        duplicates = written = 0
+        limit = options.limit
+        for spec in options.inputs:
+            source = Source(path=spec, format=options.format, columns=options.columns, where=options.where)
+            for _record, row in pipeline.rows(source):
+                line = dumps(row)
+                if seen is not None:
+                    key = hashlib.blake2b(line, digest_size=16).digest()
+                    if key in seen:
+                        duplicates += 1
+                        continue
+                    seen.add(key)
+                sink.write(line, row)
+                written += 1
+                if limit is not None and written >= limit:
+                    break
+            if limit is not None and written >= limit:
+                break
+        eval_written = 0
+        if spooled:
+            eval_written, written = _write_spooled(spool, options, tmp, kind, eval_output, stack)
+        else:
+            sink.close()
+    return ConvertSummary(output=output, eval_output=eval_output, written=written, eval_written=eval_written,
+                          duplicates=duplicates, seconds=time.perf_counter() - started, stats=pipeline.stats,
+                          rejects=options.rejects)
+
+
+def _write_spooled(spool: _Spool, options: ConvertOptions, tmp: Path, kind: str, eval_output: Path | None,
+                   stack: contextlib.ExitStack) -> tuple[int, int]:
+    rng = random.Random(options.seed)
+    n = len(spool)
+    order = None
+    if options.shuffle:
+        order = array("Q", range(n))
+        rng.shuffle(order)
+    eval_positions: set[int] = set()
+    if options.eval_split is not None and n:
+        count = min(n - 1, max(1, round(n * options.eval_split))) if n > 1 else 0
+        eval_positions = set(rng.sample(range(n), count))
+    train_writer = open_writer(tmp, kind)
+    eval_writer = None
+    if eval_output is not None:
+        eval_tmp = stack.enter_context(atomic_path(eval_output))
+        eval_writer = open_writer(eval_tmp, kind)
+    for position, line in enumerate(spool.replay(order)):
+        if position in eval_positions:
+            eval_writer.write(line)
+        else:
+            train_writer.write(line)
+    train_writer.close()
+    if eval_writer is not None:
+        eval_writer.close()
+    return (eval_writer.rows if eval_writer else 0), train_writer.rows
+
+
+def print_summary(console, summary: ConvertSummary) -> None:
+    """The end-of-run summary: rows read, written, dropped by reason, languages, time."""
+    from rich.table import Table
+
+    stats = summary.stats
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    formats = sorted(set(stats.formats.values()))
+    table.add_row("format", ", ".join(formats) if formats else "-")
+    table.add_row("rows read", f"{stats.read:,}")
+    if stats.filtered:
+        table.add_row("filtered out (--where)", f"{stats.filtered:,}")
+    table.add_row("written", f"{summary.written:,} -> {summary.output}")
+    if summary.eval_output is not None:
+        table.add_row("eval split", f"{summary.eval_written:,} -> {summary.eval_output}")
+    if summary.duplicates:
+        table.add_row("duplicates removed", f"{summary.duplicates:,}")
+    for check, count in stats.dropped.most_common():
+        places = ", ".join(stats.dropped_at.get(check, []))
+        table.add_row(f"dropped: {check}", f"{count:,} ({CHECKS.get(check, check)}; first at {places})")
+    if summary.rejects is not None and stats.dropped:
+        table.add_row("rejected rows", str(summary.rejects))
+    for check, count in stats.warned.most_common():
+        places = ", ".join(stats.warned_at.get(check, []))
+        table.add_row(f"warning: {check}", f"{count:,} ({WARNINGS.get(check, check)}; first at {places})")
+    if stats.languages:
+        mix = ", ".join(f"{lang} {n:,}" for lang, n in stats.languages.most_common(8))
+        table.add_row("languages", mix + (" (guessed from the script)" if stats.languages_guessed else ""))
+    table.add_row("time", f"{summary.seconds:.2f} s, {summary.rows_per_second:,.0f} rows/s")
+    console.print(table)
