@@ -37,6 +37,8 @@ def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
 
 
 TRAIN = ["train", "{tmp}/r.yaml"]
+CONVERT = ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"]
+GOOD_ROW = '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
 
 CASES = [
     Case("recipe-missing", "recipe", "the recipe file does not exist", ["train", "{tmp}/nope.yaml"],
@@ -128,4 +130,64 @@ CASES = [
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
          "no built-in 'tiny-chatt'; built-ins are: tiny-chat, demo/train.jsonl, demo/eval.jsonl",
          recipe_with("builtin:tiny-chat", "builtin:tiny-chatt")),
+
+    # data rows, through convert-data (training reads data with the same adapters and checks)
+    *[Case(f"data-{name}", "data", what, ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"],
+           "{tmp}/in.jsonl:2: " + message, {"in.jsonl": GOOD_ROW + row + "\n"})
+      for name, what, row, message in [
+          ("invalid-json", "a line that is not JSON", '{"prompt": "Q", "chosen": [}',
+           "invalid JSON at column 28: Expecting value"),
+          ("not-object", "a line that is JSON but not an object", '["prompt", "chosen"]',
+           "expected a JSON object, found an array"),
+          ("missing-field", "a row without one of the format's fields", '{"prompt": "Q", "chosen": "A"}',
+           "field 'rejected': missing (columns found: chosen, prompt)"),
+          ("null-field", "a field that is null", '{"prompt": "Q", "chosen": "A", "rejected": null}',
+           "field 'rejected': is null"),
+          ("empty-response", "a whitespace-only response", '{"prompt": "Q", "chosen": "A", "rejected": "  "}',
+           "field 'rejected': response is empty or whitespace only"),
+          ("identical", "chosen identical to rejected", '{"prompt": "Q", "chosen": "A", "rejected": "A"}',
+           "field 'rejected': chosen and rejected are identical"),
+          ("non-string-content", "message content that is not text",
+           '{"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "assistant", "content": 42}], '
+           '"rejected": [{"role": "assistant", "content": "B"}]}',
+           "field 'chosen[0]': message content must be text, found a number"),
+          ("unknown-role", "a message role that is not user/assistant/system/tool",
+           '{"prompt": [{"role": "human", "content": "Q"}], "chosen": [{"role": "assistant", "content": "A"}], '
+           '"rejected": [{"role": "assistant", "content": "B"}]}',
+           "field 'prompt[0]': unknown role 'human' (expected one of assistant, system, tool, user)"),
+          ("last-not-assistant", "a conversation whose last turn is not the assistant's",
+           '{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, '
+           '{"role": "user", "content": "and?"}], "rejected": [{"role": "user", "content": "Q"}, '
+           '{"role": "assistant", "content": "B"}]}',
+           "field 'chosen': the last turn must be from the assistant, not user"),
+          ("prompt-mismatch", "chosen and rejected conversations that differ before the answer",
+           '{"chosen": [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A"}], '
+           '"rejected": [{"role": "user", "content": "Q2"}, {"role": "assistant", "content": "B"}]}',
+           "field 'rejected': chosen and rejected differ at turn 0, before their final assistant turn, so they "
+           "share no prompt"),
+      ]],
+    Case("data-unknown-format", "data", "columns that match no format", CONVERT,
+         "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
+         "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, kto, prompt-only, conversation, "
+         "prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+    Case("data-ambiguous-format", "data", "columns that fit several formats", CONVERT,
+         "{tmp}/in.jsonl:1: the columns (chosen, input, instruction, prompt, rejected) fit several formats: trl, "
+         "alpaca; choose one with --format",
+         {"in.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "instruction": "x", "input": ""}\n'}),
+    Case("convert-output-is-input", "option", "convert-data --output naming the input",
+         ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/in.jsonl"],
+         "the output {tmp}/in.jsonl is the input {tmp}/in.jsonl (or a link to it); inputs are never written to, "
+         "choose another --output", {"in.jsonl": GOOD_ROW}),
+    Case("convert-output-exists", "option", "convert-data onto an existing file without --force", CONVERT,
+         "{tmp}/out.jsonl exists; pass --force to replace it", {"in.jsonl": GOOD_ROW, "out.jsonl": "x\n"}),
+    Case("convert-unknown-format", "option", "a --format name that does not exist", [*CONVERT, "--format", "alpacca"],
+         "unknown format 'alpacca'; did you mean 'alpaca'?", {"in.jsonl": GOOD_ROW}),
+    Case("convert-where-column", "option", "a --where naming a column the data lacks",
+         [*CONVERT, "--where", "lang == 'zh'"],
+         "{tmp}/in.jsonl:1: --where names column 'lang', which the first row does not have; expected one of: "
+         "chosen, prompt, rejected", {"in.jsonl": GOOD_ROW}),
+    Case("convert-eval-split", "option", "an --eval-split that is not a fraction", [*CONVERT, "--eval-split", "2"],
+         "--eval-split must be a fraction between 0 and 1, such as 0.05", {"in.jsonl": GOOD_ROW}),
+    Case("convert-map-form", "option", "a --map without '='", [*CONVERT, "--map", "prompt"],
+         "--map 'prompt' must be CANONICAL=COLUMN, for example --map prompt=question", {"in.jsonl": GOOD_ROW}),
 ]
