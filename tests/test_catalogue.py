@@ -39,3 +39,15 @@ def test_catalogue_entry(case, capsys, tmp_path, tiny_model):
 
 def test_catalogue_has_at_least_thirty_entries_with_unique_names():
     assert len(CASES) >= 30 and len({c.name for c in CASES}) == len(CASES)
+
+
+def test_the_catalogue_page_is_generated_from_this_list():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("make_error_catalogue", REPO / "scripts" / "make_error_catalogue.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert (REPO / "docs" / "errors.md").read_text(encoding="utf-8") == module.render(), \
+        "docs/errors.md is stale: run python scripts/make_error_catalogue.py"
