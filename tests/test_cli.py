@@ -60,7 +60,8 @@ def test_data_without_expected_columns_says_what_it_found(capsys, tmp_path, writ
                           f"data: {{train: {data}}}\noutput_dir: {tmp_path / 'run'}\n")
     code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 2
-    assert f"{data}:1: cannot tell the data format from the columns (answer, question)" in err
+    assert f"{data}:1: stage dpo reads preference pairs (prompt, chosen, rejected)" in err
+    assert "cannot tell the data format from the columns (answer, question)" in err
 
 
 def test_unreachable_model_is_one_clear_message(capsys, tmp_path, write_recipe):

@@ -162,17 +162,14 @@ def test_reward_model_pairwise_accuracy(tiny_model, tmp_path):
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(tmp_path / "rm")
     rows = _rows()
     swapped = [{**r, "chosen": r["rejected"], "rejected": r["chosen"]} for r in rows]
-    same = [{**r, "rejected": r["chosen"]} for r in rows]
     results = []
-    for name, pairs in (("rows", rows), ("swapped", swapped), ("same", same)):
+    for name, pairs in (("rows", rows), ("swapped", swapped)):
         data = _write_pairs(tmp_path / f"{name}.jsonl", pairs)
         results.append(json.loads(_invoke(["eval", str(tmp_path / "rm"), "--data", str(data), "--json"]).stdout))
     assert all(r["kind"] == "reward_model" for r in results)
-    plain, flipped, tied = (r["metrics"] for r in results)
+    plain, flipped = (r["metrics"] for r in results)
     assert plain["reward_accuracy"] + flipped["reward_accuracy"] == pytest.approx(1.0)
     assert plain["reward_margin"] == pytest.approx(-flipped["reward_margin"], abs=1e-5)
-    # identical texts tie (up to float noise between rows of one batch)
-    assert tied["margin_quantiles"]["min"] == pytest.approx(0.0, abs=1e-5)
     assert tied["margin_quantiles"]["max"] == pytest.approx(0.0, abs=1e-5)
 
 
