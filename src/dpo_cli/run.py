@@ -34,6 +34,8 @@ class StageInputs:
     train_dataset: Any
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
+    peft_config: Any = None  # a peft LoraConfig for the trainer to apply (lora: section)
+    ref_cache: Any = None  # a refcache.RefLogpCache when reference log-probs are precomputed and cached
 
 
 @dataclass
@@ -44,7 +46,9 @@ class RunResult:
 
 def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
     """The keyword arguments of the stage's TRL config: device fields, then the recipe's trainer: section."""
-    return {"report_to": "none", **plan.trainer_fields(), **recipe.trainer,
+    stage = get_stage(recipe.stage)
+    derived = stage.trainer_fields(recipe) if hasattr(stage, "trainer_fields") else {}
+    return {"report_to": "none", **plan.trainer_fields(), **derived, **recipe.trainer,
             "output_dir": recipe.output_dir, "seed": recipe.seed}
 
 
@@ -61,11 +65,14 @@ def describe(recipe: Recipe) -> dict[str, Any]:
     """What --dry-run prints: device decision, the TRL config fields we set, the reference strategy."""
     plan = plan_device(recipe.trainer)
     config = build_config(recipe, plan)
+    from .memory import estimate_memory
+
     return {
         "config_class": type(config).__name__,
         "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
         "device": plan,
         "reference": get_stage(recipe.stage).reference_strategy(recipe),
+        "memory": estimate_memory(recipe, plan, config),
     }
 
 
@@ -154,12 +161,12 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
-    policy, reference = load_models(recipe)
+    models = load_models(recipe, plan)
 
     # 4. trainer
     callbacks = [MetricsFileCallback(out / METRICS_FILE), ProgressCallback()]
-    trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
-                                              callbacks))
+    trainer = stage.build_trainer(StageInputs(args, models.policy, models.reference, tokenizer, train_dataset,
+                                              eval_dataset, callbacks, models.peft_config, models.ref_cache))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
 
