@@ -168,7 +168,8 @@ output_dir: {tmp_path / 'out'}
 
     result = run.train(recipe)
     out = result.output_dir
-    assert json.loads((out / "run.json").read_text())["status"] == "completed"
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["reference"].startswith("shared:")
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics if m["split"] == "train")
     adapter = load_file(out / "adapter_model.safetensors")

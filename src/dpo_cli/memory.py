@@ -131,7 +131,7 @@ def _total(x: _Inputs) -> int:
     return sum(b for _, b, _ in _compute(x))
 
 
-def _suggestions(x: _Inputs, recipe: Recipe) -> list[tuple[str, int]]:
+def _suggestions(x: _Inputs) -> list[tuple[str, int]]:
     base = _total(x)
     candidates: list[tuple[str, _Inputs]] = []
     default_r = 16
@@ -239,5 +239,5 @@ def estimate_memory(recipe: Recipe, plan: DevicePlan, config: Any = None) -> Mem
     device_bytes, label = device_memory(plan)
     result = MemoryPlan(rows, total, device_bytes, label)
     if result.over:
-        result.suggestions = _suggestions(x, recipe)
+        result.suggestions = _suggestions(x)
     return result

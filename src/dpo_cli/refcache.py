@@ -97,7 +97,7 @@ class RefLogpCache:
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
 
-    def load(self, key: str, rows: int):
+    def load(self, key: str, rows: int, name: str = ""):
         """The cached ``(chosen, rejected)`` tensors, or None when absent; a damaged file is reported and ignored."""
         path = self.path(key)
         if not path.exists():
@@ -120,7 +120,7 @@ class RefLogpCache:
         if problem:
             warnings.warn(f"reference log-prob cache {path} is corrupt ({problem}); recomputing it",
                           RuntimeWarning, stacklevel=2)
-            self.events.append(("corrupt", key, path))
+            self.events.append(("corrupt", name, path))
             return None
         return chosen, rejected
 
@@ -202,7 +202,7 @@ def cached_dpo_trainer_class():
                 return super()._precompute_ref_logps(dataset, name, batch_size)
             components = self.ref_cache_components(dataset)
             key = cache_key(components)
-            found = cache.load(key, len(dataset))
+            found = cache.load(key, len(dataset), name)
             if found is not None:
                 cache.events.append(("hit", name, cache.path(key)))
                 if self.accelerator.is_main_process:

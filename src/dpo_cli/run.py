@@ -188,5 +188,10 @@ def train(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     trainer.save_model(str(out))
     if trainer.is_world_process_zero():
         manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
+        if hasattr(stage, "reference_strategy"):
+            manifest["reference"] = stage.reference_strategy(recipe)
+        if models.ref_cache is not None:
+            manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
+                                          for event, split, file in models.ref_cache.events]
         atomic_write_text(out / RUN_FILE, json.dumps(manifest, indent=2))
     return RunResult(out, manifest)
