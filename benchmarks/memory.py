@@ -82,7 +82,7 @@ trainer: {{num_train_epochs: 1, per_device_train_batch_size: 2, max_length: 64, 
 output_dir: {workdir / name}
 """, encoding="utf-8")
     start = time.perf_counter()
-    result = train(load_recipe(recipe_file))
+    result = train(load_recipe(recipe_file), overwrite=True)  # repeats reuse the directory
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     summary = [json.loads(line) for line in (result.output_dir / "metrics.jsonl").read_text().splitlines()]

@@ -92,3 +92,12 @@ def test_dry_run_prints_memory_plan_and_shared_reference(tiny_model, write_recip
     for row in ("policy weights", "reference", "gradients", "optimizer state", "activations", "logits", "total"):
         assert row in out
     assert "over" in out and "1. " in out
+
+
+def test_dry_run_without_reachable_model_still_prints_plan(tiny_model, write_recipe):
+    from dpo_cli.cli import app
+
+    path = write_recipe(BASE.replace("builtin:tiny-chat", "no-such-org/no-such-model"), "offline.yaml")
+    result = CliRunner().invoke(app, ["train", str(path), "--dry-run"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "memory plan unavailable" in result.output and "no-such-org/no-such-model" in result.output

@@ -32,6 +32,9 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
 def print_memory_plan(console: Console, memory) -> None:
     from .memory import human
 
+    if isinstance(memory, str):
+        console.print(f"[bold]memory plan[/] {memory}")
+        return
     table = Table(title="memory plan (per training device)", title_justify="left")
     table.add_column("what")
     table.add_column("bytes", justify="right")

@@ -65,14 +65,19 @@ def describe(recipe: Recipe) -> dict[str, Any]:
     """What --dry-run prints: device decision, the TRL config fields we set, the reference strategy."""
     plan = plan_device(recipe.trainer)
     config = build_config(recipe, plan)
+    from .errors import ModelLoadError
     from .memory import estimate_memory
 
+    try:
+        memory = estimate_memory(recipe, plan, config)
+    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
+        memory = f"unavailable: {exc}"
     return {
         "config_class": type(config).__name__,
         "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
         "device": plan,
         "reference": get_stage(recipe.stage).reference_strategy(recipe),
-        "memory": estimate_memory(recipe, plan, config),
+        "memory": memory,
     }
 
 
