@@ -87,7 +87,7 @@ class QuantizationSection(_Section):
 
     @model_validator(mode="after")
     def _four_bit_options(self) -> QuantizationSection:
-        given = self.model_fields_set & {"quant_type", "double_quant"}
+        given = self.model_fields_set & {"quant_type", "double_quant", "compute_dtype"}
         if self.bits == 8 and given:
             raise ValueError(f"{', '.join(sorted(given))} only applies to bits: 4")
         return self
