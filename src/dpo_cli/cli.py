@@ -280,6 +280,26 @@ def inspect_data(
         raise typer.Exit(2)
 
 
+@app.command("merge-lora")
+def merge_lora(
+    run_dir: Annotated[Path, typer.Argument(help="Output directory of a LoRA or QLoRA training run.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", help="Directory for the merged model.", show_default=False)],
+    dtype: Annotated[str, typer.Option("--dtype", help="auto (the base's stored dtype), float32, bfloat16, float16.")
+                     ] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
+):
+    """Merge a run's LoRA adapter into its base model (never into 4-bit weights) and check the logits still match."""
+    from .merge import TOLERANCE
+    from .merge import merge_lora as run_merge
+
+    result = run_merge(run_dir, output, dtype=dtype, overwrite=overwrite)
+    verdict = "[green]ok[/]" if result.within_tolerance else f"[bold red]larger than expected[/] " \
+                                                             f"(tolerance {TOLERANCE[result.dtype]:g})"
+    _console().print(f"merged {run_dir} into {result.base} in {result.dtype}: max |logit difference| merged vs "
+                     f"adapter on {result.prompts} bundled prompts ({result.tokens} tokens): "
+                     f"{result.max_abs_diff:.3g} {verdict}\nsaved safetensors and tokenizer to {result.output}")
+
+
 def main() -> None:
     if not _env_debug() and "--debug" not in sys.argv:
         import warnings

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelLoadError
-from .recipe import ModelSection, Recipe
-from .tiny import resolve_builtin
+from .errors import ModelLoadError, RecipeError
+from .recipe import LoraSection, ModelSection, QuantizationSection, Recipe, precompute_enabled
+from .tiny import cache_home, resolve_builtin
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,44 @@ def load_tokenizer(section: ModelSection):
     return tokenizer
 
 
-def load_causal_lm(section: ModelSection):
+def torch_dtype(name: str, plan: DevicePlan | None = None):
+    """A torch dtype from a recipe's name; ``auto`` follows the device plan's mixed precision."""
+    import torch
+
+    if name == "auto":
+        precision = plan.precision if plan else "fp32"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return getattr(torch, name)
+
+
+def bnb_config(section: QuantizationSection, plan: DevicePlan | None = None):
+    """The transformers BitsAndBytesConfig for a quantization: section."""
+    from transformers import BitsAndBytesConfig
+
+    if section.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=section.quant_type,
+                              bnb_4bit_use_double_quant=section.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(section.compute_dtype, plan))
+
+
+def load_causal_lm(section: ModelSection, quantization: QuantizationSection | None = None,
+                   plan: DevicePlan | None = None):
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(section.name_or_path, section.trust_remote_code)
     dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code)
+    kwargs: dict[str, Any] = {}
+    if quantization is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = bnb_config(quantization, plan)
+        # bitsandbytes places weights as it loads them: each process puts its copy on its own GPU
+        on_gpu = (plan.device if plan else ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+        kwargs["device_map"] = {"": PartialState().local_process_index} if on_gpu else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code,
+                                                **kwargs)
 
 
 def load_sequence_classifier(section: ModelSection):
@@ -102,13 +134,150 @@ def load_sequence_classifier(section: ModelSection):
                                                               trust_remote_code=section.trust_remote_code)
 
 
-def load_models(recipe: Recipe):
-    """The policy, as the stage's model class, and a frozen reference copy where the stage wants one."""
+def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM"):
+    """The peft LoraConfig for a lora: section."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
+                      target_modules=section.target_modules, modules_to_save=section.modules_to_save,
+                      use_dora=section.use_dora, use_rslora=section.use_rslora)
+
+
+def meta_model(section: ModelSection):
+    """The model's architecture on the meta device: names and shapes of every parameter, no memory, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
+
+
+def _module_suffixes(model, kinds: tuple[type, ...]) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and
+                   isinstance(module, kinds)})
+
+
+def check_lora_targets(recipe: Recipe, error: Callable[[Sequence[Any], str], RecipeError]) -> None:
+    """LoRA target_modules and modules_to_save must name modules of this model; list the ones that exist."""
+    import torch
+    from peft import get_peft_model
+
+    section = recipe.lora
+    model = meta_model(recipe.model)
+    linear = _module_suffixes(model, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))
+    try:
+        get_peft_model(model, lora_config(section))
+    except ValueError as exc:
+        if "not found in the base model" not in str(exc) and "No modules were targeted" not in str(exc):
+            raise error(("lora", "target_modules"), f"peft rejected the LoRA settings: {exc}") from None
+        raise error(("lora", "target_modules"),
+                    f"{section.target_modules!r} matches no module of {recipe.model.name_or_path}; its layers are: "
+                    f"{', '.join(linear)} (or use 'all-linear')") from None
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    for i, wanted in enumerate(section.modules_to_save or []):
+        if wanted not in names:
+            raise error(("lora", "modules_to_save", i),
+                        f"'{wanted}' is not a module of {recipe.model.name_or_path}; for example: {', '.join(linear)}")
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """How DPO gets its reference log-probs, decided from the recipe alone (dry-run shows it)."""
+
+    kind: str  # "shared", "copy", "separate" or "precomputed"
+    in_memory: bool  # a second set of weights held during training
+    description: str
+
+
+def reference_plan(recipe: Recipe) -> ReferencePlan:
+    ref = recipe.ref_model
+    if ref.explicit:
+        source = ref.name_or_path or f"{recipe.model.name_or_path} (the policy's starting weights)"
+        source += f" + adapter {ref.adapter}" if ref.adapter else ""
+        source += f", {ref.quantization.bits}-bit" if ref.quantization else ""
+    elif recipe.lora is not None:
+        source = "the policy with its LoRA adapter disabled"
+    else:
+        source = "the policy's starting weights"
+    if precompute_enabled(recipe):
+        where = (f"cached on disk in {ref_cache_dir(recipe)}, reused by a later run with the same reference, "
+                 f"tokenizer, data and truncation") if ref.cache else "not cached (ref_model.cache: false)"
+        return ReferencePlan("precomputed", False, f"precomputed: log-probs computed once before training by {source}, "
+                                                   f"then no reference in memory; {where}")
+    if ref.explicit:
+        return ReferencePlan("separate", True, f"separate: {source}, frozen")
+    if recipe.lora is not None:
+        return ReferencePlan("shared", False, "shared: the policy with its LoRA adapter disabled, no second copy in "
+                                              "memory")
+    return ReferencePlan("copy", True, "frozen copy: a second, frozen copy of the policy's starting weights "
+                                       "(full fine-tuning)")
+
+
+def ref_cache_dir(recipe: Recipe) -> Path:
+    return Path(recipe.ref_model.cache_dir) if recipe.ref_model.cache_dir else cache_home() / "ref-logps"
+
+
+@dataclass
+class LoadedModels:
+    """What a stage needs to build its trainer: TRL applies ``peft_config`` itself."""
+
+    policy: Any
+    reference: Any = None
+    peft_config: Any = None
+    ref_cache: Any = None
+
+
+def load_reference(recipe: Recipe, plan: DevicePlan | None = None):
+    """An explicit reference: another model, or the policy's weights quantized, optionally with an adapter; frozen."""
+    ref = recipe.ref_model
+    section = recipe.model.model_copy(update={"name_or_path": ref.name_or_path or recipe.model.name_or_path})
+    model = load_causal_lm(section, ref.quantization, plan)
+    if ref.adapter:
+        from peft import PeftModel
+
+        adapter = resolve_builtin(ref.adapter)
+        try:
+            # the adapter's layers stay in the base model, active and unmerged (exact even over 4-bit weights)
+            model = PeftModel.from_pretrained(model, adapter).get_base_model()
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"ref_model.adapter '{ref.adapter}' could not be loaded onto {section.name_or_path}: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_models(recipe: Recipe, plan: DevicePlan | None = None) -> LoadedModels:
+    """The policy (quantized and prepared for k-bit training for QLoRA) and the reference its strategy calls for.
+
+    A stage may load its policy as another model class (``load_policy``: reward's sequence classifier) and ask for a
+    frozen reference copy (``needs_reference``: kto, ppo); DPO's reference follows ``reference_plan``.
+    """
     from .stages import get_stage
 
     stage = get_stage(recipe.stage)
-    load = getattr(stage, "load_policy", load_causal_lm)
-    policy = load(recipe.model)
-    needs_reference = getattr(stage, "needs_reference", None)
-    reference = load(recipe.model) if needs_reference is not None and needs_reference(recipe) else None
-    return policy, reference
+    load_policy = getattr(stage, "load_policy", None)
+    policy = load_policy(recipe.model) if load_policy else load_causal_lm(recipe.model, recipe.quantization, plan)
+    if recipe.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # gradient checkpointing is left to the trainer, which turns it on from trainer.gradient_checkpointing
+        policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=False)
+    task = getattr(stage, "PEFT_TASK", "CAUSAL_LM")
+    loaded = LoadedModels(policy, peft_config=lora_config(recipe.lora, task) if recipe.lora else None)
+    if recipe.stage != "dpo":
+        needs_reference = getattr(stage, "needs_reference", None)
+        if needs_reference is not None and needs_reference(recipe) and recipe.lora is None:
+            loaded.reference = (load_policy or load_causal_lm)(recipe.model)
+        return loaded
+    strategy = reference_plan(recipe)
+    if recipe.ref_model.explicit:
+        loaded.reference = load_reference(recipe, plan)
+    elif strategy.kind == "copy":
+        loaded.reference = load_causal_lm(recipe.model, None, plan)
+    if strategy.kind == "precomputed" and recipe.ref_model.cache:
+        from .refcache import RefLogpCache
+
+        loaded.ref_cache = RefLogpCache(ref_cache_dir(recipe))
+    return loaded

@@ -139,9 +139,62 @@ class RewardSection(_Section):
         return self
 
 
+class LoraSection(_Section):
+    """peft LoraConfig fields; the reference is then the policy with its adapter disabled."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="'all-linear', module name suffixes, or one regular expression")
+    modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class QuantizationSection(_Section):
+    """bitsandbytes weight quantization through transformers (QLoRA when the policy is quantized)."""
+
+    bits: Literal[4, 8]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    @model_validator(mode="after")
+    def _four_bit_options(self) -> QuantizationSection:
+        given = self.model_fields_set & {"quant_type", "double_quant", "compute_dtype"}
+        if self.bits == 8 and given:
+            raise ValueError(f"{', '.join(sorted(given))} only applies to bits: 4")
+        return self
+
+
+def _auto_ref(value: Any) -> Any:
+    # `ref_model: auto` (or an empty `ref_model:`) is the default strategy
+    return {} if value is None or value == "auto" else value
+
+
+class RefModelSection(_Section):
+    """Which reference model DPO compares against; empty means auto (shared adapter-disabled policy or a copy)."""
+
+    name_or_path: str | None = None
+    adapter: str | None = None
+    quantization: QuantizationSection | None = None
+    precompute: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        """A reference loaded separately from the policy (another model, an adapter, or quantized)."""
+        return bool(self.name_or_path or self.adapter or self.quantization)
+
+
 class Recipe(_Section):
     stage: str
     model: ModelSection
+    ref_model: Annotated[RefModelSection, BeforeValidator(_auto_ref)] = Field(default_factory=RefModelSection)
+    lora: LoraSection | None = None
+    quantization: QuantizationSection | None = None
     data: DataSection
     trainer: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
@@ -324,6 +377,11 @@ def build_recipe(data: dict, located: _Located, prefix: tuple = ()) -> Recipe:
     except ValidationError as exc:
         raise _first_error(exc, Recipe, located, prefix) from None
     recipe.trainer = validate_trainer(recipe.stage, recipe.trainer, error)
+    check_conflicts(recipe, error)
+    if recipe.lora is not None:
+        from .models import check_lora_targets
+
+        check_lora_targets(recipe, error)
     module = get_stage(recipe.stage)
     if recipe.reward is not None and not getattr(module, "USES_REWARD", False):
         raise error(("reward",), f"stage {recipe.stage} does not use a reward: section (grpo and ppo do)")
@@ -331,6 +389,33 @@ def build_recipe(data: dict, located: _Located, prefix: tuple = ()) -> Recipe:
     if check is not None:
         check(recipe, error)
     return recipe
+
+
+def precompute_enabled(recipe: Recipe) -> bool:
+    """Reference log-probs computed once before training, from ref_model.precompute or TRL's own key."""
+    return bool(recipe.ref_model.precompute or recipe.trainer.get("precompute_ref_log_probs"))
+
+
+def check_conflicts(recipe: Recipe, error: Callable[[Sequence[Any], str], RecipeError]) -> None:
+    """Cross-section rules about models; each names the key at fault."""
+    if recipe.quantization is not None and recipe.lora is None:
+        raise error(("quantization",), "a quantized model cannot be trained directly: add a lora: section (QLoRA), "
+                                       "or quantize only the reference with ref_model.quantization")
+    if recipe.ref_model.adapter and not recipe.ref_model.name_or_path:
+        raise error(("ref_model", "adapter"), "an adapter needs its base model: set ref_model.name_or_path to the "
+                                              "model the adapter was trained on")
+    if recipe.ref_model.precompute and recipe.trainer.get("precompute_ref_log_probs") is False:
+        raise error(("trainer", "precompute_ref_log_probs"),
+                    "contradicts ref_model.precompute: true; remove one of them")
+    if recipe.trainer.get("sync_ref_model"):
+        if precompute_enabled(recipe):
+            where = ("ref_model", "precompute") if recipe.ref_model.precompute else ("trainer", "precompute_ref_log_probs")
+            raise error(where, "precomputed reference log-probs assume a fixed reference, but trainer.sync_ref_model "
+                               "updates it during training; use one or the other")
+        if recipe.lora is not None and not recipe.ref_model.explicit:
+            raise error(("trainer", "sync_ref_model"),
+                        "with lora: the reference is the policy with its adapter disabled, so there is no separate "
+                        "reference to synchronise; set ref_model.name_or_path for a separate one, or drop sync_ref_model")
 
 
 def validate_trainer(stage: str, trainer: dict[str, Any],

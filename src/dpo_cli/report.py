@@ -25,7 +25,32 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
     console.print(f"[bold]reference[/]  {plan['reference']}")
+    if plan.get("memory") is not None:
+        print_memory_plan(console, plan["memory"])
     console.print("dry run: no weights loaded, nothing written")
+
+
+def print_memory_plan(console: Console, memory) -> None:
+    from .memory import human
+
+    if isinstance(memory, str):
+        console.print(f"[bold]memory plan[/] {memory}")
+        return
+    table = Table(title="memory plan (per training device)", title_justify="left")
+    table.add_column("what")
+    table.add_column("bytes", justify="right")
+    table.add_column("counted as")
+    for what, size, how in memory.rows:
+        table.add_row(what, human(size), how)
+    table.add_row("[bold]total[/]", f"[bold]{human(memory.total)}[/]", "")
+    console.print(table)
+    if memory.device_bytes is None:
+        console.print("[bold]device memory[/] unknown")
+        return
+    verdict = "[bold red]over[/]" if memory.over else "[green]fits[/]"
+    console.print(f"[bold]device memory[/] {human(memory.device_bytes)} ({memory.device_label}): {verdict}")
+    for rank, (change, saving) in enumerate(memory.suggestions, 1):
+        console.print(f"  {rank}. {change}: saves about {human(saving)}")
 
 
 _ROWS = (

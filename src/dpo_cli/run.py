@@ -39,6 +39,8 @@ class StageInputs:
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
     recipe: Any = None  # the validated Recipe, for stages that read their own sections (reward:)
+    peft_config: Any = None  # a peft LoraConfig for the trainer to apply (lora: section)
+    ref_cache: Any = None  # a refcache.RefLogpCache when reference log-probs are precomputed and cached
 
 
 @dataclass
@@ -72,11 +74,19 @@ def describe(recipe: Recipe) -> dict[str, Any]:
     """What --dry-run prints: device decision, the TRL config fields we set, the reference strategy."""
     plan = plan_device(recipe.trainer)
     config = build_config(recipe, plan)
+    from .errors import ModelLoadError
+    from .memory import estimate_memory
+
+    try:
+        memory = estimate_memory(recipe, plan, config)
+    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
+        memory = f"unavailable: {exc}"
     return {
         "config_class": type(config).__name__,
         "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
         "device": plan,
         "reference": get_stage(recipe.stage).reference_strategy(recipe),
+        "memory": memory,
     }
 
 
@@ -206,7 +216,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
-    policy, reference = load_models(recipe)
+    models = load_models(recipe, plan)
 
     # 4. trainer, with checkpoints that are complete or absent, a graceful stop on SIGTERM/SIGINT, the watchdog
     stopper = GracefulStop()
@@ -215,8 +225,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     watchdog = Watchdog() if recipe.watchdog else None
     early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
     callbacks += [c for c in (watchdog, early_stop) if c is not None]
-    trainer = stage.build_trainer(StageInputs(args, policy, reference, tokenizer, train_dataset, eval_dataset,
-                                              callbacks, recipe=recipe))
+    trainer = stage.build_trainer(StageInputs(args, models.policy, models.reference, tokenizer, train_dataset,
+                                              eval_dataset, callbacks, recipe=recipe, peft_config=models.peft_config,
+                                              ref_cache=models.ref_cache))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
     checkpoints.install(trainer, identity)
@@ -267,7 +278,11 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
     # 6. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
     trainer.save_model(str(out))  # every rank must call it (sharded states are gathered); the main one writes
-    manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step)
+    manifest.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
+                    reference=stage.reference_strategy(recipe))
+    if models.ref_cache is not None:
+        manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
+                                      for event, split, file in models.ref_cache.events]
     if is_main:
         checkpoints.replace_pickled_args(out, args)
         if recipe.plot:

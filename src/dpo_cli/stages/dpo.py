@@ -1,11 +1,11 @@
-"""DPO stage: TRL's DPOTrainer on preference pairs, against a frozen reference model; every loss TRL knows."""
+"""DPO stage: TRL's DPOTrainer on preference pairs, against the reference the recipe's strategy picks."""
 
 from __future__ import annotations
 
 import difflib
 import inspect
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..run import StageInputs
@@ -59,20 +59,22 @@ def validate_recipe(recipe, error) -> None:
                     f"entries ({', '.join(given) or 'sigmoid'}); give one weight per loss type")
 
 
-def needs_reference(recipe) -> bool:
-    return not recipe.trainer.get("precompute_ref_log_probs")
+def trainer_fields(recipe) -> dict[str, Any]:
+    """DPOConfig fields that follow from our own sections rather than from trainer:."""
+    return {"precompute_ref_log_probs": True} if recipe.ref_model.precompute else {}
 
 
 def reference_strategy(recipe) -> str:
-    if recipe.trainer.get("precompute_ref_log_probs"):
-        return "precomputed: reference log-probs computed once before training, no reference kept in memory"
-    return "frozen copy: a second, frozen copy of the policy's starting weights (full fine-tuning)"
+    from ..models import reference_plan
+
+    return reference_plan(recipe).description
 
 
 def build_trainer(inputs: StageInputs):
-    from trl import DPOTrainer
+    from ..refcache import cached_dpo_trainer_class
 
-    return DPOTrainer(
+    trainer_class = cached_dpo_trainer_class()
+    trainer = trainer_class(
         model=inputs.model,
         ref_model=inputs.ref_model,
         args=inputs.args,
@@ -80,4 +82,10 @@ def build_trainer(inputs: StageInputs):
         eval_dataset=inputs.eval_dataset,
         processing_class=inputs.tokenizer,
         callbacks=inputs.callbacks,
+        peft_config=inputs.peft_config,
+        ref_logp_cache=inputs.ref_cache,
     )
+    if inputs.args.precompute_ref_log_probs and trainer.ref_model is not None:
+        # every log-prob the loss needs is in the datasets now: free the separate reference's weights
+        trainer.ref_model = None
+    return trainer

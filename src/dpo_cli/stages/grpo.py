@@ -92,4 +92,4 @@ def build_trainer(inputs: StageInputs):
     return GRPOTrainer(model=inputs.model, reward_funcs=functions, args=inputs.args,
                        train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                        processing_class=inputs.tokenizer, reward_processing_classes=processing,
-                       callbacks=inputs.callbacks)
+                       callbacks=inputs.callbacks, peft_config=inputs.peft_config)

@@ -32,4 +32,4 @@ def build_trainer(inputs: StageInputs):
 
     return KTOTrainer(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
                       train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
-                      processing_class=inputs.tokenizer, callbacks=inputs.callbacks)
+                      processing_class=inputs.tokenizer, callbacks=inputs.callbacks, peft_config=inputs.peft_config)

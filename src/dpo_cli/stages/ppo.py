@@ -97,4 +97,4 @@ def build_trainer(inputs: StageInputs):
     return Trainer(args=inputs.args, processing_class=tokenizer, model=inputs.model, ref_model=inputs.ref_model,
                    reward_model=reward_model, value_model=value_model,
                    train_dataset=_tokenize(inputs.train_dataset, tokenizer), eval_dataset=eval_dataset,
-                   callbacks=inputs.callbacks)
+                   callbacks=inputs.callbacks, peft_config=inputs.peft_config)

@@ -18,6 +18,9 @@ def config_class() -> type:
     return RewardConfig
 
 
+PEFT_TASK = "SEQ_CLS"  # LoRA on a sequence classifier: peft then trains the score head too
+
+
 def load_policy(section):
     from ..models import load_sequence_classifier
 
@@ -33,4 +36,4 @@ def build_trainer(inputs: StageInputs):
 
     return RewardTrainer(model=inputs.model, args=inputs.args, train_dataset=inputs.train_dataset,
                          eval_dataset=inputs.eval_dataset, processing_class=inputs.tokenizer,
-                         callbacks=inputs.callbacks)
+                         callbacks=inputs.callbacks, peft_config=inputs.peft_config)

@@ -27,4 +27,4 @@ def build_trainer(inputs: StageInputs):
 
     return SFTTrainer(model=inputs.model, args=inputs.args, train_dataset=inputs.train_dataset,
                       eval_dataset=inputs.eval_dataset, processing_class=inputs.tokenizer,
-                      callbacks=inputs.callbacks)
+                      callbacks=inputs.callbacks, peft_config=inputs.peft_config)

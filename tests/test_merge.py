@@ -1,0 +1,90 @@
+"""merge-lora: merge a trained adapter into full-precision base weights, check logits, refuse runs with no adapter."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from dpo_cli.errors import InputError
+from dpo_cli.recipe import load_recipe
+
+
+@pytest.fixture(scope="module")
+def qlora_run(tiny_model, tmp_path_factory):
+    """A two-step QLoRA run: the adapter was trained over 4-bit weights, the merge must not be."""
+    from dpo_cli import run
+    from dpo_cli.tiny import asset_path
+
+    tmp = tmp_path_factory.mktemp("merge")
+    data = tmp / "pairs.jsonl"
+    data.write_text("\n".join(asset_path("demo/train.jsonl").read_text(encoding="utf-8").splitlines()[:8]) + "\n",
+                    encoding="utf-8")
+    recipe_file = tmp / "recipe.yaml"
+    recipe_file.write_text(f"""\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+quantization: {{bits: 4}}
+lora: {{r: 4, alpha: 8, dropout: 0.0}}
+data: {{train: {data}}}
+trainer: {{max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.05, max_length: 64,
+          gradient_checkpointing: false, save_strategy: "no"}}
+output_dir: {tmp / 'run'}
+""", encoding="utf-8")
+    return run.train(load_recipe(recipe_file)).output_dir
+
+
+def test_merge_writes_full_precision_model_matching_adapter(qlora_run, tmp_path, tiny_model):
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_cli.merge import merge_lora
+
+    result = merge_lora(qlora_run, tmp_path / "merged")
+    out = result.output
+    assert result.dtype == "float32" and result.prompts == 4 and result.tokens > 20
+    assert result.max_abs_diff < 1e-4 and result.within_tolerance
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    assert not (out / "adapter_config.json").exists()
+    weights = load_file(out / "model.safetensors")
+    assert all(t.dtype == torch.float32 for t in weights.values())  # never 4-bit
+    base = load_file(tiny_model / "model.safetensors")
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert weights[key].shape == base[key].shape and not torch.equal(weights[key], base[key])  # the adapter is in
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert tokenizer.chat_template and merged.config.model_type == "llama"
+
+
+def test_merge_cli_prints_max_difference(qlora_run, tmp_path):
+    from dpo_cli.cli import app
+
+    result = CliRunner().invoke(app, ["merge-lora", str(qlora_run), "--output", str(tmp_path / "m"),
+                                      "--dtype", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    assert "max |logit difference|" in result.output and "bfloat16" in result.output
+
+
+def test_merge_refuses_run_without_adapter(tiny_model, tmp_path):
+    from dpo_cli.merge import merge_lora
+
+    full = tmp_path / "full-run"
+    shutil.copytree(tiny_model, full)  # what a full fine-tuning run leaves: a complete model
+    with pytest.raises(InputError, match="no LoRA adapter"):
+        merge_lora(full, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_quantized_dtype_and_nonempty_output(qlora_run, tmp_path):
+    from dpo_cli.merge import merge_lora
+
+    with pytest.raises(InputError, match="never a quantized type"):
+        merge_lora(qlora_run, tmp_path / "out", dtype="int4")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "keep.txt").write_text("x")
+    with pytest.raises(InputError, match="not empty"):
+        merge_lora(qlora_run, busy)
+    assert (busy / "keep.txt").read_text() == "x"

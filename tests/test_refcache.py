@@ -1,0 +1,120 @@
+"""Cached reference log-probs: a later run with the same key loads them; a changed key or a damaged file recomputes."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_cli.recipe import load_recipe
+
+
+def _small_data(tmp_path, rows=12):
+    from dpo_cli.tiny import asset_path
+
+    lines = asset_path("demo/train.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def build(tiny_model, write_recipe, tmp_path):
+    """Build the DPO trainer a run would build (its constructor precomputes the reference log-probs)."""
+    from dpo_cli import run
+    from dpo_cli.models import load_models, load_tokenizer, plan_device
+    from dpo_cli.stages import get_stage
+
+    data = _small_data(tmp_path)
+
+    def make(*overrides: str, lora: bool = True):
+        recipe = load_recipe(write_recipe(f"""\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+{'lora: {r: 4}' if lora else ''}
+ref_model: {{precompute: true, cache_dir: {tmp_path / 'cache'}}}
+data: {{train: {data}}}
+trainer: {{max_steps: 1, per_device_train_batch_size: 4, max_length: 64, report_to: none}}
+output_dir: {tmp_path / 'out'}
+"""), list(overrides))
+        plan = plan_device(recipe.trainer)
+        models = load_models(recipe, plan)
+        train, _, _ = run.load_data(recipe, "preference")
+        inputs = run.StageInputs(run.build_config(recipe, plan), models.policy, models.reference,
+                                 load_tokenizer(recipe.model), train, None, [], models.peft_config, models.ref_cache)
+        return get_stage("dpo").build_trainer(inputs), models.ref_cache
+
+    return make
+
+
+def _logps(trainer):
+    return list(trainer.train_dataset["ref_chosen_logps"]) + list(trainer.train_dataset["ref_rejected_logps"])
+
+
+def test_second_run_loads_cache_without_running_reference(build, monkeypatch):
+    first, cache = build()
+    assert [e[0] for e in cache.events] == ["miss"]
+    path = cache.events[0][2]
+    assert path.is_file()
+    expected = _logps(first)
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference model ran although its log-probs were cached")
+
+    monkeypatch.setattr(type(first), "compute_ref_log_probs", no_reference)
+    # a beta sweep, and another LoRA rank: the reference (adapter disabled) is the same, so is the key
+    second, cache = build("trainer.beta=0.5", "lora.r=8")
+    assert cache.events == [("hit", "train", path)]
+    assert _logps(second) == pytest.approx(expected)
+    assert second.train_dataset.features["ref_chosen_logps"] == first.train_dataset.features["ref_chosen_logps"]
+
+
+def test_changed_truncation_recomputes(build):
+    _, cache = build()
+    _, other = build("trainer.max_length=32")
+    assert other.events[0][0] == "miss" and other.events[0][2] != cache.events[0][2]
+    assert len(list(cache.directory.glob("*.safetensors"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_corrupt_cache_is_detected_and_recomputed(build, damage):
+    first, cache = build()
+    path = cache.events[0][2]
+    expected = _logps(first)
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:  # header intact, one log-prob changed: only the checksum can tell
+        data[-1] ^= 0x40
+        path.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        second, cache = build()
+    assert [e[0] for e in cache.events] == ["corrupt", "miss"]
+    assert _logps(second) == pytest.approx(expected)
+    assert cache.load(cache.events[1][2].stem, len(expected) // 2) is not None  # rewritten, valid again
+
+
+def test_weights_fingerprint_ignores_a_disabled_adapter(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from dpo_cli.refcache import weights_fingerprint
+
+    plain = weights_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model))
+    wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules="all-linear"))
+    assert weights_fingerprint(wrapped, adapters_disabled=True) == plain
+    assert weights_fingerprint(wrapped) != plain
+    changed = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        changed.model.norm.weight[0] += 1e-3
+    assert weights_fingerprint(changed) != plain
+
+
+def test_tokenizer_fingerprint_covers_chat_template(tiny_model):
+    from transformers import AutoTokenizer
+
+    from dpo_cli.refcache import tokenizer_fingerprint
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    before = tokenizer_fingerprint(tokenizer)
+    tokenizer.chat_template = tokenizer.chat_template + " "
+    assert tokenizer_fingerprint(tokenizer) != before
