@@ -55,8 +55,9 @@ def _poison_step(monkeypatch, step: int) -> None:
     real = models.load_models
     seen = {"forwards": 0}
 
-    def load_models(recipe):
-        policy, reference = real(recipe)
+    def load_models(recipe, plan=None):
+        loaded = real(recipe, plan)
+        policy = loaded.policy
 
         def hook(module, args, output):
             if module.training:
@@ -68,7 +69,7 @@ def _poison_step(monkeypatch, step: int) -> None:
             return output
 
         policy.register_forward_hook(hook)
-        return policy, reference
+        return loaded
 
     monkeypatch.setattr(models, "load_models", load_models)
 

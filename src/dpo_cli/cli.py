@@ -29,7 +29,8 @@ def _env_debug() -> bool:
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    # soft wrap: long messages (paths, figures) stay on one line, so they can be copied and grepped
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 @app.callback()

@@ -297,9 +297,9 @@ def resolve_target(model_or_run: str, *, data: str | None = None, ref: str | Non
             status = json.loads((path / "run.json").read_text(encoding="utf-8")).get("status")
             raise InputError(f"run directory {path} holds no saved model (run status: {status})")
         recipe = load_recipe(path / "recipe.resolved.yaml")
-        ref_section = getattr(recipe, "ref_model", None) or recipe.model
+        # the run's reference: an explicit ref_model, else its starting model (also what a LoRA run's adapter sits on)
         return EvalTarget(
-            model=str(path), reference=ref or ref_section.name_or_path,
+            model=str(path), reference=ref or recipe.ref_model.name_or_path or recipe.model.name_or_path,
             beta=beta if beta is not None else recipe.trainer.get("beta", _default("beta")),
             data=[data] if data else None,
             max_length=max_length or recipe.trainer.get("max_length", _default("max_length")),

@@ -165,7 +165,10 @@ def check_lora_targets(recipe: Recipe, error: Callable[[Sequence[Any], str], Rec
     from peft import get_peft_model
 
     section = recipe.lora
-    model = meta_model(recipe.model)
+    try:
+        model = meta_model(recipe.model)
+    except ModelLoadError:
+        return  # no config to check against offline: loading the model reports it, and peft checks the targets
     linear = _module_suffixes(model, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))
     try:
         get_peft_model(model, lora_config(section))

@@ -38,9 +38,9 @@ class StageInputs:
     train_dataset: Any
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
-    recipe: Any = None  # the validated Recipe, for stages that read their own sections (reward:)
     peft_config: Any = None  # a peft LoraConfig for the trainer to apply (lora: section)
     ref_cache: Any = None  # a refcache.RefLogpCache when reference log-probs are precomputed and cached
+    recipe: Any = None  # the validated Recipe, for stages that read their own sections (reward:)
 
 
 @dataclass
@@ -226,8 +226,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
     callbacks += [c for c in (watchdog, early_stop) if c is not None]
     trainer = stage.build_trainer(StageInputs(args, models.policy, models.reference, tokenizer, train_dataset,
-                                              eval_dataset, callbacks, recipe=recipe, peft_config=models.peft_config,
-                                              ref_cache=models.ref_cache))
+                                              eval_dataset, callbacks, models.peft_config, models.ref_cache, recipe))
     for noisy in (HFProgress, PrinterCallback):
         trainer.remove_callback(noisy)
     checkpoints.install(trainer, identity)
