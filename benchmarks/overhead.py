@@ -1,6 +1,6 @@
 """dpo-cli against a plain TRL script on the same DPO run: training steps/s and logged losses, side by side.
 
-    python benchmarks/overhead.py [--steps 60] [--repeats 3]
+    python benchmarks/overhead.py [--steps 150] [--repeats 3]
 
 Each run is its own child process, alternating plain / dpo-cli so drift on the machine hits both alike. Steps/s is
 TRL's own ``train_steps_per_second`` (the training loop, callbacks included, not model loading).
@@ -73,7 +73,7 @@ def child(kind: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=["plain", "dpo-cli"])
     parser.add_argument("--out")
