@@ -169,13 +169,38 @@ def _resume_point(out: Path, resume: str, identity: dict, force: bool, warn) -> 
     return checkpoint
 
 
+def _score_held_out(evaluation: str, model, tokenizer, eval_dataset, args):
+    from .evaluate import score_pairs, score_reward_pairs
+
+    scorer = score_pairs if evaluation == "preference" else score_reward_pairs
+    return scorer(model, tokenizer, eval_dataset, max_length=args.max_length,
+                  batch_size=args.per_device_eval_batch_size)
+
+
+def _before_and_after(evaluation: str, before, trainer, tokenizer, eval_dataset, args) -> dict:
+    """Held-out figures for run.json; ``before`` was scored with the starting weights, the reference of DPO."""
+    from .evaluate import kl_on_chosen, preference_metrics, reward_model_metrics
+
+    after = _score_held_out(evaluation, trainer.model, tokenizer, eval_dataset, args)
+    if evaluation == "reward":
+        return {"before": reward_model_metrics(before), "after": reward_model_metrics(after)}
+    # before training the policy is the reference: its KL is 0 by construction
+    figures = {"before": {**preference_metrics(before, before, args.beta),
+                          "kl_chosen_per_token": 0.0, "kl_chosen_per_sequence": 0.0},
+               "after": preference_metrics(after, before, args.beta)}
+    if getattr(trainer, "ref_model", None) is not None:  # a shared (LoRA) or precomputed reference has no model here
+        figures["after"].update(kl_on_chosen(trainer.model, trainer.ref_model, tokenizer, eval_dataset,
+                                             max_length=args.max_length,
+                                             batch_size=max(1, args.per_device_eval_batch_size // 4)))
+    return figures
+
+
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None, resume_force: bool = False,
           warn=print) -> RunResult:
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_callback import ProgressCallback as HFProgress
 
     from .callbacks import MetricsFileCallback, ProgressCallback
-    from .evaluate import kl_on_chosen, preference_metrics, reward_model_metrics, score_pairs, score_reward_pairs
     from .interrupt import GracefulStop, Interrupted
     from .models import load_models, load_tokenizer
     from .watchdog import EarlyStopping, TrainingStopped, Watchdog
@@ -234,16 +259,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         watchdog.attach(trainer)
 
     # 5. train, with held-out metrics before and after: preference metrics (DPO) or pairwise accuracy (reward)
-    score = None
-    evaluation = getattr(stage, "EVALUATION", None)
-    if is_main and eval_dataset is not None and evaluation is not None:
-        scorer = score_pairs if evaluation == "preference" else score_reward_pairs
-
-        def score(model):
-            return scorer(model, tokenizer, eval_dataset, max_length=args.max_length,
-                          batch_size=args.per_device_eval_batch_size)
-
-        before = score(trainer.model)
+    evaluation = getattr(stage, "EVALUATION", None) if is_main and eval_dataset is not None else None
+    before = _score_held_out(evaluation, trainer.model, tokenizer, eval_dataset, args) if evaluation else None
     with stopper:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if stopper.signum is not None:
@@ -261,19 +278,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                             error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
             atomic_write_text(out / RUN_FILE, json.dumps(redact(manifest), indent=2))
         raise TrainingStopped(watchdog.message())
-    if score is not None and evaluation == "reward":
-        manifest["evaluation"] = {"before": reward_model_metrics(before),
-                                  "after": reward_model_metrics(score(trainer.model))}
-    elif score is not None:
-        after = score(trainer.model)
-        # before training the policy is the reference: its KL is 0 by construction
-        manifest["evaluation"] = {"before": {**preference_metrics(before, before, args.beta),
-                                             "kl_chosen_per_token": 0.0, "kl_chosen_per_sequence": 0.0},
-                                  "after": preference_metrics(after, before, args.beta)}
-        if getattr(trainer, "ref_model", None) is not None:
-            manifest["evaluation"]["after"].update(kl_on_chosen(
-                trainer.model, trainer.ref_model, tokenizer, eval_dataset, max_length=args.max_length,
-                batch_size=max(1, args.per_device_eval_batch_size // 4)))
+    if evaluation:
+        manifest["evaluation"] = _before_and_after(evaluation, before, trainer, tokenizer, eval_dataset, args)
 
     # 6. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
     trainer.save_model(str(out))  # every rank must call it (sharded states are gathered); the main one writes
