@@ -55,8 +55,10 @@ class MetricsFileCallback(TrainerCallback):
             f.write(json.dumps(record) + "\n")
 
 
-def _headline(logs: dict) -> str:
-    return "  ".join(f"{k} {logs[k]:.4f}" for k in _HEADLINE if isinstance(logs.get(k), (int, float)))
+def _headline(logs: dict, short: bool = False) -> str:
+    """The headline metrics; ``short`` keeps only the last part of each name, to fit beside a progress bar."""
+    shown = [k for k in _HEADLINE if isinstance(logs.get(k), (int, float))]
+    return "  ".join(f"{k.rsplit('/', 1)[-1] if short else k} {logs[k]:.4g}" for k in shown)
 
 
 class ProgressCallback(TrainerCallback):
@@ -83,7 +85,7 @@ class ProgressCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs or _split(logs) == "summary":
             return
-        line = _headline(logs)
+        line = _headline(logs, short=self.progress is not None)
         if self.progress is not None:
             self.progress.update(self.task, description=line)
         elif line:
