@@ -216,7 +216,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     is_main = args.process_index == 0
     out = Path(recipe.output_dir) if resume else check_output_dir(recipe, overwrite)
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
-    manifest = {"dpo_cli_version": _versions()["dpo-cli"], "versions": _versions(), "git_commit": _git_commit(),
+    versions = _versions()
+    manifest = {"dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
                 "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
                 "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision,
                            "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}

@@ -22,6 +22,8 @@ def needs_reference(recipe) -> bool:
 
 
 def reference_strategy(recipe) -> str:
+    if recipe.lora is not None:
+        return "shared: the policy with its LoRA adapter disabled, no second copy in memory"
     if recipe.trainer.get("precompute_ref_log_probs"):
         return "precomputed: reference log-probs computed once before training, no reference kept in memory"
     return "frozen copy: a second, frozen copy of the policy's starting weights (full fine-tuning)"

@@ -53,7 +53,9 @@ def needs_reference(recipe) -> bool:
 
 
 def reference_strategy(recipe) -> str:
-    return ("frozen copy of the policy's starting weights; reward model from reward.model; value model initialised "
+    policy = "the policy with its LoRA adapter disabled" if recipe.lora is not None \
+        else "frozen copy of the policy's starting weights"
+    return (f"{policy}; reward model from reward.model; value model initialised "
             "from " + ("reward.value_model" if recipe.reward and recipe.reward.value_model else "the reward model"))
 
 
