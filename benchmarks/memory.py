@@ -47,7 +47,7 @@ def build_model(directory: Path, layers: int) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from dpo_cli.tiny import ensure_tiny_chat
+    from dpo_cli.core.builtins import ensure_tiny_chat
 
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_chat())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=768, intermediate_size=2048, num_hidden_layers=layers,
@@ -68,9 +68,9 @@ def child(name: str, workdir: Path, model_dir: Path, data: Path) -> dict:
     import torch  # noqa: F401  imported before the baseline so every configuration pays the same
     import trl  # noqa: F401
 
-    from dpo_cli.recipe import load_recipe
-    from dpo_cli.refcache import cached_dpo_trainer_class
-    from dpo_cli.run import train
+    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.refcache import cached_dpo_trainer_class
+    from dpo_cli.train.run import train
 
     # Peak RSS of the training steps alone: Linux resets the high-water mark (VmHWM) when 5 is written to clear_refs,
     # so loading transients (state dicts read before they land in the model) do not mask what the steps hold.
@@ -129,7 +129,7 @@ def main() -> int:
         print(json.dumps(child(args.child, workdir, workdir / "model", workdir / "pairs.jsonl")))
         return 0
 
-    from dpo_cli.tiny import asset_path
+    from dpo_cli.core.builtins import asset_path
 
     with tempfile.TemporaryDirectory(prefix="dpo-cli-memory-") as tmp:
         workdir = Path(tmp)

@@ -29,7 +29,7 @@ def plain(steps: int, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from dpo_cli.tiny import asset_path, ensure_tiny_chat
+    from dpo_cli.core.builtins import asset_path, ensure_tiny_chat
 
     path = ensure_tiny_chat()
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -45,8 +45,8 @@ def plain(steps: int, out: Path) -> dict:
 
 
 def dpo_cli(steps: int, out: Path) -> dict:
-    from dpo_cli.recipe import load_recipe
-    from dpo_cli.run import train
+    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.run import train
 
     recipe_path = out.parent / "bench.yaml"
     trainer = {k: v for k, v in TRAINER.items() if k not in {"report_to", "use_cpu", "bf16"}}

@@ -81,8 +81,8 @@ CASES = [
          "{tmp}/r.yaml:7: field 'trainer.output_dir': 'output_dir' is not a trainer key here: set output_dir at "
          "the top level of the recipe", recipe_with("beta: 0.1", "output_dir: /elsewhere")),
     Case("trl-cross-field", "recipe", "trainer: values TRL rejects together", TRAIN,
-         "{tmp}/r.yaml:8: field 'trainer.loss_weights': 1 loss_weights for 2 loss_type entries (sigmoid, sft); "
-         "give one weight per loss type",
+         "{tmp}/r.yaml:8: field 'trainer.loss_weights': DPOConfig rejected the trainer: section: `loss_weights` must "
+         "have the same length as `loss_type` when combining multiple losses. Got 1 weights for 2 loss types.",
          recipe_with("beta: 0.1", "loss_type: [sigmoid, sft]\n  loss_weights: [1.0]")),
     Case("eval-and-split", "recipe", "both data.eval and data.eval_split", TRAIN,
          "{tmp}/r.yaml:4: field 'data': give either data.eval or data.eval_split, not both",

@@ -24,7 +24,7 @@ def dpo_cli_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(dpo_cli_home) -> Path:
-    from dpo_cli.tiny import ensure_tiny_chat
+    from dpo_cli.core.builtins import ensure_tiny_chat
 
     return ensure_tiny_chat()
 

@@ -21,3 +21,22 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     code = exit_info.value.code
     return (0 if code is None else code), out, err
+
+
+def build_trainer(recipe, *, ref_cache=None, eval_data: bool = False):
+    """The TRL trainer a run would build for ``recipe`` (steps 1 to 4 of train/run.py), without training."""
+    from dpo_cli.data.load import load_splits
+    from dpo_cli.train.config import build_config
+    from dpo_cli.train.device import plan_device
+    from dpo_cli.train.models import load_models, load_tokenizer
+    from dpo_cli.train.stages import get_stage
+    from dpo_cli.train.stages.base import StageInputs
+
+    stage = get_stage(recipe.stage)
+    plan = plan_device(recipe.trainer)
+    models = load_models(recipe, stage, plan)
+    train, evaluation, _ = load_splits(recipe.data, recipe.seed, stage.data_kind)
+    inputs = StageInputs(recipe, build_config(recipe, plan), models.policy, models.reference,
+                         load_tokenizer(recipe.model), train, evaluation if eval_data else None, [],
+                         models.peft_config, ref_cache)
+    return stage.build_trainer(inputs)

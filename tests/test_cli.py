@@ -28,7 +28,7 @@ def test_bad_input_is_one_line_exit_2_without_traceback(tmp_path):
 def test_debug_shows_the_traceback(capsys, tmp_path):
     import pytest
 
-    from dpo_cli.errors import RecipeError
+    from dpo_cli.core.errors import RecipeError
 
     with pytest.raises(RecipeError):
         run_cli(capsys, "--debug", "train", str(tmp_path / "missing.yaml"))

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from dpo_cli.core.errors import DataError
 from dpo_cli.data.checks import check_of
-from dpo_cli.data.pipeline import Pipeline, Source
+from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.data.targets import TARGETS
-from dpo_cli.errors import DataError
 
 BAD = Path(__file__).parent / "fixtures" / "data" / "bad"
 
@@ -32,8 +32,8 @@ CASES = {
 }
 
 
-def _run(path: Path, **kwargs) -> tuple[list[dict], Pipeline]:
-    pipeline = Pipeline(TARGETS["trl"], **kwargs)
+def _run(path: Path, **kwargs) -> tuple[list[dict], RowPipeline]:
+    pipeline = RowPipeline(TARGETS["trl"], **kwargs)
     return [row for _, row in pipeline.rows(Source(path=str(path)))], pipeline
 
 

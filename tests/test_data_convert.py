@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from dpo_cli.core.errors import DataError, InputError
 from dpo_cli.data.convert import ConvertOptions, convert
-from dpo_cli.errors import DataError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "data"

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from dpo_cli.core.errors import DataError
 from dpo_cli.data.formats import FORMATS, AdapterOptions
-from dpo_cli.data.pipeline import Pipeline, Source
+from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.data.targets import KINDS, TARGETS
-from dpo_cli.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -35,8 +35,8 @@ def _read(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def convert_rows(path, target="trl", **source) -> tuple[list[dict], Pipeline]:
-    pipeline = Pipeline(TARGETS[target], AdapterOptions(**source.pop("options", {})))
+def convert_rows(path, target="trl", **source) -> tuple[list[dict], RowPipeline]:
+    pipeline = RowPipeline(TARGETS[target], AdapterOptions(**source.pop("options", {})))
     rows = [row for _, row in pipeline.rows(Source(path=str(path), **source))]
     return rows, pipeline
 
@@ -162,7 +162,7 @@ def test_kinds_for_stages(tmp_path):
 
 
 def convert_rows_kind(path, kind):
-    pipeline = Pipeline(KINDS[kind])
+    pipeline = RowPipeline(KINDS[kind])
     return [row for _, row in pipeline.rows(Source(path=str(path)))], pipeline
 
 

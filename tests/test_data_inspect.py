@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dpo_cli.core.builtins import resolve_builtin
+from dpo_cli.data.inspection import inspect, over_limit, print_report
 from test_data_convert import run_cli  # pytest puts tests/ on sys.path
-
-from dpo_cli.data.inspect import inspect, over_limit, print_report
-from dpo_cli.tiny import resolve_builtin
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -48,9 +47,10 @@ def test_duplicates_are_counted(tmp_path):
 
 def test_token_statistics_and_samples_through_the_chat_template(tiny_model):
     from rich.console import Console
+    from transformers import AutoTokenizer
 
     report = inspect([str(FIXTURES / "trl_explicit.jsonl"), str(FIXTURES / "trl_implicit.jsonl")],
-                     tokenizer=str(tiny_model), max_length=12)
+                     tokenizer=AutoTokenizer.from_pretrained(tiny_model), max_length=12)
     tokens = report.token_lengths
     assert set(tokens) == {"prompt", "chosen", "rejected"} and len(tokens["prompt"]) == 4
     assert all(n > 0 for n in tokens["chosen"])

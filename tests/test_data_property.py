@@ -8,10 +8,10 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dpo_cli.core.errors import DataError
 from dpo_cli.data.checks import Where
 from dpo_cli.data.formats import FORMATS, AdapterOptions, candidates
 from dpo_cli.data.targets import KINDS, TARGETS
-from dpo_cli.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 KEYS = sorted({column for fmt in FORMATS.values() for column in fmt.columns}

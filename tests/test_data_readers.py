@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dpo_cli.data.pipeline import Pipeline, Source
+from dpo_cli.core.errors import DataError
 from dpo_cli.data.readers import expand_paths, iter_records
+from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.data.targets import TARGETS
-from dpo_cli.errors import DataError
 
 ROWS = [{"instruction": "Say hi", "input": "", "chosen": "Hi!", "rejected": "Go away."},
         {"instruction": "说你好", "input": "", "chosen": "你好！", "rejected": "走开。"}]
@@ -21,7 +21,7 @@ EXPECTED = [{"prompt": [{"role": "user", "content": r["instruction"]}],
 
 
 def _convert(path) -> list[dict]:
-    return [row for _, row in Pipeline(TARGETS["trl"]).rows(Source(path=str(path)))]
+    return [row for _, row in RowPipeline(TARGETS["trl"]).rows(Source(path=str(path)))]
 
 
 def test_jsonl_gz(tmp_path):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dpo_cli.core.errors import DataError
 from dpo_cli.data.where import FilterError, compile_where
-from dpo_cli.errors import DataError
 
 ROW = {"language": "zh", "score": 7.5, "n": 3, "tags": ["math", "easy"], "meta": {"source": "web"}, "ok": True,
        "note": None}

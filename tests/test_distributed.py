@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from dpo_cli.launch import SHIPPED_CONFIGS, accelerate_config_path, config_warnings, load_accelerate_config
-from dpo_cli.recipe import load_recipe
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.launch import SHIPPED_CONFIGS, accelerate_config_path, config_warnings, load_accelerate_config
 
 RECIPE = """\
 stage: dpo

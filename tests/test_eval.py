@@ -52,7 +52,8 @@ def _preferring_chosen(model, tokenizer):
 
 
 def test_a_model_made_to_prefer_chosen_scores_accuracy_one(tiny):
-    from dpo_cli.evaluate import kl_on_chosen, preference_metrics, score_pairs
+    from dpo_cli.evidence.metrics import preference_metrics
+    from dpo_cli.evidence.scoring import kl_on_chosen, score_pairs
 
     model, tokenizer = tiny
     policy = _preferring_chosen(model, tokenizer)
@@ -66,7 +67,8 @@ def test_a_model_made_to_prefer_chosen_scores_accuracy_one(tiny):
 
 
 def test_identical_policy_and_reference_score_margin_zero_and_kl_zero(tiny):
-    from dpo_cli.evaluate import kl_on_chosen, preference_metrics, score_pairs
+    from dpo_cli.evidence.metrics import preference_metrics
+    from dpo_cli.evidence.scoring import kl_on_chosen, score_pairs
 
     model, tokenizer = tiny
     rows = _rows()
@@ -83,7 +85,7 @@ def test_identical_policy_and_reference_score_margin_zero_and_kl_zero(tiny):
 
 
 def test_length_bias_recovers_a_margin_made_of_length():
-    from dpo_cli.evaluate import length_bias
+    from dpo_cli.evidence.metrics import length_bias
 
     chosen_tokens = torch.tensor([10, 20, 5, 30])
     rejected_tokens = torch.tensor([12, 10, 5, 10])
@@ -96,7 +98,7 @@ def test_length_bias_recovers_a_margin_made_of_length():
 
 
 def test_margin_distribution_quantiles_and_histogram():
-    from dpo_cli.evaluate import HISTOGRAM_BINS, margin_distribution
+    from dpo_cli.evidence.metrics import HISTOGRAM_BINS, margin_distribution
 
     dist = margin_distribution(torch.arange(11, dtype=torch.float64))  # 0..10
     assert dist["margin_quantiles"] == {"min": 0.0, "p10": 1.0, "p25": 2.5, "p50": 5.0, "p75": 7.5, "p90": 9.0,
@@ -107,7 +109,8 @@ def test_margin_distribution_quantiles_and_histogram():
 
 
 def test_reward_model_metrics_known_answer():
-    from dpo_cli.evaluate import PairScores, reward_model_metrics
+    from dpo_cli.evidence.metrics import reward_model_metrics
+    from dpo_cli.evidence.scoring import PairScores
 
     scores = PairScores(torch.tensor([2.0, 1.0, 0.5, 3.0]), torch.tensor([1.0, 1.5, 0.0, 0.0]),
                         torch.tensor([4, 4, 4, 4]), torch.tensor([2, 2, 2, 2]))
@@ -145,7 +148,7 @@ def test_cli_eval_of_a_model_needs_data(tiny_model):
     from typer.testing import CliRunner
 
     from dpo_cli.cli import app
-    from dpo_cli.errors import InputError
+    from dpo_cli.core.errors import InputError
 
     result = CliRunner().invoke(app, ["eval", str(tiny_model)])
     assert isinstance(result.exception, InputError) and "--data FILE" in str(result.exception)
@@ -173,8 +176,8 @@ def test_reward_model_pairwise_accuracy(tiny_model, tmp_path):
 
 
 def test_compare_reads_prompts_from_text_and_json_lines(tmp_path):
-    from dpo_cli.compare import read_prompts
-    from dpo_cli.errors import DataError
+    from dpo_cli.core.errors import DataError
+    from dpo_cli.evidence.compare import read_prompts
 
     text = tmp_path / "prompts.txt"
     text.write_text("Say hi.\n\nName a colour.\nCount to three.\n")
@@ -190,7 +193,7 @@ def test_compare_needs_exactly_one_prompt_source(tmp_path):
     from typer.testing import CliRunner
 
     from dpo_cli.cli import app
-    from dpo_cli.errors import InputError
+    from dpo_cli.core.errors import InputError
 
     result = CliRunner().invoke(app, ["compare", "--tuned", str(tmp_path)])
     assert isinstance(result.exception, InputError) and "exactly one of --prompts FILE or --data FILE" in str(

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dpo_cli.tiny import asset_path
+from dpo_cli.core.builtins import asset_path
 
 RECIPE = """\
 stage: dpo
@@ -34,8 +34,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, tmp_path_factory):
-    from dpo_cli.recipe import load_recipe
-    from dpo_cli.run import train
+    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.run import train
 
     folder = tmp_path_factory.mktemp("evidence")
     paths = {}
@@ -119,8 +119,8 @@ def test_compare_then_report(run_dir):
 
 
 def test_a_tracker_that_is_not_installed_is_a_clear_error_before_loading(monkeypatch):
-    from dpo_cli.errors import RecipeError
-    from dpo_cli.trackers import check_trackers
+    from dpo_cli.core.errors import RecipeError
+    from dpo_cli.train.trackers import check_trackers
 
     check_trackers(["tensorboard"])  # installed with the dev extra
     check_trackers("none")

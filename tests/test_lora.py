@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dpo_cli.errors import RecipeError
-from dpo_cli.recipe import load_recipe
+from dpo_cli.core.errors import RecipeError
+from dpo_cli.recipe.load import load_recipe
 
 BASE = """\
 stage: dpo
@@ -20,7 +20,7 @@ data:
 
 def small_data(tmp_path, rows: int = 16):
     """The first demo pairs in a file of their own, so smoke runs tokenize little."""
-    from dpo_cli.tiny import asset_path
+    from dpo_cli.core.builtins import asset_path
 
     lines = asset_path("demo/train.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
     path = tmp_path / "pairs.jsonl"
@@ -36,7 +36,7 @@ def test_sections_parse_with_defaults(tiny_model, write_recipe):
 
 
 def test_lora_fields_map_onto_peft(tiny_model, write_recipe):
-    from dpo_cli.models import lora_config
+    from dpo_cli.train.models import lora_config
 
     recipe = load_recipe(write_recipe(BASE + "lora:\n  r: 4\n  alpha: 8\n  dropout: 0.1\n  target_modules: [q_proj, v_proj]"
                                              "\n  use_rslora: true\n  modules_to_save: [lm_head]\n"))
@@ -110,26 +110,25 @@ def test_eight_bit_rejects_four_bit_options(tiny_model, write_recipe):
     ("trainer:\n  precompute_ref_log_probs: true\n", "precomputed"),
 ])
 def test_reference_strategy_follows_recipe(tiny_model, write_recipe, extra, kind):
-    from dpo_cli.models import reference_plan
-    from dpo_cli.stages import get_stage
+    from dpo_cli.train.stages import get_stage
 
     recipe = load_recipe(write_recipe(BASE + extra))
-    plan = reference_plan(recipe)
+    plan = get_stage("dpo").reference(recipe)
     assert plan.kind == kind
-    assert plan.in_memory == (kind in ("copy", "separate"))
-    assert get_stage("dpo").reference_strategy(recipe) == plan.description
+    assert plan.weights_in_memory == (kind in ("copy", "separate"))
     if kind == "precomputed":
-        from dpo_cli.run import build_config
-        from dpo_cli.models import plan_device
+        from dpo_cli.train.config import build_config
+        from dpo_cli.train.device import plan_device
 
         assert build_config(recipe, plan_device(recipe.trainer)).precompute_ref_log_probs is True
 
 
 def test_separate_quantized_reference_loads_frozen_4bit(tiny_model, write_recipe):
-    from dpo_cli.models import load_models
+    from dpo_cli.train.models import load_models
+    from dpo_cli.train.stages import get_stage
 
     recipe = load_recipe(write_recipe(BASE + "lora: {}\nref_model:\n  quantization: {bits: 4}\n"))
-    models = load_models(recipe)
+    models = load_models(recipe, get_stage("dpo"))
     assert getattr(models.reference, "is_loaded_in_4bit", False)
     assert not any(p.requires_grad for p in models.reference.parameters())
     assert not getattr(models.policy, "is_loaded_in_4bit", False) and models.peft_config.r == 16
@@ -140,9 +139,8 @@ def test_qlora_trains_on_cpu_with_shared_reference(tiny_model, write_recipe, tmp
     import torch
     from safetensors.torch import load_file
 
-    from dpo_cli import run
-    from dpo_cli.models import load_models, load_tokenizer, plan_device
-    from dpo_cli.stages import get_stage
+    from dpo_cli.train import run
+    from helpers import build_trainer
 
     data = small_data(tmp_path)
     recipe = load_recipe(write_recipe(f"""\
@@ -156,15 +154,10 @@ trainer: {{max_steps: 2, per_device_train_batch_size: 4, learning_rate: 0.01, ma
 output_dir: {tmp_path / 'out'}
 """))
     # the trainer the run builds: PEFT over 4-bit layers, and no reference model object at all
-    plan = plan_device(recipe.trainer)
-    models = load_models(recipe, plan)
-    train, _, _ = run.load_data(recipe, "preference")
-    trainer = get_stage("dpo").build_trainer(run.StageInputs(run.build_config(recipe, plan), models.policy,
-                                                             models.reference, load_tokenizer(recipe.model), train,
-                                                             None, [], models.peft_config))
+    trainer = build_trainer(recipe)
     assert trainer.ref_model is None
     assert type(trainer.model.base_model.model.model.layers[0].self_attn.q_proj.base_layer).__name__ == "Linear4bit"
-    del trainer, models
+    del trainer
 
     result = run.train(recipe)
     out = result.output_dir

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from dpo_cli.recipe import load_recipe
+from dpo_cli.recipe.load import load_recipe
 
 BASE = """\
 stage: dpo
@@ -20,8 +20,8 @@ trainer:
 
 
 def plan_for(write_recipe, extra: str = "", name: str = "r.yaml"):
-    from dpo_cli.memory import estimate_memory
-    from dpo_cli.models import plan_device
+    from dpo_cli.train.device import plan_device
+    from dpo_cli.train.memory import estimate_memory
 
     recipe = load_recipe(write_recipe(BASE + extra, name))
     memory = estimate_memory(recipe, plan_device(recipe.trainer))
@@ -49,8 +49,8 @@ def test_reference_bytes_follow_strategy(tiny_model, write_recipe):
 def test_activations_shrink_with_checkpointing_and_shorter_sequences(tiny_model, write_recipe):
     base, _ = plan_for(write_recipe)
     again, _ = plan_for(write_recipe, "", "same.yaml")
-    from dpo_cli.memory import estimate_memory
-    from dpo_cli.models import plan_device
+    from dpo_cli.train.device import plan_device
+    from dpo_cli.train.memory import estimate_memory
 
     recipe = load_recipe(write_recipe(BASE, "a.yaml"), ["trainer.gradient_checkpointing=true"])
     with_gc = {w: b for w, b, _ in estimate_memory(recipe, plan_device(recipe.trainer)).rows}
@@ -62,7 +62,7 @@ def test_activations_shrink_with_checkpointing_and_shorter_sequences(tiny_model,
 
 
 def test_suggestions_ranked_by_saving_when_over_memory(tiny_model, write_recipe, monkeypatch):
-    from dpo_cli import memory as memory_module
+    from dpo_cli.train import memory as memory_module
 
     monkeypatch.setattr(memory_module, "device_memory", lambda plan: (1024, "a very small device"))
     _, memory = plan_for(write_recipe)
@@ -80,8 +80,8 @@ def test_no_suggestions_when_it_fits(tiny_model, write_recipe):
 
 
 def test_dry_run_prints_memory_plan_and_shared_reference(tiny_model, write_recipe, monkeypatch):
-    from dpo_cli import memory as memory_module
     from dpo_cli.cli import app
+    from dpo_cli.train import memory as memory_module
 
     monkeypatch.setattr(memory_module, "device_memory", lambda plan: (4096, "a very small device"))
     path = write_recipe(BASE + "lora: {r: 4}\n", "dry.yaml")

@@ -7,15 +7,15 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from dpo_cli.errors import InputError
-from dpo_cli.recipe import load_recipe
+from dpo_cli.core.errors import InputError
+from dpo_cli.recipe.load import load_recipe
 
 
 @pytest.fixture(scope="module")
 def qlora_run(tiny_model, tmp_path_factory):
     """A two-step QLoRA run: the adapter was trained over 4-bit weights, the merge must not be."""
-    from dpo_cli import run
-    from dpo_cli.tiny import asset_path
+    from dpo_cli.core.builtins import asset_path
+    from dpo_cli.train import run
 
     tmp = tmp_path_factory.mktemp("merge")
     data = tmp / "pairs.jsonl"
@@ -40,7 +40,7 @@ def test_merge_writes_full_precision_model_matching_adapter(qlora_run, tmp_path,
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dpo_cli.merge import merge_lora
+    from dpo_cli.train.merge import merge_lora
 
     result = merge_lora(qlora_run, tmp_path / "merged")
     out = result.output
@@ -68,7 +68,7 @@ def test_merge_cli_prints_max_difference(qlora_run, tmp_path):
 
 
 def test_merge_refuses_run_without_adapter(tiny_model, tmp_path):
-    from dpo_cli.merge import merge_lora
+    from dpo_cli.train.merge import merge_lora
 
     full = tmp_path / "full-run"
     shutil.copytree(tiny_model, full)  # what a full fine-tuning run leaves: a complete model
@@ -78,7 +78,7 @@ def test_merge_refuses_run_without_adapter(tiny_model, tmp_path):
 
 
 def test_merge_refuses_quantized_dtype_and_nonempty_output(qlora_run, tmp_path):
-    from dpo_cli.merge import merge_lora
+    from dpo_cli.train.merge import merge_lora
 
     with pytest.raises(InputError, match="never a quantized type"):
         merge_lora(qlora_run, tmp_path / "out", dtype="int4")

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from conftest import REPO
-from dpo_cli.errors import RecipeError
-from dpo_cli.pipeline import load_pipeline, run_pipeline
+from dpo_cli.core.errors import RecipeError
+from dpo_cli.recipe.pipeline import load_pipeline
+from dpo_cli.train.pipeline import run_pipeline
 
 STAGE = """\
   - name: {name}
@@ -97,31 +98,34 @@ def test_overrides_address_a_stage_by_name(write_recipe, tmp_path):
 
 
 def test_a_pipeline_file_is_not_a_stage_recipe():
-    from dpo_cli.recipe import load_recipe
+    from dpo_cli.recipe.load import load_recipe
 
     with pytest.raises(RecipeError, match="this file is a pipeline"):
         load_recipe(REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml")
 
 
-def test_sft_then_dpo_runs_and_a_second_run_skips_both(tiny_model, tmp_path):
+def test_sft_then_dpo_runs_and_a_second_run_skips_both(tiny_model, tmp_path, capsys):
     path = REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml"
     overrides = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "dpo.trainer.max_steps=2",
                  "dpo.data.eval={path: builtin:demo/eval.jsonl, limit: 8}", "sft.plot=false", "dpo.plot=false"]
-    said = []
-    results = run_pipeline(load_pipeline(path, overrides), say=said.append)
+    def said() -> list[str]:  # what the pipeline told the user about its stages
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage ")]
+
+    results = run_pipeline(load_pipeline(path, overrides))
     assert [r.output_dir for r in results] == [tmp_path / "sft", tmp_path / "dpo"]
     dpo_run = json.loads((tmp_path / "dpo" / "run.json").read_text())
     assert dpo_run["status"] == "completed" and "evaluation" in dpo_run
     recorded = (tmp_path / "dpo" / "recipe.resolved.yaml").read_text()
     assert f"name_or_path: {tmp_path / 'sft'}" in recorded  # the reference, resolved
 
-    said.clear()
-    assert run_pipeline(load_pipeline(path, overrides), say=said.append) == []
-    assert said == [f"stage sft (sft): complete in {tmp_path / 'sft'}, skipped",
+    said()
+    assert run_pipeline(load_pipeline(path, overrides)) == []
+    assert said() == [f"stage sft (sft): complete in {tmp_path / 'sft'}, skipped",
                     f"stage dpo (dpo): complete in {tmp_path / 'dpo'}, skipped"]
 
     # a changed downstream stage trains again (into its non-empty directory only with overwrite)
-    said.clear()
+    said()
     changed = load_pipeline(path, overrides[:-1] + ["dpo.trainer.max_steps=1"])
-    run_pipeline(changed, say=said.append, overwrite=True)
-    assert said[0].endswith("skipped") and said[1].startswith("stage dpo (dpo): training into")
+    run_pipeline(changed, overwrite=True)
+    notes = said()
+    assert notes[0].endswith("skipped") and notes[1].startswith("stage dpo (dpo): training into")

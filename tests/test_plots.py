@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dpo_cli.errors import InputError
+from dpo_cli.core.errors import InputError
 
 
 def write_metrics(run_dir, steps: int = 12, eval_every: int = 4) -> None:
@@ -39,7 +39,7 @@ def _check_png(path, width: int) -> None:
 
 
 def test_plot_writes_one_valid_png_per_curve(tmp_path):
-    from dpo_cli.plots import plot_run
+    from dpo_cli.evidence.plots import plot_run
 
     write_metrics(tmp_path)
     paths = plot_run(tmp_path)
@@ -51,7 +51,7 @@ def test_plot_writes_one_valid_png_per_curve(tmp_path):
 
 
 def test_held_out_margin_histogram_from_run_json(tmp_path):
-    from dpo_cli.plots import plot_run
+    from dpo_cli.evidence.plots import plot_run
 
     write_metrics(tmp_path)
     histogram = {"edges": [-1.0, 0.0, 1.0, 2.0], "counts": [2, 5, 1]}
@@ -63,7 +63,7 @@ def test_held_out_margin_histogram_from_run_json(tmp_path):
 
 
 def test_a_run_with_only_a_loss_gets_only_a_loss_plot(tmp_path):
-    from dpo_cli.plots import plot_run
+    from dpo_cli.evidence.plots import plot_run
 
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "split": "train", "loss": 1.0 / s}) + "\n"
                                                     for s in range(1, 4)))
@@ -71,7 +71,7 @@ def test_a_run_with_only_a_loss_gets_only_a_loss_plot(tmp_path):
 
 
 def test_missing_or_empty_or_broken_metrics_are_clear_errors(tmp_path):
-    from dpo_cli.plots import plot_run
+    from dpo_cli.evidence.plots import plot_run
 
     with pytest.raises(InputError, match="has no metrics.jsonl"):
         plot_run(tmp_path)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from dpo_cli.pipeline import is_pipeline, load_pipeline
-from dpo_cli.recipe import load_recipe
-from dpo_cli.stages import unavailable
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.recipe.pipeline import is_pipeline, load_pipeline
+from dpo_cli.train.stages import unavailable
 from helpers import run_cli
 
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("*.yaml") if "accelerate" not in p.parts)
@@ -31,7 +31,7 @@ def test_recipe_loads_and_says_how_to_run_it(path):
 @pytest.mark.skipif(unavailable("ppo") is None, reason="this TRL still has PPO")
 @pytest.mark.parametrize("path", [p for p in RECIPES if _uses_ppo(p)], ids=lambda p: p.name)
 def test_ppo_recipes_name_the_extra(path):
-    from dpo_cli.errors import RecipeError
+    from dpo_cli.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match=r"field '(stages\.\d+\.)?stage': stage ppo needs TRL's PPOTrainer.*"
                                           r"pip install 'dpo-cli\[ppo\]'"):

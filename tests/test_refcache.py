@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_cli.recipe import load_recipe
+from dpo_cli.recipe.load import load_recipe
 
 
 def _small_data(tmp_path, rows=12):
-    from dpo_cli.tiny import asset_path
+    from dpo_cli.core.builtins import asset_path
 
     lines = asset_path("demo/train.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
     path = tmp_path / "pairs.jsonl"
@@ -19,9 +19,9 @@ def _small_data(tmp_path, rows=12):
 @pytest.fixture
 def build(tiny_model, write_recipe, tmp_path):
     """Build the DPO trainer a run would build (its constructor precomputes the reference log-probs)."""
-    from dpo_cli import run
-    from dpo_cli.models import load_models, load_tokenizer, plan_device
-    from dpo_cli.stages import get_stage
+    from dpo_cli.train.refcache import RefLogpCache
+    from dpo_cli.train.stages.dpo import ref_cache_dir
+    from helpers import build_trainer
 
     data = _small_data(tmp_path)
 
@@ -35,12 +35,8 @@ data: {{train: {data}}}
 trainer: {{max_steps: 1, per_device_train_batch_size: 4, max_length: 64, report_to: none}}
 output_dir: {tmp_path / 'out'}
 """), list(overrides))
-        plan = plan_device(recipe.trainer)
-        models = load_models(recipe, plan)
-        train, _, _ = run.load_data(recipe, "preference")
-        inputs = run.StageInputs(run.build_config(recipe, plan), models.policy, models.reference,
-                                 load_tokenizer(recipe.model), train, None, [], models.peft_config, models.ref_cache)
-        return get_stage("dpo").build_trainer(inputs), models.ref_cache
+        cache = RefLogpCache(ref_cache_dir(recipe)) if recipe.ref_model.cache else None
+        return build_trainer(recipe, ref_cache=cache), cache
 
     return make
 
@@ -75,7 +71,7 @@ def test_changed_truncation_recomputes(build):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_corrupt_cache_is_detected_and_recomputed(build, damage):
+def test_corrupt_cache_is_detected_and_recomputed(build, damage, capsys):
     first, cache = build()
     path = cache.events[0][2]
     expected = _logps(first)
@@ -85,8 +81,9 @@ def test_corrupt_cache_is_detected_and_recomputed(build, damage):
     else:  # header intact, one log-prob changed: only the checksum can tell
         data[-1] ^= 0x40
         path.write_bytes(bytes(data))
-    with pytest.warns(RuntimeWarning, match="corrupt"):
-        second, cache = build()
+    capsys.readouterr()
+    second, cache = build()
+    assert f"warning: reference log-prob cache {path} is corrupt" in capsys.readouterr().err
     assert [e[0] for e in cache.events] == ["corrupt", "miss"]
     assert _logps(second) == pytest.approx(expected)
     assert cache.load(cache.events[1][2].stem, len(expected) // 2) is not None  # rewritten, valid again
@@ -97,7 +94,7 @@ def test_weights_fingerprint_ignores_a_disabled_adapter(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from dpo_cli.refcache import weights_fingerprint
+    from dpo_cli.train.refcache import weights_fingerprint
 
     plain = weights_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model))
     wrapped = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules="all-linear"))
@@ -112,7 +109,7 @@ def test_weights_fingerprint_ignores_a_disabled_adapter(tiny_model):
 def test_tokenizer_fingerprint_covers_chat_template(tiny_model):
     from transformers import AutoTokenizer
 
-    from dpo_cli.refcache import tokenizer_fingerprint
+    from dpo_cli.train.refcache import tokenizer_fingerprint
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     before = tokenizer_fingerprint(tokenizer)

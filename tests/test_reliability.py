@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from dpo_cli import checkpoints
-from dpo_cli.recipe import load_recipe
-from dpo_cli.run import train
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train import checkpoints
+from dpo_cli.train.run import train
 
 RECIPE = """\
 stage: dpo
@@ -61,7 +61,7 @@ def test_checkpoints_are_marked_complete_and_carry_no_pickle(two_checkpoints):
         assert json.loads((folder / checkpoints.MARKER).read_text())["step"] == step
         assert not (folder / "training_args.bin").exists() and (folder / "training_args.json").exists()
     assert not (two_checkpoints / "training_args.bin").exists()
-    assert not (two_checkpoints / checkpoints.STAGING).exists()
+    assert sorted(p.name for p in two_checkpoints.iterdir() if p.is_dir()) == ["checkpoint-2", "checkpoint-4", "plots"]
 
 
 def _truncate_weights(folder):
@@ -86,7 +86,7 @@ def test_auto_resume_skips_a_broken_newest_checkpoint(two_checkpoints, tmp_path,
 
 
 def test_resume_refuses_a_changed_recipe_with_a_diff(two_checkpoints, tmp_path):
-    from dpo_cli.errors import InputError
+    from dpo_cli.core.errors import InputError
 
     run = tmp_path / "run"
     shutil.copytree(two_checkpoints, run)

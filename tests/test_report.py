@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_cli.htmlreport import SECTIONS, write_report
+from dpo_cli.evidence.report import SECTIONS, write_report
 from test_plots import write_metrics
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -78,7 +78,7 @@ def test_report_of_a_bare_run_still_has_every_section_saying_what_is_missing(tmp
 
 
 def test_report_on_a_directory_that_is_not_a_run(tmp_path):
-    from dpo_cli.errors import InputError
+    from dpo_cli.core.errors import InputError
 
     with pytest.raises(InputError, match="has no run.json"):
         write_report(tmp_path)

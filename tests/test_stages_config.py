@@ -7,11 +7,12 @@ import math
 import pytest
 
 from conftest import REPO
-from dpo_cli.errors import DataError, RecipeError
-from dpo_cli.models import DevicePlan
-from dpo_cli.recipe import load_recipe
-from dpo_cli.run import build_config, train
-from dpo_cli.stages import unavailable
+from dpo_cli.core.errors import DataError, RecipeError
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.config import build_config
+from dpo_cli.train.device import DevicePlan
+from dpo_cli.train.run import train
+from dpo_cli.train.stages import unavailable
 
 CPU = DevicePlan("cpu", 0, "fp32", "test")
 TINY = REPO / "recipes" / "tiny"
@@ -58,10 +59,10 @@ def test_grpo_reward_weights_come_from_the_reward_section():
 
 def test_unknown_dpo_loss_type_lists_the_ones_trl_knows():
     with pytest.raises(RecipeError) as err:
-        load_recipe(TINY / "dpo.yaml", ["trainer.loss_type=[sigmoid, sigmod_norm]", "trainer.loss_weights=[1, 1]"])
+        load_recipe(TINY / "dpo.yaml", ["trainer.loss_type=[sigmoid, apo_zeroo]", "trainer.loss_weights=[1, 1]"])
     message = str(err.value)
     assert "command-line override" in message and "trainer.loss_type" in message
-    assert "'sigmod_norm' (entry 2 of the list)" in message and "did you mean 'sigmoid_norm'" in message
+    assert "'apo_zeroo' (entry 2 of the list)" in message and "did you mean 'apo_zero'" in message
     for known in ("sigmoid", "ipo", "hinge", "robust", "sft", "apo_zero", "discopop"):
         assert known in message
 
@@ -73,7 +74,7 @@ def test_unknown_loss_type_in_the_file_names_line(write_recipe):
 
 
 def test_loss_weights_must_match_loss_types():
-    with pytest.raises(RecipeError, match="2 loss_weights for 3 loss_type entries"):
+    with pytest.raises(RecipeError, match="field 'trainer.loss_weights': .*Got 2 weights for 3 loss types"):
         load_recipe(TINY / "dpo.yaml", ["trainer.loss_weights=[1, 1]"])
 
 
@@ -162,7 +163,7 @@ def test_reward_weights_must_match_functions(write_recipe, tmp_path):
 
 
 def test_builtin_rewards_score_completions():
-    from dpo_cli.rewards import ContainsAnswerReward, LengthReward, RegexReward
+    from dpo_cli.train.rewards import ContainsAnswerReward, LengthReward, RegexReward
 
     assert LengthReward(target=10)(completions=["x" * 10, "x" * 15, "x" * 30]) == [1.0, 0.5, 0.0]
     assert LengthReward(target=2, unit="words")(completions=["a b", "a b c d"]) == [1.0, 0.0]
@@ -173,7 +174,7 @@ def test_builtin_rewards_score_completions():
 
 
 def test_guard_names_the_function_and_batch():
-    from dpo_cli.rewards import GuardedReward, RewardFunctionError
+    from dpo_cli.train.rewards import GuardedReward, RewardFunctionError
 
     class State:
         global_step = 6
@@ -201,7 +202,7 @@ def test_guard_names_the_function_and_batch():
 
 
 def test_guard_passes_only_the_arguments_a_function_takes():
-    from dpo_cli.rewards import GuardedReward
+    from dpo_cli.train.rewards import GuardedReward
 
     seen = {}
 

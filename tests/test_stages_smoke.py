@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import REPO
-from dpo_cli.recipe import load_recipe
-from dpo_cli.run import train
-from dpo_cli.stages import unavailable
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.run import train
+from dpo_cli.train.stages import unavailable
 from helpers import run_cli
 
 TINY = REPO / "recipes" / "tiny"
@@ -103,7 +103,7 @@ def broken(completions, **kwargs):
 
 
 def test_grpo_smoke_with_a_user_function_and_one_that_raises(tiny_model, tmp_path, monkeypatch):
-    from dpo_cli.rewards import RewardFunctionError
+    from dpo_cli.train.rewards import RewardFunctionError
 
     (tmp_path / "my_rewards.py").write_text(REWARDS)
     monkeypatch.chdir(tmp_path)
@@ -140,15 +140,15 @@ def test_ppo_smoke_after_a_reward_model(tiny_model, tmp_path):
 @pytest.mark.ppo
 @pytest.mark.skipif(unavailable("ppo") is not None, reason="PPO needs trl<1.13: pip install 'dpo-cli[ppo]'")
 def test_ppo_recipe_rules(tmp_path):
-    from dpo_cli.errors import RecipeError
+    from dpo_cli.core.errors import RecipeError
 
     with pytest.raises(RecipeError, match="stage ppo needs a reward model"):
         load_recipe(TINY / "ppo.yaml", ["reward=null"])
     with pytest.raises(RecipeError, match="set the model with reward.model, not trainer.reward_model_path"):
         load_recipe(TINY / "ppo.yaml", ["trainer.reward_model_path=x"])
     fields = load_recipe(TINY / "ppo.yaml").trainer
-    from dpo_cli.models import DevicePlan
-    from dpo_cli.run import build_config
+    from dpo_cli.train.config import build_config
+    from dpo_cli.train.device import DevicePlan
 
     config = build_config(load_recipe(TINY / "ppo.yaml"), DevicePlan("cpu", 0, "fp32", "test"))
     for knob in ("kl_coef", "gamma", "lam", "cliprange", "vf_coef", "num_ppo_epochs", "response_length",

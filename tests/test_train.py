@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dpo_cli.recipe import load_recipe
-from dpo_cli.run import train
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.run import train
 from helpers import run_cli
 
 SMOKE = """\

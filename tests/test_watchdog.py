@@ -29,7 +29,7 @@ trainer:
 
 def _head(name: str, rows: int, folder) -> str:
     """The first rows of a bundled demo file: enough pairs for a few steps, few enough to stay fast on 2 cores."""
-    from dpo_cli.tiny import asset_path
+    from dpo_cli.core.builtins import asset_path
 
     lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
     path = folder / f"{name}.jsonl"
@@ -38,7 +38,7 @@ def _head(name: str, rows: int, folder) -> str:
 
 
 def _recipe(write_recipe, out, *, lr=5.0e-4, steps=5, max_length=64, extra="", overrides=()):
-    from dpo_cli.recipe import load_recipe
+    from dpo_cli.recipe.load import load_recipe
 
     folder = out.parent
     text = RECIPE.format(lr=lr, steps=steps, max_length=max_length, extra=extra, out=out,
@@ -50,13 +50,13 @@ def _poison_step(monkeypatch, step: int) -> None:
     """Make the policy's logits NaN in its ``step``-th training forward pass (one forward per step here)."""
     import torch
 
-    from dpo_cli import models
+    from dpo_cli.train import run
 
-    real = models.load_models
+    real = run.load_models
     seen = {"forwards": 0}
 
-    def load_models(recipe, plan=None):
-        loaded = real(recipe, plan)
+    def load_models(recipe, stage, plan=None):
+        loaded = real(recipe, stage, plan)
         policy = loaded.policy
 
         def hook(module, args, output):
@@ -71,13 +71,13 @@ def _poison_step(monkeypatch, step: int) -> None:
         policy.register_forward_hook(hook)
         return loaded
 
-    monkeypatch.setattr(models, "load_models", load_models)
+    monkeypatch.setattr(run, "load_models", load_models)
 
 
 def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model, write_recipe, tmp_path,
                                                                       monkeypatch):
-    from dpo_cli.run import train
-    from dpo_cli.watchdog import TrainingStopped
+    from dpo_cli.train.run import train
+    from dpo_cli.train.watchdog import TrainingStopped
 
     _poison_step(monkeypatch, 3)
     out = tmp_path / "run"
@@ -95,7 +95,7 @@ def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model,
 
 
 def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_path, monkeypatch):
-    from dpo_cli.run import train
+    from dpo_cli.train.run import train
 
     _poison_step(monkeypatch, 2)
     result = train(_recipe(write_recipe, tmp_path / "run", steps=4, overrides=["watchdog=false", "plot=false"]))
@@ -105,7 +105,7 @@ def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_pa
 
 def test_early_stopping_triggers_after_patience_evaluations(tiny_model, write_recipe, tmp_path):
     """With learning rate 0 the eval loss never improves: best at the first eval (step 1), stop after 2 more."""
-    from dpo_cli.run import train
+    from dpo_cli.train.run import train
 
     extra = "  eval_strategy: steps\n  eval_steps: 1\nearly_stopping:\n  metric: loss\n  patience: 2\nplot: false\n"
     result = train(_recipe(write_recipe, tmp_path / "run", lr=0.0, steps=20, extra=extra))
@@ -125,7 +125,7 @@ def test_loss_stuck_at_ln2_with_zero_logprobs_warns_once_with_the_fix():
     """What TRL logs when every completion token was truncated away: loss ln 2, log-probs 0, rewards 0."""
     from types import SimpleNamespace
 
-    from dpo_cli.watchdog import Watchdog
+    from dpo_cli.train.watchdog import Watchdog
 
     said = []
     dog = Watchdog(warn=said.append)
@@ -140,7 +140,7 @@ def test_loss_stuck_at_ln2_with_zero_logprobs_warns_once_with_the_fix():
 def test_ordinary_logs_do_not_warn():
     from types import SimpleNamespace
 
-    from dpo_cli.watchdog import Watchdog
+    from dpo_cli.train.watchdog import Watchdog
 
     said = []
     dog = Watchdog(warn=said.append)
@@ -150,7 +150,7 @@ def test_ordinary_logs_do_not_warn():
 
 
 def test_falling_chosen_rewards_warn_once_with_the_sft_fix():
-    from dpo_cli.watchdog import Watchdog
+    from dpo_cli.train.watchdog import Watchdog
 
     said = []
     dog = Watchdog(window=2, warn=said.append)
@@ -161,7 +161,7 @@ def test_falling_chosen_rewards_warn_once_with_the_sft_fix():
 
 
 def test_noisy_but_rising_chosen_rewards_do_not_warn():
-    from dpo_cli.watchdog import Watchdog
+    from dpo_cli.train.watchdog import Watchdog
 
     said = []
     dog = Watchdog(window=2, warn=said.append)
@@ -173,7 +173,7 @@ def test_noisy_but_rising_chosen_rewards_do_not_warn():
 def test_early_stopping_min_delta_and_mode():
     from transformers import TrainerControl
 
-    from dpo_cli.watchdog import EarlyStopping
+    from dpo_cli.train.watchdog import EarlyStopping
 
     stopper = EarlyStopping("rewards/accuracies", patience=2, min_delta=0.05)
     assert stopper.mode == "max" and stopper.key == "eval_rewards/accuracies"
@@ -188,8 +188,8 @@ def test_early_stopping_min_delta_and_mode():
 def test_early_stopping_on_a_metric_the_trainer_does_not_log_names_the_choices():
     from transformers import TrainerControl
 
-    from dpo_cli.errors import InputError
-    from dpo_cli.watchdog import EarlyStopping
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.train.watchdog import EarlyStopping
 
     with pytest.raises(InputError, match="did you mean 'rewards/margins'"):
         EarlyStopping("rewards/margin").on_evaluate(None, _State(1), TrainerControl(),
@@ -197,6 +197,6 @@ def test_early_stopping_on_a_metric_the_trainer_does_not_log_names_the_choices()
 
 
 def test_ln2_constant_is_the_dpo_loss_at_zero_margin():
-    from dpo_cli.watchdog import LN2
+    from dpo_cli.train.watchdog import LN2
 
     assert LN2 == pytest.approx(-math.log(1 / (1 + math.exp(0))))

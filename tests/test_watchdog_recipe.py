@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_cli.errors import RecipeError
-from dpo_cli.recipe import load_recipe
+from dpo_cli.core.errors import RecipeError
+from dpo_cli.recipe.load import load_recipe
 
 BASE = """\
 stage: dpo

@@ -1,5 +1,5 @@
 """``python -m dpo_cli`` (also under ``accelerate launch -m dpo_cli`` and ``torchrun -m dpo_cli``)."""
 
-from .cli import main
+from dpo_cli.cli import main
 
 main()

@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .errors import DpoCliError
+from dpo_cli.core import console
+from dpo_cli.core.errors import DpoCliError
 
 app = typer.Typer(
     name="dpo-cli",
@@ -24,13 +25,6 @@ _state = {"debug": False}
 
 def _env_debug() -> bool:
     return os.environ.get("DPO_CLI_DEBUG") == "1"
-
-
-def _console(stderr: bool = False):
-    from rich.console import Console
-
-    # soft wrap: long messages (paths, figures) stay on one line, so they can be copied and grepped
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 @app.callback()
@@ -57,8 +51,8 @@ def train(
         "--resume-force", help="Resume even if the recipe or data changed since the checkpoint.")] = False,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
-    from .pipeline import is_pipeline
-    from .recipe import load_recipe
+    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.recipe.pipeline import is_pipeline
 
     if is_pipeline(recipe):
         _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
@@ -66,66 +60,61 @@ def train(
         return
     resolved = load_recipe(recipe, overrides or [])
     if nproc or accelerate_config or dry_run:
-        from . import launch
-        from .models import plan_device
+        from dpo_cli.train import launch
+        from dpo_cli.train.device import plan_device
 
         device = plan_device(resolved.trainer).device
         config = launch.accelerate_config_path(accelerate_config) if accelerate_config else None
         for warning in launch.config_warnings(launch.load_accelerate_config(config), resolved, device) \
                 if config else []:
-            _console(stderr=True).print(f"[yellow]warning:[/] {warning}")
+            console.warn(warning)
         if nproc and not launch.inside_launcher():
             recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else []),
                            *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else [])]
             command = launch.launch_command(recipe_args, nproc, config, device)
             if dry_run:
-                _console().print("would run: " + " ".join(command), soft_wrap=True)
+                console.stdout.print("would run: " + " ".join(command))
             else:
-                raise typer.Exit(launch.relaunch(command, _console(stderr=True).print))
+                raise typer.Exit(launch.relaunch(command))
     if dry_run:
-        from .report import print_dry_run
-        from .run import describe
+        from dpo_cli.evidence.tables import print_dry_run
+        from dpo_cli.train.run import describe
 
-        print_dry_run(_console(), resolved, describe(resolved))
+        print_dry_run(console.stdout, resolved, describe(resolved))
         return
-    from .report import print_run_summary
-    from .run import train as run_training
+    from dpo_cli.evidence.tables import print_run_summary
+    from dpo_cli.train.run import train as run_training
 
-    warn = _console(stderr=True).print
-    result = run_training(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force,
-                          warn=lambda text: warn(f"[yellow]warning:[/] {text}"))
+    result = run_training(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
     if result.is_main:
-        print_run_summary(_console(), result)
+        print_run_summary(console.stdout, result)
 
 
 def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrite: bool, resume: Optional[str],
                     resume_force: bool, several: bool) -> None:
     """A recipe with stages: each stage in order, complete ones skipped."""
-    from .errors import InputError
-    from .pipeline import load_pipeline, run_pipeline
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.recipe.pipeline import load_pipeline
 
     pipeline = load_pipeline(path, overrides)
     if several:
         raise InputError("--nproc and --accelerate-config start one stage recipe; for a pipeline start the launcher "
                          "yourself: torchrun --nproc_per_node N -m dpo_cli train " + str(path))
-    console = _console()
+    out = console.stdout
     if dry_run:
-        from .report import print_dry_run
-        from .run import describe
+        from dpo_cli.evidence.tables import print_dry_run
+        from dpo_cli.train.run import describe
 
         for stage in pipeline.stages:
-            console.rule(f"stage {stage.name} ({stage.recipe.stage})")
-            print_dry_run(console, stage.recipe, describe(stage.recipe))
+            out.rule(f"stage {stage.name} ({stage.recipe.stage})")
+            print_dry_run(out, stage.recipe, describe(stage.recipe))
         return
-    from .report import print_run_summary
+    from dpo_cli.evidence.tables import print_run_summary
+    from dpo_cli.train.pipeline import run_pipeline
 
-    warn = _console(stderr=True).print
     run_pipeline(pipeline, overwrite=overwrite, resume=resume, resume_force=resume_force,
-                 say=lambda text: console.print(f"[bold]{text}[/]"),
-                 warn=lambda text: warn(f"[yellow]warning:[/] {text}"),
-                 on_result=lambda stage, result: print_run_summary(console, result) if result.is_main else None)
-    console.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in "
-                  f"{pipeline.output_dir}")
+                 on_result=lambda stage, result: print_run_summary(out, result) if result.is_main else None)
+    out.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in {pipeline.output_dir}")
 
 
 @app.command("eval")
@@ -143,7 +132,7 @@ def eval_(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
 ):
     """Score held-out pairs: preference accuracy, margins, log-probs, KL to the reference, length bias."""
-    from .evaluate import resolve_target, run_eval
+    from dpo_cli.evidence.evaluate import resolve_target, run_eval
 
     result = run_eval(resolve_target(model_or_run, data=data, ref=ref, beta=beta, max_length=max_length))
     if as_json:
@@ -151,9 +140,9 @@ def eval_(
 
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        from .report import print_eval
+        from dpo_cli.evidence.tables import print_eval
 
-        print_eval(_console(), result)
+        print_eval(console.stdout, result)
 
 
 @app.command()
@@ -170,15 +159,17 @@ def compare(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 64,
 ):
     """Greedy and sampled generations of base and tuned side by side; also written to RUN/compare.md."""
-    from .compare import Settings, comparison_table, compare as run_compare, data_prompts, read_prompts
-    from .errors import InputError
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.core.rundir import RunDir
+    from dpo_cli.evidence.compare import Settings, comparison_table, data_prompts, read_prompts
+    from dpo_cli.evidence.compare import compare as run_compare
 
     if (prompts is None) == (data is None):
         raise InputError("give exactly one of --prompts FILE or --data FILE")
     texts = read_prompts(prompts, n) if prompts else data_prompts(data, n)
     result = run_compare(tuned, texts, base=base, settings=Settings(max_new_tokens=max_new_tokens))
-    _console().print(comparison_table(result))
-    _console().print(f"written to {tuned / 'compare.md'}")
+    console.stdout.print(comparison_table(result))
+    console.stdout.print(f"written to {tuned / RunDir.COMPARE_MD}")
 
 
 @app.command()
@@ -194,27 +185,26 @@ def score(
                                                       show_default=False)] = None,
 ):
     """Score text with a reward model: one score per row, or chosen and rejected scores per pair."""
-    from .scoring import pairwise_accuracy, score_file, scores_table, write_scores
+    from dpo_cli.evidence.reward_scores import pairwise_accuracy, score_file, scores_table, write_scores
 
     scored = score_file(model, data, max_length=max_length)
-    console = _console()
     if output is not None:
         write_scores(scored, output)
-        console.print(f"{len(scored.rows)} rows scored, written to {output}")
+        console.stdout.print(f"{len(scored.rows)} rows scored, written to {output}")
     else:
-        console.print(scores_table(scored))
+        console.stdout.print(scores_table(scored))
     accuracy = pairwise_accuracy(scored)
     if accuracy is not None:
-        console.print(f"pairwise accuracy (chosen scored above rejected): {accuracy:.3f}")
+        console.stdout.print(f"pairwise accuracy (chosen scored above rejected): {accuracy:.3f}")
 
 
 @app.command()
 def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding metrics.jsonl).", show_default=False)]):
     """PNG curves of loss, rewards, margins, accuracies, learning rate and eval metrics into RUN_DIR/plots."""
-    from .plots import plot_run
+    from dpo_cli.evidence.plots import plot_run
 
     for path in plot_run(run_dir):
-        _console().print(str(path))
+        console.stdout.print(str(path))
 
 
 @app.command()
@@ -224,9 +214,9 @@ def report(
                                                    show_default=False)] = None,
 ):
     """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations."""
-    from .htmlreport import write_report
+    from dpo_cli.evidence.report import write_report
 
-    _console().print(f"report written to {write_report(run_dir, output)}")
+    console.stdout.print(f"report written to {write_report(run_dir, output)}")
 
 
 @app.command("convert-data")
@@ -251,13 +241,13 @@ def convert_data(
     pairs: Annotated[str, typer.Option(help="ranked: best-worst, all or threshold=X.")] = "best-worst",
 ):
     """Convert preference data to TRL's rows: dpo-cli convert-data in.parquet -o out.jsonl."""
-    from .data.convert import ConvertOptions, convert, parse_map, print_summary
+    from dpo_cli.data.convert import ConvertOptions, convert, parse_map, print_summary
 
     summary = convert(ConvertOptions(
         inputs=inputs, output=output, format=format, to=to, columns=parse_map(map_ or []), keep=keep or [],
         where=where, limit=limit, shuffle=shuffle, seed=seed, dedupe=dedupe, eval_split=eval_split,
         skip_invalid=skip_invalid, rejects=rejects, force=force, preference=preference, pairs=pairs))
-    print_summary(_console(), summary)
+    print_summary(console.stdout, summary)
 
 
 @app.command("inspect-data")
@@ -269,34 +259,40 @@ def inspect_data(
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Rename: CANONICAL=COLUMN, repeatable.")] = None,
 ):
     """Check a data file and show its format, problems, languages and lengths; exit 2 if any row fails a check."""
-    from .data.convert import parse_map
-    from .data.inspect import inspect, print_report
+    from dpo_cli.data.convert import parse_map
+    from dpo_cli.data.inspection import inspect, print_report
 
     if max_length is not None and tokenizer is None:
         raise typer.BadParameter("--max-length counts tokens; give --tokenizer too", param_hint="--max-length")
+    if tokenizer is not None:
+        from dpo_cli.recipe.schema import ModelSection
+        from dpo_cli.train.models import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelSection(name_or_path=tokenizer))
     report = inspect(inputs, format=format, columns=parse_map(map_ or []), tokenizer=tokenizer,
                      max_length=max_length)
-    print_report(_console(), report)
+    print_report(console.stdout, report)
     if not report.clean:
         raise typer.Exit(2)
 
 
 @app.command("merge-lora")
 def merge_lora(
-    run_dir: Annotated[Path, typer.Argument(help="Output directory of a LoRA or QLoRA training run.", show_default=False)],
+    run_dir: Annotated[Path, typer.Argument(help="Output directory of a LoRA or QLoRA training run.",
+                                            show_default=False)],
     output: Annotated[Path, typer.Option("--output", help="Directory for the merged model.", show_default=False)],
     dtype: Annotated[str, typer.Option("--dtype", help="auto (the base's stored dtype), float32, bfloat16, float16.")
                      ] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
 ):
     """Merge a run's LoRA adapter into its base model (never into 4-bit weights) and check the logits still match."""
-    from .merge import TOLERANCE
-    from .merge import merge_lora as run_merge
+    from dpo_cli.train.merge import TOLERANCE
+    from dpo_cli.train.merge import merge_lora as run_merge
 
     result = run_merge(run_dir, output, dtype=dtype, overwrite=overwrite)
     verdict = "[green]ok[/]" if result.within_tolerance else f"[bold red]larger than expected[/] " \
                                                              f"(tolerance {TOLERANCE[result.dtype]:g})"
-    _console().print(f"merged {run_dir} into {result.base} in {result.dtype}: max |logit difference| merged vs "
+    console.stdout.print(f"merged {run_dir} into {result.base} in {result.dtype}: max |logit difference| merged vs "
                      f"adapter on {result.prompts} bundled prompts ({result.tokens} tokens): "
                      f"{result.max_abs_diff:.3g} {verdict}\nsaved safetensors and tokenizer to {result.output}")
 
@@ -312,9 +308,7 @@ def main() -> None:
     except DpoCliError as exc:
         if _state["debug"] or _env_debug():
             raise
-        from rich.text import Text
-
-        _console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(exc)), soft_wrap=True)
+        console.error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

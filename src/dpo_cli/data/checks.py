@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DataError
+from dpo_cli.core.errors import DataError
 
 # check name -> what it means; the names are what --skip-invalid counts and inspect-data reports
 CHECKS = {

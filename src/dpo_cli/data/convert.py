@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
-from ..errors import DataError, InputError, did_you_mean
-from .checks import CHECKS, WARNINGS, check_of
-from .formats import AdapterOptions
-from .pipeline import Pipeline, Source, Stats
-from .readers import expand_paths
-from .targets import TARGETS
-from .writers import dumps, open_writer, output_kind
+from dpo_cli.core.atomic import atomic_path
+from dpo_cli.core.errors import DataError, InputError, did_you_mean
+from dpo_cli.data.checks import CHECKS, WARNINGS, check_of
+from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.readers import expand_paths
+from dpo_cli.data.rows import RowPipeline, Source, Stats
+from dpo_cli.data.targets import TARGETS
+from dpo_cli.data.writers import dumps, open_writer, output_kind
 
 
 @dataclass
@@ -167,7 +167,7 @@ def convert(options: ConvertOptions) -> ConvertSummary:
                 rejects_writer.write(dumps({"file": str(error.file), "line": error.line, "check": check_of(error),
                                             "field": error.field, "message": error.reason, "row": row}))
 
-        pipeline = Pipeline(TARGETS[options.to], AdapterOptions(preference=options.preference, pairs=options.pairs),
+        pipeline = RowPipeline(TARGETS[options.to], AdapterOptions(preference=options.preference, pairs=options.pairs),
                             keep=options.keep, skip_invalid=options.skip_invalid, on_reject=on_reject,
                             count_languages=True)
         tmp = stack.enter_context(atomic_path(output))

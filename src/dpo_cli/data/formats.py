@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ..errors import DataError, did_you_mean
-from . import checks as c
-from .checks import RowError, Where
+from dpo_cli.core.errors import DataError, did_you_mean
+from dpo_cli.data import checks as c
+from dpo_cli.data.checks import RowError, Where
 
 
 @dataclass
@@ -448,7 +448,6 @@ class Format:
     description: str = ""
     shape: str = "pair"  # what its examples are: pair, unpaired, prompt, conversation, prompt-completion
     keeps_extra: bool = False
-    aliases: tuple[str, ...] = field(default_factory=tuple)
 
 
 def _has(*names: str) -> Callable[[dict], bool]:

@@ -7,9 +7,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import DataError, did_you_mean
-from .pipeline import Pipeline, Source
-from .targets import KINDS
+from dpo_cli.core.errors import DataError, did_you_mean
+from dpo_cli.data.rows import RowPipeline, Source
+from dpo_cli.data.targets import KINDS
 
 
 def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference"):
@@ -25,7 +25,7 @@ def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preferen
         raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
     if isinstance(sources, (str, Source)) or hasattr(sources, "keys"):
         sources = [sources]
-    pipeline = Pipeline(KINDS[kind])
+    pipeline = RowPipeline(KINDS[kind])
     digest = hashlib.sha256()
     rows: list[dict] = []
     columns: tuple | None = None
@@ -46,3 +46,23 @@ def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preferen
     from datasets import Dataset
 
     return Dataset.from_list(rows), digest.hexdigest()
+
+
+def load_splits(data, seed: int, kind: str):
+    """A recipe's data: section as (train, eval or None, what run.json records about them).
+
+    The eval split is data.eval's files, or data.eval_split of the training rows drawn with ``seed`` (the same split
+    again for a later ``dpo-cli eval`` of the run).
+    """
+    train, train_fp = load_training_data(data.train, kind)
+    info = {"train": {"files": data.train, "rows": len(train), "fingerprint": train_fp}}
+    evaluation = None
+    if data.eval:
+        evaluation, eval_fp = load_training_data(data.eval, kind)
+        info["eval"] = {"files": data.eval, "rows": len(evaluation), "fingerprint": eval_fp}
+    elif data.eval_split:
+        parts = train.train_test_split(test_size=data.eval_split, seed=seed)
+        train, evaluation = parts["train"], parts["test"]
+        info["eval"] = {"split_of_train": data.eval_split, "rows": len(evaluation)}
+        info["train"]["rows"] = len(train)
+    return train, evaluation, info

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..errors import DataError
+from dpo_cli.core.errors import DataError
 
 try:  # orjson parses 2-3x faster; without it the stdlib gives the same rows
     from orjson import loads as _fast_loads
@@ -201,7 +201,7 @@ def _reader_for(path: Path) -> Callable[[Path, OnError], Iterator[Record]]:
 
 def expand_paths(spec: str | Path) -> list[Path]:
     """One path, glob or built-in name -> the files it names, in a stable order."""
-    from ..tiny import resolve_builtin
+    from dpo_cli.core.builtins import resolve_builtin
 
     text = resolve_builtin(str(spec))
     if glob.has_magic(text):

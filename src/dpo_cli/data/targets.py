@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .checks import Where
+from dpo_cli.data.checks import Where
 
 
 def shape_of(example: dict) -> str:

@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import DataError
+from dpo_cli.core.errors import DataError
 
 Predicate = Callable[[dict], Any]
 

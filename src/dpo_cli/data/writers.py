@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from dpo_cli.core.errors import DataError
 
 try:  # same bytes as the stdlib's compact form, several times faster
     from orjson import dumps as _orjson_dumps

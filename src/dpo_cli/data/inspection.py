@@ -1,0 +1,218 @@
+"""`dpo-cli inspect-data`: format, counts per check, duplicates, languages, lengths and samples of a data file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any
+
+from dpo_cli.data.checks import CHECKS, WARNINGS
+from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.rows import RowPipeline, Source, Stats
+from dpo_cli.data.writers import dumps
+
+SAMPLES = 3
+
+
+@dataclass
+class InspectReport:
+    inputs: list[str]
+    stats: Stats
+    rows: int
+    duplicates: int
+    char_lengths: dict[str, array]
+    token_lengths: dict[str, array] = field(default_factory=dict)
+    max_length: int | None = None
+    samples: list[dict] = field(default_factory=list)
+    rendered: list[str] = field(default_factory=list)
+    chat_template: bool = False
+    seconds: float = 0.0
+
+    @property
+    def clean(self) -> bool:
+        return not self.stats.dropped
+
+
+def _response(value: Any) -> str:
+    if type(value) is str:
+        return value
+    return "".join(turn["content"] for turn in value)
+
+
+def _prompt_chars(example: dict) -> int:
+    prompt = example.get("prompt", example.get("messages"))
+    if type(prompt) is str:
+        return len(prompt)
+    return sum(len(turn["content"]) for turn in prompt)
+
+
+def _responses(example: dict) -> dict[str, Any]:
+    return {k: example[k] for k in ("chosen", "rejected", "completion") if k in example}
+
+
+def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, str] | None = None,
+            tokenizer=None, max_length: int | None = None, preference: str = "better",
+            pairs: str = "best-worst") -> InspectReport:
+    """Read every row with every check on (bad rows are counted, not fatal) and gather the statistics; a tokenizer
+    (a transformers tokenizer object) adds token lengths as the trainer will see them."""
+    started = time.perf_counter()
+    pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
+                        skip_invalid=True, count_languages=True)
+    seen: set[bytes] = set()
+    duplicates = rows = 0
+    chars: dict[str, array] = {}
+    samples: list[dict] = []
+    for spec in inputs:
+        for _record, example in pipeline.rows(Source(path=spec, format=format, columns=columns or {})):
+            rows += 1
+            key = hashlib.blake2b(dumps(example), digest_size=16).digest()
+            if key in seen:
+                duplicates += 1
+            seen.add(key)
+            chars.setdefault("prompt", array("l")).append(_prompt_chars(example))
+            for name, value in _responses(example).items():
+                chars.setdefault(name, array("l")).append(len(_response(value)))
+            if len(samples) < SAMPLES:
+                samples.append(example)
+    report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
+                           char_lengths=chars, max_length=max_length, samples=samples)
+    if tokenizer is not None:
+        _token_statistics(report, inputs, tokenizer, format, columns, preference, pairs)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _token_statistics(report: InspectReport, inputs: list[str], tok, format: str | None,
+                      columns: dict[str, str] | None, preference: str, pairs: str) -> None:
+    """Token lengths as the trainer will see them: the prompt through the chat template, each response after it."""
+    report.chat_template = bool(getattr(tok, "chat_template", None))
+
+    def count(text: str) -> int:
+        return len(tok(text, add_special_tokens=False)["input_ids"])
+
+    def render(turns: list[dict], generation: bool) -> str:
+        return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation)
+
+    lengths: dict[str, array] = {}
+    pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
+                        skip_invalid=True)
+    for spec in inputs:
+        for _record, example in pipeline.rows(Source(path=spec, format=format, columns=columns or {})):
+            prompt = example.get("prompt")
+            if prompt is None:  # a whole conversation: all of it is trained on
+                turns = example["messages"]
+                text = render(turns, False) if report.chat_template else "\n".join(t["content"] for t in turns)
+                lengths.setdefault("prompt", array("l")).append(count(text))
+                continue
+            if type(prompt) is str or not report.chat_template:
+                prompt_text = prompt if type(prompt) is str else "\n".join(t["content"] for t in prompt)
+                prompt_tokens = count(prompt_text)
+                lengths.setdefault("prompt", array("l")).append(prompt_tokens)
+                for name, value in _responses(example).items():
+                    lengths.setdefault(name, array("l")).append(count(_response(value)))
+                continue
+            rendered_prompt = render(prompt, True)
+            prompt_tokens = count(rendered_prompt)
+            lengths.setdefault("prompt", array("l")).append(prompt_tokens)
+            for name, value in _responses(example).items():
+                full = render(prompt + value, False) if type(value) is list else rendered_prompt + value
+                lengths.setdefault(name, array("l")).append(max(0, count(full) - prompt_tokens))
+    report.token_lengths = lengths
+    for example in report.samples:
+        if report.chat_template and type(example.get("prompt")) is list:
+            first = next(iter(_responses(example).values()), None)
+            turns = example["prompt"] + (first if type(first) is list else [])
+            report.rendered.append(render(turns, False))
+        elif report.chat_template and "messages" in example:
+            report.rendered.append(render(example["messages"], False))
+
+
+def _quantiles(values: array) -> tuple[int, int, int, int, float]:
+    ordered = sorted(values)
+    n = len(ordered)
+    return (ordered[0], ordered[n // 2], ordered[min(n - 1, int(n * 0.95))], ordered[-1], sum(ordered) / n)
+
+
+def over_limit(report: InspectReport) -> dict[str, int]:
+    """With keep_start truncation (TRL's only mode): rows whose prompt alone fills max_length keep no response
+    token (prompt side); rows whose prompt fits but prompt + longest response does not lose response tokens."""
+    tokens, limit = report.token_lengths, report.max_length
+    prompt = tokens.get("prompt")
+    if limit is None or prompt is None:
+        return {}
+    responses = [tokens[k] for k in ("chosen", "rejected", "completion") if k in tokens]
+    prompt_side = response_side = 0
+    for i, p in enumerate(prompt):
+        longest = max((r[i] for r in responses), default=0)
+        if p >= limit:
+            prompt_side += 1
+        elif p + longest > limit:
+            response_side += 1
+    return {"prompt_side": prompt_side, "response_side": response_side, "rows": len(prompt)}
+
+
+def print_report(console, report: InspectReport) -> None:
+    from rich.table import Table
+
+    stats = report.stats
+    console.print(f"[bold]{', '.join(report.inputs)}[/bold]")
+    head = Table(show_header=False, box=None, pad_edge=False)
+    head.add_column(style="bold")
+    head.add_column()
+    for file, name in stats.formats.items():
+        head.add_row("format", f"{name}  ({file})" if len(stats.formats) > 1 else name)
+    head.add_row("rows read", f"{stats.read:,}")
+    head.add_row("rows valid", f"{report.rows:,}")
+    head.add_row("duplicates", f"{report.duplicates:,}")
+    if stats.languages:
+        mix = ", ".join(f"{lang} {n / max(1, sum(stats.languages.values())):.0%}"
+                        for lang, n in stats.languages.most_common(8))
+        head.add_row("languages", mix + (" (guessed from the script)" if stats.languages_guessed else ""))
+    console.print(head)
+
+    checks = Table(title="checks", title_justify="left")
+    checks.add_column("check")
+    checks.add_column("rows", justify="right")
+    checks.add_column("first at")
+    for name in CHECKS:
+        count = stats.dropped.get(name, 0)
+        if count or name in ("missing-field", "empty-response", "identical", "bad-role", "prompt-mismatch"):
+            checks.add_row(name if count == 0 else f"[red]{name}[/red]", f"{count:,}",
+                           ", ".join(stats.dropped_at.get(name, [])))
+    for name, count in stats.warned.items():
+        checks.add_row(f"[yellow]{name}[/yellow] (warning: {WARNINGS.get(name, name)})", f"{count:,}",
+                       ", ".join(stats.warned_at.get(name, [])))
+    console.print(checks)
+
+    for unit, lengths in (("characters", report.char_lengths), ("tokens", report.token_lengths)):
+        if not lengths:
+            continue
+        table = Table(title=f"lengths ({unit})", title_justify="left")
+        for column in ("", "min", "median", "p95", "max", "mean"):
+            table.add_column(column, justify="right" if column else "left")
+        for name, values in lengths.items():
+            if values:
+                lo, median, p95, hi, mean = _quantiles(values)
+                table.add_row(name, f"{lo:,}", f"{median:,}", f"{p95:,}", f"{hi:,}", f"{mean:,.1f}")
+        console.print(table)
+    over = over_limit(report)
+    if over and over["rows"]:
+        n = over["rows"]
+        total = over["prompt_side"] + over["response_side"]
+        console.print(f"over --max-length {report.max_length}: {total:,} rows ({total / n:.1%}); "
+                      f"prompt side (no response token kept): {over['prompt_side']:,} ({over['prompt_side'] / n:.1%}); "
+                      f"response side (response truncated): {over['response_side']:,} "
+                      f"({over['response_side'] / n:.1%})")
+    for i, example in enumerate(report.samples):
+        console.rule(f"sample {i + 1}")
+        if i < len(report.rendered):
+            console.print(report.rendered[i], markup=False, highlight=False)
+        else:
+            console.print(json.dumps(example, ensure_ascii=False, indent=2), markup=False, highlight=False)
+    if report.samples and report.token_lengths and not report.chat_template:
+        console.print("(the tokenizer has no chat template; samples are shown as rows)")
+    console.print("clean: every row passes every check" if report.clean
+                  else f"[red]{sum(stats.dropped.values()):,} rows fail a check[/red]")

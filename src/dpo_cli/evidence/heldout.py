@@ -1,0 +1,74 @@
+"""Held-out figures of a training run, before and after, against the reference the trainer itself uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from dpo_cli.core import console
+from dpo_cli.evidence.metrics import clean, preference_metrics, reward_model_metrics
+from dpo_cli.evidence.scoring import PairScores, Truncation, kl_on_chosen, score_pairs, score_reward_pairs
+
+# TRL's DPOTrainer adds these columns to its datasets when it precomputes the reference (documented in its DPO guide)
+PRECOMPUTED = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+@dataclass
+class HeldOut:
+    """Scores the held-out pairs with the trainer's model before and after training.
+
+    ``evaluation`` is the stage's: ``preference`` (implicit-reward accuracy, margins, KL; the reference is the
+    starting weights, a separate model, or TRL's precomputed log-probs) or ``reward`` (a reward model's pairwise
+    accuracy). ``reference`` is the stage's ReferencePlan kind.
+    """
+
+    evaluation: str
+    reference: str
+    rows: Any
+    tokenizer: Any
+    truncation: Truncation
+    beta: float | None
+    batch_size: int
+    before: PairScores | None = None
+    reference_scores: PairScores | None = None
+
+    def _score(self, model, **kwargs) -> PairScores:
+        scorer = score_pairs if self.evaluation == "preference" else score_reward_pairs
+        return scorer(model, self.tokenizer, self.rows, truncation=self.truncation, batch_size=self.batch_size,
+                      **kwargs)
+
+    def score_before(self, trainer) -> None:
+        self.before = self._score(trainer.model)
+        if self.evaluation != "preference":
+            return
+        if self.reference == "precomputed":
+            import torch
+
+            chosen, rejected = (torch.tensor(trainer.eval_dataset[c], dtype=torch.float32) for c in PRECOMPUTED)
+            if len(chosen) != len(self.before.chosen):
+                console.warn(f"TRL precomputed reference log-probs for {len(chosen)} held-out pairs, dpo-cli scored "
+                             f"{len(self.before.chosen)}: the implicit-reward figures are left out of run.json")
+                return
+            self.reference_scores = PairScores(chosen, rejected, self.before.chosen_tokens,
+                                               self.before.rejected_tokens, self.before.dropped)
+        elif self.reference == "separate":
+            self.reference_scores = self._score(trainer.ref_model)
+        else:  # copy or shared: the reference is the starting weights, which the policy still is
+            self.reference_scores = self.before
+
+    def figures(self, trainer) -> dict[str, Any]:
+        after = self._score(trainer.model)
+        if self.evaluation == "reward":
+            return {"before": reward_model_metrics(self.before), "after": reward_model_metrics(after)}
+        figures = {"before": preference_metrics(self.before, self.reference_scores, self.beta),
+                   "after": preference_metrics(after, self.reference_scores, self.beta)}
+        if self.reference_scores is self.before:  # before training the policy is the reference: KL 0
+            figures["before"].update(kl_chosen_per_token=0.0, kl_chosen_per_sequence=0.0)
+        reference, shared = trainer.ref_model, False
+        if reference is None and self.reference == "shared":
+            reference, shared = trainer.model, True
+        if reference is not None:
+            figures["after"].update(clean(kl_on_chosen(
+                trainer.model, reference, self.tokenizer, self.rows, truncation=self.truncation,
+                batch_size=max(1, self.batch_size // 4), reference_adapters_disabled=shared)))
+        return figures

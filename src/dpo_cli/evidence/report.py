@@ -1,0 +1,186 @@
+"""The HTML run report: one self-contained file (inline CSS and PNGs, no scripts, no network) per run directory."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from dpo_cli.core.atomic import atomic_write_text
+from dpo_cli.core.errors import InputError
+from dpo_cli.core.rundir import RunDir
+from dpo_cli.evidence.compare import prompt_text
+from dpo_cli.evidence.plots import CURVES, plot_run
+from dpo_cli.evidence.tables import METRIC_ROWS, length_bias_line
+
+# Section id -> heading; every report has all of them, saying so when a run has nothing for one.
+SECTIONS = {
+    "summary": "Summary",
+    "recipe": "Recipe",
+    "versions": "Versions",
+    "data": "Data",
+    "curves": "Training curves",
+    "evaluation": "Held-out evaluation, before and after",
+    "generations": "Sample generations",
+    "warnings": "Watchdog",
+}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;
+color:#1d2330;line-height:1.45}
+h1{margin-bottom:.2rem} h2{border-bottom:1px solid #d5dae3;padding-bottom:.2rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #d5dae3;padding:.25rem .6rem;vertical-align:top}
+th{background:#f2f4f8;text-align:left} td.num{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.85rem}
+.plots{display:flex;flex-wrap:wrap;gap:1rem} .plots figure{margin:0}
+.plots img{max-width:34rem;width:100%;border:1px solid #e3e6ec}
+.muted{color:#667085} .warn{color:#9a3412} .gen td{white-space:pre-wrap;max-width:22rem;font-size:.9rem}
+"""
+
+
+def _kv_table(pairs) -> str:
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape('' if v is None else str(v))}</td></tr>"
+                   for k, v in pairs)
+    return f"<table>{rows}</table>"
+
+
+def _summary(m: dict) -> str:
+    device = m.get("device") or {}
+    pairs = [("status", m.get("status")), ("stage", m.get("stage")), ("steps", m.get("global_step")),
+             ("started", m.get("started_at")), ("finished", m.get("finished_at")),
+             ("device", f"{device.get('device')} ({device.get('reason')}), precision {device.get('precision')}"),
+             ("host", device.get("host")), ("git commit", m.get("git_commit"))]
+    if m.get("error"):
+        pairs.append(("error", m["error"]))
+    stop = m.get("early_stopping")
+    if stop:
+        pairs.append(("early stopping", f"{stop['metric']}: stopped at step {stop['stopped_at']}, best "
+                                        f"{stop['best']} at step {stop['best_step']}" if stop.get("stopped_at")
+                      else f"{stop['metric']}: did not trigger (best {stop['best']} at step {stop['best_step']})"))
+    return _kv_table(pairs)
+
+
+def _data(m: dict) -> str:
+    data = m.get("data") or {}
+    if not data:
+        return '<p class="muted">no data summary in run.json</p>'
+    rows = []
+    for split, info in data.items():
+        source = ", ".join(info.get("files") or []) or (f"{info['split_of_train']:.0%} of the training data"
+                                                        if "split_of_train" in info else "")
+        rows.append(f"<tr><td>{escape(split)}</td><td class=num>{info.get('rows')}</td><td>{escape(source)}</td>"
+                    f"<td><code>{escape(str(info.get('fingerprint') or '')[:16])}</code></td></tr>")
+    return ("<table><tr><th>split</th><th>rows</th><th>source</th><th>fingerprint (sha256)</th></tr>"
+            + "".join(rows) + "</table>")
+
+
+def _images(run: RunDir) -> list[Path]:
+    folder = run.plots_dir
+    order = [*CURVES, "eval", "heldout_margins"]
+    images = sorted(folder.glob("*.png") if folder.is_dir() else [],
+                    key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.name))
+    if not images and run.metrics_file.is_file():
+        try:
+            images = plot_run(run)
+        except InputError:
+            images = []
+    return images
+
+
+def _curves(run: RunDir) -> str:
+    images = _images(run)
+    if not images:
+        return '<p class="muted">no curves: the run logged no metrics (metrics.jsonl is missing or empty)</p>'
+    figures = []
+    for path in images:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        figures.append(f'<figure><img alt="{escape(path.stem)}" src="data:image/png;base64,{data}">'
+                       f"<figcaption class=muted>{escape(path.name)}</figcaption></figure>")
+    return f'<div class="plots">{"".join(figures)}</div>'
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    return "-" if value is None else escape(fmt.format(value))
+
+
+def _evaluation(m: dict) -> str:
+    evaluation = m.get("evaluation")
+    if not evaluation:
+        return ('<p class="muted">no held-out evaluation: the recipe had no data.eval or data.eval_split (or the run '
+                'did not finish). <code>dpo-cli eval RUN_DIR --data FILE</code> scores any pairs.</p>')
+    before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
+    rows = "".join(f"<tr><td>{escape(label)}</td><td class=num>{_fmt(before.get(key), fmt)}</td>"
+                   f"<td class=num>{_fmt(after.get(key), fmt)}</td></tr>"
+                   for label, key, fmt in METRIC_ROWS if key in after or key in before)
+    parts = [f"<p>{after.get('pairs', before.get('pairs'))} held-out pairs</p>",
+             f"<table><tr><th>metric</th><th>before</th><th>after</th></tr>{rows}</table>"]
+    quantiles = after.get("margin_quantiles")
+    if quantiles:
+        cells = "".join(f"<td class=num>{_fmt(v, '{:+.4f}')}</td>" for v in quantiles.values())
+        heads = "".join(f"<th>{escape(k)}</th>" for k in quantiles)
+        parts.append(f"<p>distribution of the margin after training</p><table><tr>{heads}</tr><tr>{cells}</tr>"
+                     "</table>")
+    line = length_bias_line(after.get("length_bias"))
+    if line:
+        parts.append(f"<p>{escape(line)}</p>")
+    return "".join(parts)
+
+
+def _generations(run: RunDir) -> str:
+    path = run / RunDir.COMPARE_JSON
+    if not path.is_file():
+        return (f'<p class="muted">no generations yet: <code>dpo-cli compare --tuned {escape(str(run))} '
+                f'--data FILE</code> writes them</p>')
+    result = json.loads(path.read_text(encoding="utf-8"))
+    s = result.get("settings", {})
+    rows = "".join(
+        f"<tr><td>{escape(prompt_text(r['prompt']))}</td>"
+        + "".join(f"<td>{escape(r.get(k) or '')}</td>" for k in ("base_greedy", "tuned_greedy", "base_sampled",
+                                                                  "tuned_sampled"))
+        + "</tr>" for r in result.get("rows", []))
+    return (f"<p>base <code>{escape(result.get('base', ''))}</code>, tuned <code>{escape(result.get('tuned', ''))}"
+            f"</code>; sampled with temperature {s.get('temperature')}, top-p {s.get('top_p')}, seed {s.get('seed')}"
+            f"</p><table class=gen><tr><th>prompt</th><th>base, greedy</th><th>tuned, greedy</th>"
+            f"<th>base, sampled</th><th>tuned, sampled</th></tr>{rows}</table>")
+
+
+def _warnings(m: dict) -> str:
+    items = list(m.get("warnings") or [])
+    if m.get("status") == "failed" and m.get("error"):
+        items.insert(0, m["error"])
+    if not items:
+        return '<p class="muted">no warnings: the loss stayed finite and no known failure pattern was seen</p>'
+    return "<ul>" + "".join(f'<li class="warn">{escape(w)}</li>' for w in items) + "</ul>"
+
+
+def render_report(run_dir: str | Path) -> str:
+    run = RunDir(run_dir)
+    manifest, recipe_text = run.manifest(), run.recipe_text()
+    versions = manifest.get("versions") or {}
+    bodies = {
+        "summary": _summary(manifest),
+        "recipe": f"<pre>{escape(recipe_text)}</pre>" if recipe_text else f'<p class="muted">no {RunDir.RECIPE}</p>',
+        "versions": _kv_table(versions.items()),
+        "data": _data(manifest),
+        "curves": _curves(run),
+        "evaluation": _evaluation(manifest),
+        "generations": _generations(run),
+        "warnings": _warnings(manifest),
+    }
+    sections = "".join(f'<section id="{key}"><h2>{escape(title)}</h2>{bodies[key]}</section>'
+                       for key, title in SECTIONS.items())
+    title = f"dpo-cli run report: {run.path.resolve().name}"
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<body><h1>{escape(title)}</h1><p class="muted">{escape(str(run.path.resolve()))}</p>{sections}'
+            f"</body></html>\n")
+
+
+def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) and return its path."""
+    html = render_report(run_dir)
+    path = Path(output) if output else RunDir(run_dir) / RunDir.REPORT
+    atomic_write_text(path, html)
+    return path

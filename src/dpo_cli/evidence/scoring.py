@@ -1,0 +1,212 @@
+"""Scoring held-out pairs under a model: summed response log-probs, exact KL to a reference, reward-model scores.
+
+Pairs are tokenized as TRL's DPOTrainer tokenizes them, so the figures agree with its eval_rewards/* on the same
+batch: the prompt through the chat template with the generation prompt, prompt+response as one conversation, the
+response starting where the prompt and both prompt+response sequences stop sharing tokens; plain-text pairs get
+the tokenizer's special tokens and an end-of-sequence token; truncation to max_length as TRL's collator does it, and
+pairs whose prompt alone fills max_length left out (TRL drops them from training too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class PairScores:
+    """Summed response log-probs (or rewards) of chosen and rejected under one model, and response lengths."""
+
+    chosen: Any  # float tensor [pairs]
+    rejected: Any
+    chosen_tokens: Any  # long tensor [pairs]
+    rejected_tokens: Any
+    dropped: int = 0  # pairs left out: the prompt alone fills max_length
+
+
+@dataclass(frozen=True)
+class Truncation:
+    max_length: int | None = None
+    mode: str = "keep_start"  # TRL's truncation_mode: keep_start or keep_end
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _ids(tokenizer, value, *, tools=None, generation_prompt: bool = False) -> list[int]:
+    if isinstance(value, str):
+        return list(tokenizer(text=value)["input_ids"])
+    return list(tokenizer.apply_chat_template(value, tools=tools, add_generation_prompt=generation_prompt,
+                                              tokenize=True, return_dict=True)["input_ids"])
+
+
+def _cut(ids: list[int], start: int, truncation: Truncation) -> tuple[list[int], int]:
+    """(ids, response start) after truncation; the response runs to the end of the kept ids."""
+    limit = truncation.max_length
+    if limit is None or len(ids) <= limit:
+        return ids, start
+    if truncation.mode == "keep_end":
+        cut = len(ids) - limit
+        return ids[cut:], max(0, start - cut)
+    return ids[:limit], min(start, limit)
+
+
+def encode_pairs(tokenizer, rows, truncation: Truncation, sides: tuple[str, ...] = ("chosen", "rejected"), *,
+                 keep_all: bool = False) -> tuple[list[tuple[list[int], int]], list[int]]:
+    """(ids, response start) for each kept row and side, in order (chosen, rejected, chosen, ...), and the kept rows.
+
+    A row whose prompt alone fills max_length is left out unless ``keep_all``.
+    """
+    sequences, kept = [], []
+    for index, row in enumerate(rows):
+        prompt, tools = row["prompt"], row.get("tools")
+        if isinstance(prompt, str):
+            eos = tokenizer.eos_token or ""
+            full = [_ids(tokenizer, prompt + (row[s] if row[s].endswith(eos) else row[s] + eos)) for s in sides]
+            prompt_ids = _ids(tokenizer, prompt)
+        else:
+            full = [_ids(tokenizer, prompt + row[s], tools=tools) for s in sides]
+            prompt_ids = _ids(tokenizer, prompt, tools=tools, generation_prompt=True)
+        start = min(_common_prefix(prompt_ids, ids) for ids in full)
+        if not keep_all and truncation.max_length is not None and truncation.mode == "keep_start" \
+                and start >= truncation.max_length:
+            continue
+        kept.append(index)
+        sequences += [_cut(ids, start, truncation) for ids in full]
+    return sequences, kept
+
+
+def batches(sequences, batch_size: int, pad: int, device) -> Iterator[tuple[Any, Any, Any]]:
+    """Right-padded (input_ids, attention_mask, response_mask) batches."""
+    import torch
+
+    for i in range(0, len(sequences), batch_size):
+        batch = sequences[i:i + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        response = torch.zeros((len(batch), width), dtype=torch.bool)
+        for j, (ids, start) in enumerate(batch):
+            input_ids[j, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            attention[j, :len(ids)] = 1
+            response[j, start:len(ids)] = True
+        yield input_ids.to(device), attention.to(device), response.to(device)
+
+
+def pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+@contextlib.contextmanager
+def eval_mode(*models):
+    """Models in eval mode without gradients; their training flags are restored afterwards."""
+    import torch
+
+    models = [m for m in models if m is not None]
+    flags = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, flag in zip(models, flags):
+            m.train(flag)
+
+
+def model_device(model):
+    return next(model.parameters()).device
+
+
+def _adapters(model, disabled: bool):
+    """A context with the model's LoRA adapters switched off (the shared reference of a LoRA run), else nothing."""
+    return model.disable_adapter() if disabled else contextlib.nullcontext()
+
+
+def score_pairs(model, tokenizer, rows, *, truncation: Truncation = Truncation(), batch_size: int = 16,
+                adapters_disabled: bool = False) -> PairScores:
+    """Score every pair's chosen and rejected response under ``model`` (no gradients, eval mode kept as found).
+
+    ``adapters_disabled`` scores a peft model with its adapters off: the reference of a LoRA run.
+    """
+    import torch
+
+    sequences, kept = encode_pairs(tokenizer, rows, truncation)
+    sums, counts = [], []
+    with eval_mode(model), _adapters(model, adapters_disabled):
+        for input_ids, attention, response in batches(sequences, batch_size, pad_id(tokenizer), model_device(model)):
+            logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1].float()
+            logps = torch.log_softmax(logits, dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+            mask = response[:, 1:]
+            sums.append((logps * mask).sum(-1).cpu())
+            counts.append(mask.sum(-1).cpu())
+    sums = torch.cat(sums) if sums else torch.zeros(0)
+    counts = torch.cat(counts) if counts else torch.zeros(0, dtype=torch.long)
+    return PairScores(sums[0::2], sums[1::2], counts[0::2], counts[1::2], dropped=len(rows) - len(kept))
+
+
+def kl_on_chosen(policy, reference, tokenizer, rows, *, truncation: Truncation = Truncation(), batch_size: int = 4,
+                 reference_adapters_disabled: bool = False) -> dict[str, float]:
+    """KL(policy || reference) of the next-token distributions at every token of the chosen responses.
+
+    The exact KL over the vocabulary at each teacher-forced position (not a one-sample estimate), averaged per token
+    and summed per response. It is an estimate of the policy's drift on the data's chosen responses, not on its own
+    samples; 0 when policy and reference are the same weights. ``reference_adapters_disabled``: the reference is
+    ``reference`` (the policy itself) with its LoRA adapters off.
+    """
+    import torch
+
+    sequences, _ = encode_pairs(tokenizer, rows, truncation, sides=("chosen",))
+    total, tokens, per_sequence = 0.0, 0, []
+    ref_device = model_device(reference)
+    with eval_mode(policy, reference):
+        for input_ids, attention, response in batches(sequences, batch_size, pad_id(tokenizer),
+                                                      model_device(policy)):
+            mask = response[:, 1:]
+            # only the response positions: [tokens, vocab] rather than [batch, length, vocab]
+            policy_logps = torch.log_softmax(
+                policy(input_ids=input_ids, attention_mask=attention).logits[:, :-1][mask].float(), dim=-1)
+            with _adapters(reference, reference_adapters_disabled):
+                ref_logits = reference(input_ids=input_ids.to(ref_device),
+                                       attention_mask=attention.to(ref_device)).logits
+            ref_logps = torch.log_softmax(ref_logits[:, :-1][mask.to(ref_device)].float(), dim=-1)
+            kl = (policy_logps.exp() * (policy_logps - ref_logps.to(policy_logps.device))).sum(-1).clamp(min=0)
+            for piece in torch.split(kl.cpu(), mask.sum(-1).tolist()):
+                per_sequence.append(float(piece.sum()))
+            total += float(kl.sum())
+            tokens += int(mask.sum())
+    return {"kl_chosen_per_token": total / tokens if tokens else 0.0,
+            "kl_chosen_per_sequence": sum(per_sequence) / len(per_sequence) if per_sequence else 0.0}
+
+
+def score_sequences(model, tokenizer, sequences, *, batch_size: int = 16) -> Any:
+    """One scalar reward per sequence under a sequence-classification reward model."""
+    import torch
+
+    if getattr(model.config, "pad_token_id", None) is None:
+        # sequence classifiers pool at the last non-pad token and refuse batches without a pad id
+        model.config.pad_token_id = pad_id(tokenizer)
+    rewards = []
+    with eval_mode(model):
+        for input_ids, attention, _ in batches(sequences, batch_size, model.config.pad_token_id, model_device(model)):
+            rewards.append(model(input_ids=input_ids, attention_mask=attention).logits[:, 0].float().cpu())
+    return torch.cat(rewards) if rewards else torch.zeros(0)
+
+
+def score_reward_pairs(model, tokenizer, rows, *, truncation: Truncation = Truncation(),
+                       batch_size: int = 16) -> PairScores:
+    """Scalar rewards (in place of log-probs) of chosen and rejected under a sequence-classification reward model."""
+    import torch
+
+    sequences, kept = encode_pairs(tokenizer, rows, truncation)
+    rewards = score_sequences(model, tokenizer, sequences, batch_size=batch_size)
+    tokens = torch.tensor([len(ids) - min(start, len(ids)) for ids, start in sequences], dtype=torch.long)
+    return PairScores(rewards[0::2], rewards[1::2], tokens[0::2], tokens[1::2], dropped=len(rows) - len(kept))

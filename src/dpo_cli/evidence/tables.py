@@ -1,0 +1,139 @@
+"""What a run shows a person: the dry-run plan and the end-of-run table on the console."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.syntax import Syntax
+from rich.table import Table
+
+from dpo_cli.core.redact import redact
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.train.memory import human
+
+
+def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> None:
+    console.print("[bold]resolved recipe[/]")
+    console.print(Syntax(recipe.resolved_yaml(), "yaml", theme="ansi_dark", background_color="default"))
+    table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    for key, value in redact(plan["config_fields"]).items():
+        table.add_row(key, repr(value))
+    console.print(table)
+    device = plan["device"]
+    console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
+    console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
+    console.print(f"[bold]reference[/]  {plan['reference']}")
+    console.print(f"[bold]safety[/]     {plan['safety']}")
+    if plan.get("memory") is not None:
+        print_memory_plan(console, plan["memory"])
+    console.print("dry run: no weights loaded, nothing written")
+
+
+def print_memory_plan(console: Console, memory) -> None:
+    if isinstance(memory, str):
+        console.print(f"[bold]memory plan[/] {memory}")
+        return
+    table = Table(title="memory plan (per training device)", title_justify="left")
+    table.add_column("what")
+    table.add_column("bytes", justify="right")
+    table.add_column("counted as")
+    for what, size, how in memory.rows:
+        table.add_row(what, human(size), how)
+    table.add_row("[bold]total[/]", f"[bold]{human(memory.total)}[/]", "")
+    console.print(table)
+    if memory.device_bytes is None:
+        console.print("[bold]device memory[/] unknown")
+        return
+    verdict = "[bold red]over[/]" if memory.over else "[green]fits[/]"
+    console.print(f"[bold]device memory[/] {human(memory.device_bytes)} ({memory.device_label}): {verdict}")
+    for rank, (change, saving) in enumerate(memory.suggestions, 1):
+        console.print(f"  {rank}. {change}: saves about {human(saving)}")
+
+
+METRIC_ROWS = (
+    ("preference accuracy (implicit reward)", "reward_accuracy", "{:.3f}"),
+    ("mean reward margin", "reward_margin", "{:+.4f}"),
+    ("preference accuracy (length-normalised log-prob)", "logprob_accuracy", "{:.3f}"),
+    ("mean log-prob, chosen", "logps_chosen", "{:.2f}"),
+    ("mean log-prob, rejected", "logps_rejected", "{:.2f}"),
+    ("KL to reference on chosen, per token", "kl_chosen_per_token", "{:.5f}"),
+    ("spread of the margin (std)", "margin_std", "{:.4f}"),
+)
+
+
+def _fmt(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)  # None: not measured, or not finite
+
+
+REWARD_MODEL_ROWS = (
+    ("pairwise accuracy (reward of chosen above rejected)", "reward_accuracy", "{:.3f}"),
+    ("mean reward margin", "reward_margin", "{:+.4f}"),
+    ("mean reward, chosen", "reward_chosen", "{:+.4f}"),
+    ("mean reward, rejected", "reward_rejected", "{:+.4f}"),
+    ("spread of the margin (std)", "margin_std", "{:.4f}"),
+)
+
+
+def evaluation_table(before: dict, after: dict, rows=METRIC_ROWS) -> Table:
+    table = Table(title=f"held-out pairs: {after['pairs']}", title_justify="left")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for label, key, fmt in rows:
+        if key in after:
+            table.add_row(label, _fmt(before.get(key), fmt), _fmt(after[key], fmt))
+    return table
+
+
+def print_run_summary(console: Console, result) -> None:
+    manifest = result.manifest
+    evaluation = manifest.get("evaluation")
+    if evaluation:
+        rows = REWARD_MODEL_ROWS if manifest.get("stage") == "reward" else METRIC_ROWS
+        console.print(evaluation_table(evaluation["before"], evaluation["after"], rows))
+        line = length_bias_line(evaluation["after"].get("length_bias"))
+        if line:
+            console.print(line)
+    if manifest.get("plots"):
+        console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
+                      f"report")
+    console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
+                  f"in {result.output_dir}")
+
+
+def length_bias_line(bias: dict) -> str | None:
+    if not bias or bias.get("r_squared") is None:
+        return None
+    return (f"length bias: {bias['r_squared']:.0%} of the margin's variance is explained by the length difference "
+            f"(margin per token {bias['margin_per_token']:+.4f}; chosen longer in {bias['chosen_longer_fraction']:.0%} "
+            f"of pairs)")
+
+
+def eval_table(result: dict) -> Table:
+    """The figures of ``dpo-cli eval`` for one model."""
+    metrics = result["metrics"]
+    what = "reward model" if result["kind"] == "reward_model" else "policy"
+    table = Table(title=f"{what} {result['model']} on {metrics['pairs']} pairs", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = REWARD_MODEL_ROWS if result["kind"] == "reward_model" else METRIC_ROWS
+    for label, key, fmt in rows:
+        if metrics.get(key) is not None:
+            table.add_row(label, fmt.format(metrics[key]))
+    quantiles = metrics.get("margin_quantiles")
+    if quantiles and None not in quantiles.values():
+        table.add_row("margin quantiles (min p10 p50 p90 max)",
+                      " ".join(f"{quantiles[k]:+.3f}" for k in ("min", "p10", "p50", "p90", "max")))
+    return table
+
+
+def print_eval(console: Console, result: dict) -> None:
+    console.print(eval_table(result))
+    line = length_bias_line(result["metrics"].get("length_bias"))
+    if line:
+        console.print(line)
+    if result["kind"] == "policy" and not result.get("reference"):
+        console.print("no reference model (--ref): implicit-reward accuracy, margins and KL need one")

@@ -1,0 +1,202 @@
+"""The recipe's own sections as a strict pydantic schema (extra keys forbidden); trainer: is checked elsewhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import NotRequired, TypedDict
+
+from dpo_cli.core.errors import DataError, did_you_mean
+from dpo_cli.core.redact import redact
+from dpo_cli.data.formats import FORMATS
+from dpo_cli.data.where import compile_where
+from dpo_cli.recipe.yamlfile import yaml_dump
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name_or_path: str
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    trust_remote_code: bool = False
+    tokenizer: str | None = None
+    chat_template: str | None = Field(default=None, description="a Jinja template, or a path to a file holding one")
+
+
+def _known_format(name: str) -> str:
+    if name not in FORMATS:
+        raise ValueError(f"unknown data format '{name}'{did_you_mean(name, FORMATS)}")
+    return name
+
+
+def _valid_where(text: str) -> str:
+    try:
+        compile_where(text)
+    except DataError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+class DataSource(TypedDict):
+    """A data source given as an object; stays a plain dict so run.json can record it as written."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
+    path: str
+    format: NotRequired[Annotated[str, AfterValidator(_known_format)]]
+    columns: NotRequired[dict[str, str]]  # canonical name -> column in the file
+    where: NotRequired[Annotated[str, AfterValidator(_valid_where)]]
+    limit: NotRequired[Annotated[int, Field(gt=0)]]
+
+
+# pydantic puts a tagged union's tag into error locations; these are dropped again when naming the recipe key
+SOURCE_TAGS = ("path-string", "source-object")
+SourceItem = Annotated[
+    Annotated[str, Tag(SOURCE_TAGS[0])] | Annotated[DataSource, Tag(SOURCE_TAGS[1])],
+    Discriminator(lambda v: SOURCE_TAGS[0] if isinstance(v, str) else SOURCE_TAGS[1]),
+]
+
+
+def _as_source_list(value: Any) -> Any:
+    return [value] if isinstance(value, (str, dict)) else value
+
+
+SourceList = Annotated[list[SourceItem], BeforeValidator(_as_source_list)]
+
+
+class DataSection(_Section):
+    """Each of train/eval is a path, an object {path, format, columns, where, limit}, or a list of either."""
+
+    train: SourceList
+    eval: SourceList | None = None
+    eval_split: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataSection:
+        if self.eval and self.eval_split:
+            raise ValueError("give either data.eval or data.eval_split, not both")
+        return self
+
+
+class EarlyStoppingSection(_Section):
+    metric: str = Field(description="an eval metric, with or without the eval_ prefix: loss, rewards/accuracies, ...")
+    patience: int = Field(default=3, ge=1, description="evaluations without improvement before stopping")
+    min_delta: float = Field(default=0.0, ge=0.0, description="smallest change that counts as an improvement")
+    mode: Literal["min", "max"] | None = Field(default=None, description="default: min for losses, else max")
+
+
+class RewardSection(_Section):
+    """What scores a policy's samples: reward functions (grpo) or a reward model and value model (ppo)."""
+
+    functions: list[str | dict[str, Any]] = Field(
+        default_factory=list, description="grpo: built-in names (length, regex, contains_answer, reward_model) with "
+        "options as {name: {...}}, or user functions module:function / path/to/file.py:function")
+    weights: list[float] | None = Field(default=None, description="grpo: one weight per function (default 1 each)")
+    model: str | None = Field(default=None, description="ppo: the reward model, e.g. the output_dir of a reward stage")
+    value_model: str | None = Field(default=None, description="ppo: the value model's starting weights (default: the "
+                                    "reward model)")
+
+    @model_validator(mode="after")
+    def _one_weight_per_function(self) -> RewardSection:
+        if self.weights is not None and len(self.weights) != len(self.functions):
+            raise ValueError(f"reward.weights has {len(self.weights)} entries for {len(self.functions)} reward "
+                             "functions; give one weight per function")
+        return self
+
+
+class LoraSection(_Section):
+    """peft LoraConfig fields; the reference is then the policy with its adapter disabled."""
+
+    r: int = Field(default=16, gt=0)
+    alpha: float = Field(default=32, gt=0)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field(
+        default="all-linear", description="'all-linear', module name suffixes, or one regular expression")
+    modules_to_save: list[str] | None = None
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+class QuantizationSection(_Section):
+    """bitsandbytes weight quantization through transformers (QLoRA when the policy is quantized)."""
+
+    bits: Literal[4, 8]
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+
+    @model_validator(mode="after")
+    def _four_bit_options(self) -> QuantizationSection:
+        given = self.model_fields_set & {"quant_type", "double_quant", "compute_dtype"}
+        if self.bits == 8 and given:
+            raise ValueError(f"{', '.join(sorted(given))} only applies to bits: 4")
+        return self
+
+
+def _auto_ref(value: Any) -> Any:
+    # `ref_model: auto` (or an empty `ref_model:`) is the default strategy
+    return {} if value is None or value == "auto" else value
+
+
+class RefModelSection(_Section):
+    """Which reference model DPO compares against; empty means auto (shared adapter-disabled policy or a copy)."""
+
+    name_or_path: str | None = None
+    adapter: str | None = None
+    quantization: QuantizationSection | None = None
+    precompute: bool = False
+    cache: bool = True
+    cache_dir: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        """A reference loaded separately from the policy (another model, an adapter, or quantized)."""
+        return bool(self.name_or_path or self.adapter or self.quantization)
+
+
+class Recipe(_Section):
+    stage: str
+    model: ModelSection
+    ref_model: Annotated[RefModelSection, BeforeValidator(_auto_ref)] = Field(default_factory=RefModelSection)
+    lora: LoraSection | None = None
+    quantization: QuantizationSection | None = None
+    data: DataSection
+    trainer: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str
+    seed: int = 42
+    # environment variables set for the run (WANDB_PROJECT, WANDB_API_KEY, ...); secret ones never reach a file
+    env: dict[str, str] = Field(default_factory=dict)
+    plot: bool = True
+    watchdog: bool = True
+    early_stopping: EarlyStoppingSection | None = None
+    reward: RewardSection | None = None
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _early_stopping_needs_evaluation(cls, value, info: ValidationInfo):
+        if value is None:
+            return value
+        data, trainer = info.data.get("data"), info.data.get("trainer")
+        if data is not None and not (data.eval or data.eval_split):
+            raise ValueError("early_stopping needs held-out pairs: set data.eval or data.eval_split")
+        if trainer is not None and str(trainer.get("eval_strategy", "no")) == "no":
+            raise ValueError("early_stopping needs evaluations during training: set trainer.eval_strategy: steps "
+                             "(with trainer.eval_steps) or epoch")
+        return value
+
+    def resolved_yaml(self) -> str:
+        """The recipe as a run records it (recipe.resolved.yaml): every default filled in, secrets redacted."""
+        return yaml_dump(redact(self.model_dump(mode="json")))

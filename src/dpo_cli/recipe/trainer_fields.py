@@ -1,0 +1,72 @@
+"""The trainer: section, checked against the fields and types of the stage's TRL config dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, create_model
+
+from dpo_cli.core.errors import did_you_mean
+from dpo_cli.recipe.yamlfile import ErrorAt
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# Keys of the TRL config that the recipe owns at the top level: setting them under `trainer:` would be ambiguous.
+OWNED_TRAINER_KEYS = {
+    "output_dir": "set output_dir at the top level of the recipe",
+    "seed": "set seed at the top level of the recipe",
+    "model_init_kwargs": "use the model: section (dtype, trust_remote_code)",
+    "trust_remote_code": "use model.trust_remote_code",
+}
+
+
+def validate_trainer(config_class: type, trainer: dict[str, Any], error: ErrorAt) -> dict[str, Any]:
+    """Check ``trainer:`` against the fields of a TRL config class; return the values coerced to their types."""
+    schema = trainer_schema(config_class)
+    for key in trainer:
+        if key in OWNED_TRAINER_KEYS:
+            raise error(("trainer", key), f"'{key}' is not a trainer key here: {OWNED_TRAINER_KEYS[key]}")
+        if key not in schema.model_fields:
+            raise error(("trainer", key), f"{config_class.__name__} has no field '{key}'"
+                                          f"{did_you_mean(key, schema.model_fields)}")
+    try:
+        checked = schema.model_validate(trainer)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ("trainer",) + tuple(err["loc"][:1])
+        raise error(loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})") from None
+    # Keep the recipe's own values (TRL takes 10 for a float field, or one string for a list); only strings that
+    # pydantic read as numbers or booleans are replaced, so "5e-6" given as a string still reaches TRL as a float.
+    return {key: getattr(checked, key) if isinstance(value, str) else value for key, value in trainer.items()}
+
+
+_SCHEMAS: dict[type, type[BaseModel]] = {}
+
+
+def trainer_schema(config_class: type) -> type[BaseModel]:
+    """A pydantic model with one optional field per dataclass field of a TRL config, typed as TRL types it."""
+    if config_class not in _SCHEMAS:
+        hints = typing.get_type_hints(config_class)
+        fields: dict[str, Any] = {}
+        for f in dataclasses.fields(config_class):
+            if not f.init:
+                continue
+            annotation = hints.get(f.name, Any)
+            try:
+                TypeAdapter(annotation)
+            except Exception:  # a type pydantic cannot check (a callable, a torch type): accept as given
+                annotation = Any
+            if typing.get_origin(annotation) is list:  # TRL itself accepts one string for a list of strings
+                annotation = Annotated[annotation, BeforeValidator(_as_list)]
+            fields[f.name] = (annotation | None, None)
+        _SCHEMAS[config_class] = create_model(
+            f"{config_class.__name__}Fields",
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+    return _SCHEMAS[config_class]

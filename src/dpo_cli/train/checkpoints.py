@@ -1,0 +1,181 @@
+"""Checkpoints a resume can trust: marked complete once written, rotated only then; and picked for resume."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from dpo_cli.core.atomic import atomic_write_text
+from dpo_cli.core.errors import DpoCliError, InputError
+
+MARKER = "dpo-cli-checkpoint.json"  # written last: a checkpoint without it is incomplete
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+class SaveFailedError(DpoCliError):
+    """A checkpoint could not be written; the previous one is untouched."""
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Marks each checkpoint complete once the trainer has written all of it, and only then rotates old ones.
+
+    transformers writes checkpoint-<step> in place and rotates inside the same save; a crash or a full disk in the
+    middle leaves a half-written folder (and maybe no complete one). Here rotation waits for the marker, and a
+    folder without one is never resumed from. ``identity`` (recipe and data fingerprints) goes into the marker so a
+    resume can refuse a changed run.
+    """
+
+    def __init__(self, args, identity: dict[str, Any]):
+        self.identity = identity
+        self.keep = args.save_total_limit
+        args.save_total_limit = None  # rotation is ours, after the new checkpoint is complete
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:  # only the main process writes
+            return
+        run_dir = Path(args.output_dir)
+        folder = run_dir / f"checkpoint-{state.global_step}"
+        replace_pickled_args(folder, args)
+        atomic_write_text(folder / MARKER, json.dumps({"step": state.global_step, **self.identity}, indent=2))
+        rotate(run_dir, self.keep, protect=state.best_model_checkpoint)
+
+
+def save_failure(run_dir: Path, step: int, exc: BaseException) -> SaveFailedError | None:
+    """When ``exc`` ended training while checkpoint-<step> was being written: remove the partial folder and say
+    which complete checkpoint is left. None when the failure was not in a save."""
+    folder = Path(run_dir) / f"checkpoint-{step}"
+    if not isinstance(exc, (OSError, RuntimeError)) or not folder.is_dir() or (folder / MARKER).exists():
+        return None
+    shutil.rmtree(folder, ignore_errors=True)
+    previous = newest_complete(run_dir)[0]
+    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    return SaveFailedError(f"saving {folder.name} failed ({reason}); {kept}")
+
+
+def replace_pickled_args(folder: Path, args) -> None:
+    """Replace transformers' pickled training_args.bin (needs an unsafe torch.load) by a JSON copy."""
+    pickled = folder / "training_args.bin"
+    if pickled.exists():
+        pickled.unlink()
+    atomic_write_text(folder / "training_args.json", args.to_json_string())
+
+
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every checkpoint folder, newest first."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        match = _STEP.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return sorted(found, reverse=True)
+
+
+def rotate(run_dir: Path, keep: int | None, protect: str | None = None) -> None:
+    if not keep or keep <= 0:
+        return
+    complete = [path for _, path in checkpoints(run_dir) if problem(path) is None]
+    for path in complete[keep:]:
+        if protect is None or Path(protect).resolve() != path.resolve():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """A cheap integrity check: the header parses and the file is as long as the header says."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            return f"{path.name} is truncated"
+        (header_len,) = struct.unpack("<Q", raw)
+        if header_len > size - 8:
+            return f"{path.name} is truncated"
+        try:
+            header = json.loads(f.read(header_len))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return f"{path.name} has a corrupt header"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if 8 + header_len + end != size:
+        return f"{path.name} is truncated ({size} bytes, header says {8 + header_len + end})"
+    return None
+
+
+def problem(path: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    if not (path / MARKER).is_file():
+        return "no completion marker (the save was interrupted)"
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "trainer_state.json is missing"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "trainer_state.json is corrupt"
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        return "no model weights (*.safetensors)"
+    for file in weights:
+        issue = _safetensors_problem(file)
+        if issue:
+            return issue
+    return None
+
+
+def newest_complete(run_dir: Path, warn=None) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that is complete; the reasons each newer one was skipped."""
+    skipped = []
+    for _, path in checkpoints(run_dir):
+        issue = problem(path)
+        if issue is None:
+            return path, skipped
+        skipped.append(f"skipping {path}: {issue}")
+        if warn:
+            warn(skipped[-1])
+    return None, skipped
+
+
+def resolve_resume(run_dir: Path, resume: str, warn) -> Path:
+    """``auto``: the newest complete checkpoint in ``run_dir``; else the given checkpoint, which must be complete."""
+    if resume == "auto":
+        found, _ = newest_complete(run_dir, warn)
+        if found is None:
+            raise InputError(f"--resume auto: no complete checkpoint in {run_dir}")
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        raise InputError(f"--resume {resume}: no such checkpoint directory")
+    issue = problem(path)
+    if issue:
+        raise InputError(f"--resume {resume}: cannot resume from it: {issue}")
+    return path
+
+
+def marker(checkpoint: Path) -> dict[str, Any]:
+    """What a complete checkpoint's marker records: its step, the recipe and the data fingerprints."""
+    return json.loads((Path(checkpoint) / MARKER).read_text(encoding="utf-8"))
+
+
+def identity_diff(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable lines for each recipe key or data fingerprint that changed since the checkpoint."""
+    lines = []
+    for section in ("recipe", "data"):
+        old, new = _flatten(recorded.get(section, {})), _flatten(current.get(section, {}))
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                lines.append(f"{section}.{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}")
+    return lines
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for key, item in value.items():
+        out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out

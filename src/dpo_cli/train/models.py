@@ -1,0 +1,211 @@
+"""Loading tokenizers and models: the policy as its stage needs it, the reference its plan calls for, LoRA settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dpo_cli.core.builtins import resolve_builtin
+from dpo_cli.core.errors import ModelLoadError
+from dpo_cli.recipe.schema import LoraSection, ModelSection, QuantizationSection, Recipe
+from dpo_cli.recipe.yamlfile import ErrorAt
+from dpo_cli.train.device import DevicePlan
+from dpo_cli.train.stages.base import Stage
+
+
+def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:
+    """A local directory, a built-in, or a hub name whose config can be fetched; otherwise one clear error."""
+    name = resolve_builtin(name)
+    if Path(name).is_dir():
+        return name
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(
+            f"model '{name}' is not a local directory and could not be fetched from the Hugging Face Hub "
+            f"({reason}). On a machine with access run `huggingface-cli download {name} --local-dir DIR`, copy DIR "
+            f"here and set model.name_or_path=DIR"
+        ) from None
+    return name
+
+
+def load_tokenizer(section: ModelSection):
+    from transformers import AutoTokenizer
+
+    source = resolve_model_path(section.tokenizer or section.name_or_path, section.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=section.trust_remote_code)
+    if section.chat_template:
+        template = Path(section.chat_template)
+        tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() \
+            else section.chat_template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def torch_dtype(name: str, plan: DevicePlan | None = None):
+    """A torch dtype from a recipe's name; ``auto`` follows the device plan's mixed precision."""
+    import torch
+
+    if name == "auto":
+        precision = plan.precision if plan else "fp32"
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return getattr(torch, name)
+
+
+def bnb_config(section: QuantizationSection, plan: DevicePlan | None = None):
+    """The transformers BitsAndBytesConfig for a quantization: section."""
+    from transformers import BitsAndBytesConfig
+
+    if section.bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=section.quant_type,
+                              bnb_4bit_use_double_quant=section.double_quant,
+                              bnb_4bit_compute_dtype=torch_dtype(section.compute_dtype, plan))
+
+
+def load_causal_lm(section: ModelSection, quantization: QuantizationSection | None = None,
+                   plan: DevicePlan | None = None):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
+    kwargs: dict[str, Any] = {}
+    if quantization is not None:
+        from accelerate import PartialState
+
+        kwargs["quantization_config"] = bnb_config(quantization, plan)
+        # bitsandbytes places weights as it loads them: each process puts its copy on its own GPU
+        on_gpu = (plan.device if plan else ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
+        kwargs["device_map"] = {"": PartialState().local_process_index} if on_gpu else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code,
+                                                **kwargs)
+
+
+def load_sequence_classifier(section: ModelSection):
+    """A one-output sequence classifier (a reward or value model); a causal LM's weights give its backbone."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+                                                              trust_remote_code=section.trust_remote_code)
+
+
+def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM"):
+    """The peft LoraConfig for a lora: section."""
+    from peft import LoraConfig
+
+    return LoraConfig(task_type=task_type, r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
+                      target_modules=section.target_modules, modules_to_save=section.modules_to_save,
+                      use_dora=section.use_dora, use_rslora=section.use_rslora)
+
+
+def meta_model(section: ModelSection):
+    """The model's architecture on the meta device: names and shapes of every parameter, no memory, no weights read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
+
+
+def _module_suffixes(model, kinds: tuple[type, ...]) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and
+                   isinstance(module, kinds)})
+
+
+def check_lora_targets(recipe: Recipe, error: ErrorAt) -> None:
+    """LoRA target_modules and modules_to_save must name modules of this model; list the ones that exist."""
+    import torch
+    from peft import get_peft_model
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    section = recipe.lora
+    try:
+        model = meta_model(recipe.model)
+    except ModelLoadError:
+        return  # no config to check against offline: loading the model reports it, and peft checks the targets
+    linear = _module_suffixes(model, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))
+    config = lora_config(section)
+    if section.target_modules != "all-linear" and not any(
+            check_target_module_exists(config, name) for name, _ in model.named_modules() if name):
+        raise error(("lora", "target_modules"),
+                    f"{section.target_modules!r} matches no module of {recipe.model.name_or_path}; its layers are: "
+                    f"{', '.join(linear)} (or use 'all-linear')")
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    for i, wanted in enumerate(section.modules_to_save or []):
+        if wanted not in names:
+            raise error(("lora", "modules_to_save", i),
+                        f"'{wanted}' is not a module of {recipe.model.name_or_path}; for example: {', '.join(linear)}")
+    try:
+        get_peft_model(model, config)
+    except ValueError as exc:
+        raise error(("lora",), f"peft rejected the LoRA settings: {exc}") from None
+
+
+@dataclass
+class LoadedModels:
+    """What a stage needs to build its trainer: TRL applies ``peft_config`` itself."""
+
+    policy: Any
+    reference: Any = None
+    peft_config: Any = None
+
+
+def load_reference(recipe: Recipe, plan: DevicePlan | None = None):
+    """An explicit reference: another model, or the policy's weights quantized, optionally with an adapter; frozen."""
+    ref = recipe.ref_model
+    section = recipe.model.model_copy(update={"name_or_path": ref.name_or_path or recipe.model.name_or_path})
+    model = load_causal_lm(section, ref.quantization, plan)
+    if ref.adapter:
+        from peft import PeftModel
+
+        adapter = resolve_builtin(ref.adapter)
+        try:
+            # the adapter's layers stay in the base model, active and unmerged (exact even over 4-bit weights)
+            model = PeftModel.from_pretrained(model, adapter).get_base_model()
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"ref_model.adapter '{ref.adapter}' could not be loaded onto {section.name_or_path}: "
+                                 f"{str(exc).strip().splitlines()[0]}") from None
+    model.requires_grad_(False)
+    return model.eval()
+
+
+def load_models(recipe: Recipe, stage: Stage, plan: DevicePlan | None = None) -> LoadedModels:
+    """The policy as the stage loads it (quantized and prepared for k-bit training for QLoRA), and the reference
+    weights its reference plan holds in memory (none when shared, precomputed, or made by the TRL trainer)."""
+    if stage.policy == "sequence-classifier":
+        policy = load_sequence_classifier(recipe.model)
+    else:
+        policy = load_causal_lm(recipe.model, recipe.quantization, plan)
+    if recipe.quantization is not None:
+        from peft import prepare_model_for_kbit_training
+
+        # gradient checkpointing is left to the trainer, which turns it on from trainer.gradient_checkpointing
+        policy = prepare_model_for_kbit_training(policy, use_gradient_checkpointing=False)
+    loaded = LoadedModels(policy, peft_config=lora_config(recipe.lora, stage.peft_task) if recipe.lora else None)
+    reference = stage.reference(recipe)
+    if reference.explicit:
+        loaded.reference = load_reference(recipe, plan)
+    elif reference.kind == "copy":
+        loaded.reference = load_causal_lm(recipe.model, None, plan)
+    return loaded
+
+
+def quiet_libraries() -> None:
+    """No download bars or library chatter on the console; dpo-cli says what matters itself."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()

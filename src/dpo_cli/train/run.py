@@ -1,0 +1,258 @@
+"""One training run, top to bottom: config, data, tokenizer and models, trainer, train, evaluate, save."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from transformers.trainer_callback import PrinterCallback
+from transformers.trainer_callback import ProgressCallback as TransformersProgress
+
+from dpo_cli.core import console
+from dpo_cli.core.errors import DataError, InputError, ModelLoadError
+from dpo_cli.core.redact import redact
+from dpo_cli.core.rundir import RunDir
+from dpo_cli.data.load import load_splits
+from dpo_cli.evidence.heldout import HeldOut
+from dpo_cli.evidence.plots import plot_after_training
+from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.train import checkpoints
+from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
+from dpo_cli.train.config import build_config, trainer_kwargs
+from dpo_cli.train.device import plan_device
+from dpo_cli.train.interrupt import GracefulStop, Interrupted
+from dpo_cli.train.memory import estimate_memory
+from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.refcache import RefLogpCache
+from dpo_cli.train.stages import get_stage
+from dpo_cli.train.stages.base import Stage, StageInputs
+from dpo_cli.train.stages.dpo import ref_cache_dir
+from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
+
+PACKAGES = ("dpo-cli", "trl", "transformers", "peft", "accelerate", "datasets", "torch")
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    manifest: dict
+    is_main: bool = True  # under torchrun/accelerate, only the main process reports
+
+
+def describe(recipe: Recipe) -> dict[str, Any]:
+    """What --dry-run prints: device decision, the TRL config fields we set, the reference, the memory plan."""
+    stage = get_stage(recipe.stage)
+    plan = plan_device(recipe.trainer)
+    config = build_config(recipe, plan)
+    try:
+        memory = estimate_memory(recipe, plan, config)
+    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
+        memory = f"unavailable: {exc}"
+    return {
+        "config_class": type(config).__name__,
+        "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
+        "device": plan,
+        "reference": stage.reference(recipe).description,
+        "safety": _safety(stage),
+        "memory": memory,
+    }
+
+
+def _safety(stage: Stage) -> str:
+    if stage.step_loop:
+        return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
+    return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
+            "SIGTERM/SIGINT stop the run at the end of a step")
+
+
+def _versions() -> dict[str, str | None]:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_output_dir(run: RunDir, overwrite: bool) -> None:
+    if run.path.exists() and any(run.path.iterdir()) and not overwrite:
+        raise InputError(f"output directory {run} is not empty; pass --overwrite to write over it, "
+                         f"or choose another with output_dir=DIR")
+
+
+def _wait_for_everyone() -> None:
+    from accelerate import PartialState
+
+    PartialState().wait_for_everyone()
+
+
+def _load_data(recipe: Recipe, stage: Stage):
+    try:
+        return load_splits(recipe.data, recipe.seed, stage.data_kind)
+    except DataError as exc:
+        if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
+            raise
+        # a row the stage cannot use: say what this stage reads, beside what the row holds
+        raise DataError(f"stage {recipe.stage} reads {stage.data_expects}; {exc.reason}", file=exc.file,
+                        line=exc.line, field=exc.field) from None
+
+
+def _identity(recipe: Recipe, data_info: dict) -> dict:
+    """What a checkpoint records so a resume can refuse a different recipe or different data."""
+    return {"recipe": redact(recipe.model_dump(mode="json")),
+            "data": {split: info.get("fingerprint") for split, info in data_info.items()}}
+
+
+def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path:
+    checkpoint = checkpoints.resolve_resume(run.path, resume, console.warn)
+    changes = checkpoints.identity_diff(checkpoints.marker(checkpoint), identity)
+    if changes and not force:
+        raise InputError(f"{checkpoint} was written by a different recipe or data; pass --resume-force to resume "
+                         "anyway. Changed: " + "; ".join(changes))
+    return checkpoint
+
+
+def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
+    """Held-out scoring for this run, or None: no eval data, a stage without it, or model weights sharded over
+    several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
+    if stage.evaluation is None or eval_dataset is None:
+        return None
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled():
+        if args.process_index == 0:
+            console.note("held-out scoring skipped: the weights are sharded over the processes (FSDP or ZeRO-3); "
+                         f"score the saved model afterwards with dpo-cli eval {recipe.output_dir}")
+        return None
+    if args.process_index != 0:
+        return None
+    return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, tokenizer,
+                   Truncation(args.max_length, getattr(args, "truncation_mode", "keep_start")),
+                   getattr(args, "beta", None), args.per_device_eval_batch_size)
+
+
+def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
+          resume_force: bool = False) -> RunResult:
+    quiet_libraries()
+    os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
+    stage = get_stage(recipe.stage)
+    if resume and not stage.resumable:
+        raise InputError(f"stage {stage.name} cannot resume from a checkpoint (TRL's trainer for it has no resume); "
+                         f"run it again without --resume")
+
+    # 1. config: device and precision from the hardware, the rest from the recipe
+    plan = plan_device(recipe.trainer)
+    args = build_config(recipe, plan)
+    # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
+    is_main = args.process_index == 0
+    run = RunDir(recipe.output_dir)
+    if not resume:
+        check_output_dir(run, overwrite)
+    _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
+    versions = _versions()
+    manifest = {"dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
+                "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
+                "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision,
+                           "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}
+
+    # 2. data, checked before any weights are loaded
+    train_dataset, eval_dataset, manifest["data"] = _load_data(recipe, stage)
+    identity = _identity(recipe, manifest["data"])
+    checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
+    if checkpoint:
+        manifest["resumed_from"] = str(checkpoint)
+
+    def record(**fields) -> None:
+        """run.json, rewritten whole (atomically) as the run moves on; the main process alone writes."""
+        manifest.update(fields)
+        if is_main:
+            run.write_manifest(manifest)
+
+    if is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_recipe(recipe.resolved_yaml())
+    record()
+
+    # 3. tokenizer and models
+    tokenizer = load_tokenizer(recipe.model)
+    models = load_models(recipe, stage, plan)
+    reference = stage.reference(recipe)
+    ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" and recipe.ref_model.cache \
+        and stage.uses_ref_model else None
+
+    # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
+    stopper = GracefulStop(stage.name, stage.step_loop)
+    resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
+    callbacks = [MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(), stopper,
+                 checkpoints.CompleteCheckpoints(args, identity)]
+    watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
+    early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
+    callbacks += [c for c in (watchdog, early_stop) if c is not None]
+    trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, tokenizer,
+                                              train_dataset, eval_dataset, callbacks, models.peft_config, ref_cache))
+    for noisy in (TransformersProgress, PrinterCallback):
+        trainer.remove_callback(noisy)
+
+    # 5. train, with the held-out pairs scored first
+    held_out = _held_out(stage, recipe, args, tokenizer, eval_dataset, trainer)
+    if held_out is not None:
+        held_out.score_before(trainer)
+    with stopper:
+        try:
+            trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
+        except (OSError, RuntimeError) as exc:
+            failure = checkpoints.save_failure(run.path, trainer.state.global_step, exc)
+            if failure is None:
+                raise
+            raise failure from exc
+    if stopper.signum is not None:
+        saved = checkpoints.newest_complete(run.path)[0]
+        raise Interrupted(f"stopped by {signal.Signals(stopper.signum).name} after step {trainer.state.global_step}"
+                          f"; checkpoint saved in {saved}; resume with the same command plus --resume auto",
+                          stopper.signum)
+    if watchdog is not None and watchdog.warnings:
+        manifest["warnings"] = watchdog.warnings
+    if early_stop is not None:
+        manifest["early_stopping"] = early_stop.summary()
+    if watchdog is not None and watchdog.stopped_at is not None:
+        record(status="failed", finished_at=_now(), global_step=trainer.state.global_step, error=watchdog.message(),
+               checkpoint=str(watchdog.checkpoint))
+        raise TrainingStopped(watchdog.message())
+
+    # 6. evaluate: the held-out pairs again, against the same reference
+    if held_out is not None:
+        manifest["evaluation"] = held_out.figures(trainer)
+
+    # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
+    trainer.save_model(str(run.path))  # every rank must call it (sharded states are gathered); the main one writes
+    if ref_cache is not None:
+        manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
+                                      for event, split, file in ref_cache.events]
+    if is_main:
+        checkpoints.replace_pickled_args(run.path, args)
+        if recipe.plot:
+            manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
+    record(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
+           reference=reference.description)
+    return RunResult(run.path, manifest, is_main)

@@ -1,0 +1,80 @@
+"""What every training stage declares: TRL config and trainer, data, models, reference, memory and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.yamlfile import ErrorAt
+
+ReferenceKind = Literal["none", "shared", "copy", "separate", "precomputed", "trainer-copy"]
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """Where a stage's reference log-probs come from, decided from the recipe alone (the dry-run prints it).
+
+    none: no reference; shared: the policy with its LoRA adapter disabled; copy: a frozen copy of the starting
+    weights that dpo-cli loads; separate: another model (or adapter, or quantized copy) named by ref_model;
+    precomputed: log-probs computed once before training, no reference in memory afterwards; trainer-copy: a frozen
+    copy that the TRL trainer makes itself.
+    """
+
+    kind: ReferenceKind
+    description: str
+    explicit: bool = False  # ref_model names the reference (another model, an adapter or a quantization)
+
+    @property
+    def weights_in_memory(self) -> bool:
+        """A second set of weights is held while training (what the memory plan counts)."""
+        return self.kind in ("copy", "separate", "trainer-copy")
+
+
+NO_REFERENCE = ReferencePlan("none", "none")
+
+
+@dataclass
+class StageInputs:
+    """Everything a stage needs to build its TRL trainer."""
+
+    recipe: Recipe
+    args: Any  # the stage's TRL config
+    model: Any
+    ref_model: Any
+    tokenizer: Any
+    train_dataset: Any
+    eval_dataset: Any
+    callbacks: list = field(default_factory=list)
+    peft_config: Any = None  # a peft LoraConfig for the trainer to apply (lora: section)
+    ref_cache: Any = None  # a RefLogpCache when reference log-probs are precomputed and cached on disk
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage. run.py, models.py, memory.py and the recipe loader ask this object; none names a stage."""
+
+    name: str
+    config_class: Callable[[], type]  # the TRL config dataclass (imported on call: TRL is heavy)
+    build_trainer: Callable[[StageInputs], Any]  # the TRL trainer call
+    data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
+    data_expects: str  # said beside a row the stage cannot use
+    reference: Callable[[Recipe], ReferencePlan] = lambda recipe: NO_REFERENCE
+    # sequences each training row puts through the model at once (chosen and rejected: 2), for the memory plan
+    sequences_per_row: Callable[[Recipe], int] = lambda recipe: 1
+    evaluation: Literal["preference", "reward"] | None = None  # held-out figures before and after training
+    policy: Literal["causal-lm", "sequence-classifier"] = "causal-lm"  # how the policy loads; also its LoRA task
+    uses_reward: bool = False  # reads the recipe's reward: section
+    uses_ref_model: bool = False  # reads the recipe's ref_model: section
+    resumable: bool = True  # the trainer resumes from its checkpoints
+    # the trainer runs transformers' loop: it calls training_step (the NaN watchdog sees each loss) and honours
+    # should_training_stop (a signal or early stopping ends the run at a step boundary with a checkpoint)
+    step_loop: bool = True
+    validate: Callable[[Recipe, ErrorAt], None] | None = None  # stage rules beyond the schema, raised with a line
+    trainer_fields: Callable[[Recipe], dict[str, Any]] = lambda recipe: {}  # config fields set from our sections
+    unavailable: Callable[[], str | None] = lambda: None  # why the installed TRL cannot run it
+
+    @property
+    def peft_task(self) -> str:
+        return "SEQ_CLS" if self.policy == "sequence-classifier" else "CAUSAL_LM"

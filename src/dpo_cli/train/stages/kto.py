@@ -1,0 +1,49 @@
+"""KTO stage: TRL's KTOTrainer on unpaired rows (prompt, completion, label); pairs are unpaired on the fly."""
+
+from __future__ import annotations
+
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.yamlfile import ErrorAt
+from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.checks import check_loss_types
+
+
+def config_class() -> type:
+    from trl import KTOConfig
+
+    return KTOConfig
+
+
+def reference(recipe: Recipe) -> ReferencePlan:
+    if recipe.lora is not None:
+        return ReferencePlan("shared", "shared: the policy with its LoRA adapter disabled, no second copy in memory")
+    if recipe.trainer.get("precompute_ref_log_probs"):
+        return ReferencePlan("precomputed", "precomputed: reference log-probs computed once before training, no "
+                                            "reference kept in memory")
+    return ReferencePlan("copy", "frozen copy: a second, frozen copy of the policy's starting weights "
+                                 "(full fine-tuning)")
+
+
+def validate(recipe: Recipe, error: ErrorAt) -> None:
+    check_loss_types(recipe, error, config_class())
+
+
+def build_trainer(inputs: StageInputs):
+    from trl import KTOTrainer
+
+    return KTOTrainer(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
+                      train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
+                      processing_class=inputs.tokenizer, callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+
+
+STAGE = Stage(
+    name="kto",
+    config_class=config_class,
+    build_trainer=build_trainer,
+    data_kind="kto",
+    data_expects="unpaired rows (prompt, completion, label true/false) or preference pairs (split into two rows)",
+    reference=reference,
+    # TRL's KTO scores each row's completion and, for the KL estimate, a mismatched completion: two sequences
+    sequences_per_row=lambda recipe: 2,
+    validate=validate,
+)

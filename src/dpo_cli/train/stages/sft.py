@@ -1,0 +1,29 @@
+"""SFT stage: TRL's SFTTrainer on conversations, prompt/completion rows, or the chosen side of preference pairs."""
+
+from __future__ import annotations
+
+from dpo_cli.train.stages.base import Stage, StageInputs
+
+
+def config_class() -> type:
+    from trl import SFTConfig
+
+    return SFTConfig
+
+
+def build_trainer(inputs: StageInputs):
+    from trl import SFTTrainer
+
+    return SFTTrainer(model=inputs.model, args=inputs.args, train_dataset=inputs.train_dataset,
+                      eval_dataset=inputs.eval_dataset, processing_class=inputs.tokenizer,
+                      callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+
+
+STAGE = Stage(
+    name="sft",
+    config_class=config_class,
+    build_trainer=build_trainer,
+    data_kind="sft",
+    data_expects=("supervised rows: conversations (messages), prompt/completion, or preference pairs (their chosen "
+                  "side is learned)"),
+)

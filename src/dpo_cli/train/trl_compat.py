@@ -1,0 +1,59 @@
+"""Every place dpo-cli relies on TRL beyond its documented trainer and config API, each checked by a test.
+
+TRL moves fast (PPO, BCO, XPO, Nash-MD and PRM went within six minor versions), so what is not public API stays here,
+small and named, and tests/test_trl_compat.py fails on the TRL release that breaks one of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+# "Possible values are: `'sigmoid'`, `'hinge'`, ..." (DPOConfig) or "Supported values are 'grpo', 'dr_grpo', ..."
+_VALUES_SENTENCE = re.compile(r"(?:Possible|Supported) values are:?(.*?)\.(?:\s|$)", re.DOTALL)
+_QUOTED = re.compile(r"'([A-Za-z0-9_]+)'")
+
+
+def field_choices(config_class: type, name: str) -> list[str] | None:
+    """The values a TRL config field accepts, from its dataclass metadata: ``choices``, else the help text's list.
+
+    None when the field has neither: the caller decides whether that is an error (loss types fail closed).
+    """
+    field = next((f for f in dataclasses.fields(config_class) if f.name == name), None)
+    if field is None:
+        return None
+    if field.metadata.get("choices"):
+        return list(field.metadata["choices"])
+    match = _VALUES_SENTENCE.search(field.metadata.get("help", ""))
+    names = _QUOTED.findall(match.group(1)) if match else []
+    return names or None
+
+
+def fused_lm_head_tokens() -> int | None:
+    """Positions TRL's fused LM head scores at once (TRL 1.13+ computes log-probs without full logits), else None."""
+    try:
+        from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
+    except ImportError:
+        return None
+    return int(TOKEN_CHUNK_SIZE)
+
+
+def dpo_trainer_with_precompute_hook(trainer_class: type, hook: Callable[..., Any]) -> type:
+    """A subclass of TRL's DPOTrainer whose reference precompute goes through ``hook``.
+
+    ``hook(trainer, dataset, name, compute)`` returns the dataset with ``ref_chosen_logps`` and ``ref_rejected_logps``
+    columns; ``compute()`` runs TRL's own pass. TRL offers no public way to supply precomputed reference log-probs
+    (its ``_precompute_ref_logps`` always recomputes), and this private method has kept its signature from TRL 1.0
+    to 1.16.
+    """
+
+    class PrecomputeHookDPOTrainer(trainer_class):
+        def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
+            parent = super()._precompute_ref_logps
+            return hook(self, dataset, name, lambda: parent(dataset, name, batch_size))
+
+    PrecomputeHookDPOTrainer.__name__ = PrecomputeHookDPOTrainer.__qualname__ = trainer_class.__name__
+    return PrecomputeHookDPOTrainer
+
