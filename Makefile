@@ -4,14 +4,24 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # A CPU build of torch is enough for the quickstart and the tests; GPU users install their own torch first.
 TORCH_SPEC ?= torch==2.13.0
+# The lowest TRL pyproject allows; `make test-floor` keeps that promise true.
+TRL_FLOOR ?= 1.0.0
+# a comma, to pass one inside a $(call) argument
+, := ,
 
-.PHONY: quickstart test test-fast test-ppo install clean
+.PHONY: quickstart test test-fast test-gpu test-ppo test-floor lint install clean
+
+# $(call venv,DIR,EXTRAS[,PINS]): a virtual environment with torch and dpo-cli[EXTRAS] installed in it
+define venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -c "import torch" 2>/dev/null || $(1)/bin/python -m pip install -q "$(TORCH_SPEC)" \
+		|| $(1)/bin/python -m pip install -q torch
+	$(1)/bin/python -m pip install -q -e ".[$(2)]" $(3)
+endef
 
 $(BIN)/dpo-cli: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)" || $(BIN)/python -m pip install -q torch
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(call venv,$(VENV),dev)
 	touch $(BIN)/dpo-cli
 
 install: $(BIN)/dpo-cli
@@ -19,22 +29,33 @@ install: $(BIN)/dpo-cli
 quickstart: install
 	HF_HUB_OFFLINE=1 $(BIN)/dpo-cli train recipes/quickstart.yaml --overwrite
 
+# Everything, slow training tests included (what CI runs).
 test: install
 	$(BIN)/python -m pytest -q
 
+# Under a minute on 2 cores: every test that does not train a model.
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# A second environment on the TRL line that still has PPO (trl<1.13): the PPO tests, every stage's smoke run and a
-# DPO smoke run, so both TRL lines stay green.
-PPO_VENV ?= .venv-ppo
+# The tests that need CUDA (skipped by the others on a machine without it).
+test-gpu: install
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks scripts
+
+# Two more TRL lines, each in an environment of its own: the newest that still has PPO (trl<1.13, the ppo extra),
+# and the lowest the package allows. Both run the PPO tests, every stage's smoke run, DPO with resume, precomputed
+# reference and held-out figures, and the TRL touch points.
+TRL_LINE_TESTS := tests/test_stages_smoke.py tests/test_stages_config.py tests/test_recipes_dir.py tests/test_train.py \
+	tests/test_refcache.py tests/test_reliability.py tests/test_heldout.py tests/test_trl_compat.py
 test-ppo:
-	test -x $(PPO_VENV)/bin/python || $(PYTHON) -m venv $(PPO_VENV)
-	$(PPO_VENV)/bin/python -m pip install -q --upgrade pip
-	$(PPO_VENV)/bin/python -c "import torch" 2>/dev/null || $(PPO_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" || $(PPO_VENV)/bin/python -m pip install -q torch
-	$(PPO_VENV)/bin/python -m pip install -q -e ".[dev,ppo]"
-	$(PPO_VENV)/bin/python -m pytest -q tests/test_stages_smoke.py tests/test_stages_config.py tests/test_recipes_dir.py \
-		tests/test_train.py::test_dpo_smoke_run_logs_loss_changes_weights_and_saves_a_loadable_model
+	$(call venv,.venv-ppo,dev$(,)ppo)
+	.venv-ppo/bin/python -m pytest -q $(TRL_LINE_TESTS)
+
+test-floor:
+	$(call venv,.venv-floor,dev$(,)ppo,"trl==$(TRL_FLOOR)")
+	.venv-floor/bin/python -m pytest -q $(TRL_LINE_TESTS)
 
 clean:
-	rm -rf $(VENV) $(PPO_VENV) runs
+	rm -rf $(VENV) .venv-ppo .venv-floor runs

@@ -29,7 +29,9 @@ def render() -> str:
         lines += ["", f"## {title}", "", "| input | exit | message |", "|---|---|---|"]
         for case in (c for c in CASES if c.area == area):
             message = case.message.replace("{tmp}", "/tmp/x").replace("|", "\\|")
-            lines.append(f"| {case.what} | {case.exit_code} | `{message}` |")
+            # a message that quotes code in backticks needs a longer fence, and spaces inside it
+            code = f"`` {message} ``" if "`" in message else f"`{message}`"
+            lines.append(f"| {case.what} | {case.exit_code} | {code} |")
     return "\n".join(lines) + "\n"
 
 

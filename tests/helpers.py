@@ -23,8 +23,9 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return (0 if code is None else code), out, err
 
 
-def build_trainer(recipe, *, ref_cache=None, eval_data: bool = False):
-    """The TRL trainer a run would build for ``recipe`` (steps 1 to 4 of train/run.py), without training."""
+def build_trainer(recipe, *, ref_cache=None, eval_data: bool = False, build=None):
+    """The TRL trainer a run would build for ``recipe`` (steps 1 to 4 of train/run.py), without training; ``build``
+    replaces the stage's own trainer call."""
     from dpo_cli.data.load import load_splits
     from dpo_cli.train.config import build_config
     from dpo_cli.train.device import plan_device
@@ -39,4 +40,4 @@ def build_trainer(recipe, *, ref_cache=None, eval_data: bool = False):
     inputs = StageInputs(recipe, build_config(recipe, plan), models.policy, models.reference,
                          load_tokenizer(recipe.model), train, evaluation if eval_data else None, [],
                          models.peft_config, ref_cache)
-    return stage.build_trainer(inputs)
+    return (build or stage.build_trainer)(inputs)

@@ -90,3 +90,24 @@ def test_dry_run_prints_the_launch_command(capsys, write_recipe, tmp_path):
     code, out, _ = run_cli(capsys, "train", str(write_recipe(RECIPE.format(batch=2, out=tmp_path / "o"))),
                            "trainer.beta=0.2", "--nproc", "2", "--dry-run")
     assert code == 0 and "--nproc_per_node 2 -m dpo_cli train" in out and "trainer.beta=0.2" in out
+
+
+@pytest.mark.slow
+def test_a_rank_other_than_0_can_build_the_tiny_model(tmp_path):
+    """Under torchrun, transformers' save_pretrained writes on rank 0 only; here rank 1 builds first, rank 0 after."""
+    script = tmp_path / "build.py"
+    script.write_text("import torch.distributed as dist\n"
+                      "from transformers import AutoModelForCausalLM\n"
+                      "from dpo_cli.core.builtins import ensure_tiny_chat\n"
+                      "dist.init_process_group('gloo')\n"
+                      "if dist.get_rank() == 1:\n"
+                      "    AutoModelForCausalLM.from_pretrained(ensure_tiny_chat())\n"
+                      "dist.barrier()\n"
+                      "AutoModelForCausalLM.from_pretrained(ensure_tiny_chat())\n", encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPO_CLI_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    models = tmp_path / "home" / "models"
+    assert [p.name for p in models.iterdir()] == ["tiny-chat-v1"]  # one build kept, no temporary folder left
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (models / "tiny-chat-v1").iterdir()}

@@ -8,6 +8,8 @@ import pytest
 
 from dpo_cli.core.builtins import asset_path
 
+pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
+
 RECIPE = """\
 stage: dpo
 model:

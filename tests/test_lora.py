@@ -134,6 +134,7 @@ def test_separate_quantized_reference_loads_frozen_4bit(tiny_model, write_recipe
     assert not getattr(models.policy, "is_loaded_in_4bit", False) and models.peft_config.r == 16
 
 
+@pytest.mark.slow
 def test_qlora_trains_on_cpu_with_shared_reference(tiny_model, write_recipe, tmp_path):
     """QLoRA end to end on CPU: 4-bit NF4 base, LoRA adapter learns, base stays 4-bit, no reference copy."""
     import torch

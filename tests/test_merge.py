@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 from dpo_cli.core.errors import InputError
 from dpo_cli.recipe.load import load_recipe
 
+pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
+
 
 @pytest.fixture(scope="module")
 def qlora_run(tiny_model, tmp_path_factory):

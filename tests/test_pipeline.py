@@ -104,6 +104,7 @@ def test_a_pipeline_file_is_not_a_stage_recipe():
         load_recipe(REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml")
 
 
+@pytest.mark.slow
 def test_sft_then_dpo_runs_and_a_second_run_skips_both(tiny_model, tmp_path, capsys):
     path = REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml"
     overrides = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "dpo.trainer.max_steps=2",

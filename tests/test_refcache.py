@@ -45,6 +45,7 @@ def _logps(trainer):
     return list(trainer.train_dataset["ref_chosen_logps"]) + list(trainer.train_dataset["ref_rejected_logps"])
 
 
+@pytest.mark.slow
 def test_second_run_loads_cache_without_running_reference(build, monkeypatch):
     first, cache = build()
     assert [e[0] for e in cache.events] == ["miss"]
@@ -63,6 +64,7 @@ def test_second_run_loads_cache_without_running_reference(build, monkeypatch):
     assert second.train_dataset.features["ref_chosen_logps"] == first.train_dataset.features["ref_chosen_logps"]
 
 
+@pytest.mark.slow
 def test_changed_truncation_recomputes(build):
     _, cache = build()
     _, other = build("trainer.max_length=32")
@@ -70,6 +72,7 @@ def test_changed_truncation_recomputes(build):
     assert len(list(cache.directory.glob("*.safetensors"))) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_corrupt_cache_is_detected_and_recomputed(build, damage, capsys):
     first, cache = build()

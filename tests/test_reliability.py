@@ -17,6 +17,8 @@ from dpo_cli.recipe.load import load_recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.run import train
 
+pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
+
 RECIPE = """\
 stage: dpo
 model: {{name_or_path: builtin:tiny-chat}}
@@ -124,7 +126,6 @@ def _cli(*args, **kwargs):
                             stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-@pytest.mark.slow
 def test_sigterm_then_resume_matches_an_uninterrupted_run(tiny_model, tmp_path):
     steps = 150
     whole, cut = tmp_path / "whole", tmp_path / "cut"

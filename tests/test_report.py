@@ -52,6 +52,7 @@ def report(tmp_path_factory) -> Path:
     return write_report(make_run(tmp_path_factory.mktemp("report") / "run"))
 
 
+@pytest.mark.slow
 def test_report_has_every_section_and_embeds_the_plots(report):
     html = report.read_text()
     for key, title in SECTIONS.items():
@@ -63,6 +64,7 @@ def test_report_has_every_section_and_embeds_the_plots(report):
     assert "trl" in html and "1.16.0" in html and "eeeeeeeeeeeeeeee" in html  # versions, data fingerprint
 
 
+@pytest.mark.slow
 def test_report_needs_no_network(report):
     html = report.read_text()
     assert not re.findall(r'(?:src|href)\s*=\s*"(?!data:|#)', html)
@@ -84,6 +86,7 @@ def test_report_on_a_directory_that_is_not_a_run(tmp_path):
         write_report(tmp_path)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
 def test_report_renders_in_headless_chromium_with_every_plot_showing(report, tmp_path):
     html = report.read_text()

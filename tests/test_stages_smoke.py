@@ -39,6 +39,7 @@ def _run(recipe_file, tmp_path, *overrides):
     return out, result
 
 
+@pytest.mark.slow
 def test_sft_smoke(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -49,6 +50,7 @@ def test_sft_smoke(tiny_model, tmp_path):
     AutoModelForCausalLM.from_pretrained(out)
 
 
+@pytest.mark.slow
 def test_dpo_loss_mix_smoke(tiny_model, tmp_path):
     out, result = _run(TINY / "dpo.yaml", tmp_path, "trainer.max_steps=2", "trainer.logging_steps=1", *SMALL_EVAL)
     logs = _train_logs(out)
@@ -57,6 +59,7 @@ def test_dpo_loss_mix_smoke(tiny_model, tmp_path):
     assert result.manifest["evaluation"]["after"]["pairs"] == 16
 
 
+@pytest.mark.slow
 def test_kto_smoke(tiny_model, tmp_path):
     out, _ = _run(TINY / "kto.yaml", tmp_path, "trainer.max_steps=2", "trainer.logging_steps=1", "data.eval=null")
     logs = _train_logs(out)
@@ -64,6 +67,7 @@ def test_kto_smoke(tiny_model, tmp_path):
     assert _changed(_weights(tiny_model), _weights(out))
 
 
+@pytest.mark.slow
 def test_reward_smoke_then_score(tiny_model, tmp_path, capsys):
     from transformers import AutoModelForSequenceClassification
 
@@ -102,6 +106,7 @@ def broken(completions, **kwargs):
 """
 
 
+@pytest.mark.slow
 def test_grpo_smoke_with_a_user_function_and_one_that_raises(tiny_model, tmp_path, monkeypatch):
     from dpo_cli.train.rewards import RewardFunctionError
 
@@ -122,6 +127,7 @@ def test_grpo_smoke_with_a_user_function_and_one_that_raises(tiny_model, tmp_pat
         train(recipe)
 
 
+@pytest.mark.slow
 @pytest.mark.ppo
 @pytest.mark.skipif(unavailable("ppo") is not None, reason="PPO needs trl<1.13: pip install 'dpo-cli[ppo]'")
 def test_ppo_smoke_after_a_reward_model(tiny_model, tmp_path):
@@ -154,3 +160,42 @@ def test_ppo_recipe_rules(tmp_path):
     for knob in ("kl_coef", "gamma", "lam", "cliprange", "vf_coef", "num_ppo_epochs", "response_length",
                  "temperature", "missing_eos_penalty"):
         assert getattr(config, knob) == fields[knob], knob
+
+
+@pytest.mark.ppo
+@pytest.mark.slow
+@pytest.mark.skipif(unavailable("ppo") is not None, reason="PPO needs trl<1.13: pip install 'dpo-cli[ppo]'")
+def test_ppo_stops_on_sigterm_with_a_message_true_for_ppo(tiny_model, tmp_path):
+    """TRL's PPO loop ignores should_training_stop and cannot resume: the signal ends the run at a step boundary,
+    exit 143, and the message says to start again rather than to --resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    rm, _ = _run(TINY / "reward.yaml", tmp_path / "rm", "trainer.max_steps=2", "data.eval=null")
+    out = tmp_path / "ppo"
+    process = subprocess.Popen([sys.executable, "-m", "dpo_cli", "train", str(TINY / "ppo.yaml"), f"output_dir={out}",
+                                f"reward.model={rm}", "trainer.total_episodes=4000"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or not (out / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert "stopped by SIGTERM after step" in err and "stage ppo cannot resume" in err
+    assert "--resume auto" not in err
+
+
+def test_early_stopping_is_refused_for_a_stage_with_its_own_loop(tmp_path):
+    from dpo_cli.core.errors import RecipeError
+    from dpo_cli.train.stages import get_stage
+
+    if unavailable("ppo"):
+        pytest.skip("this TRL has no PPO")
+    assert not get_stage("ppo").step_loop
+    with pytest.raises(RecipeError, match="early_stopping.*TRL's PPO trainer runs its own loop"):
+        load_recipe(TINY / "ppo.yaml", ["data.eval_split=0.25", "trainer.eval_strategy=steps",
+                                        "early_stopping.metric=loss"])

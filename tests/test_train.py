@@ -10,6 +10,8 @@ from dpo_cli.recipe.load import load_recipe
 from dpo_cli.train.run import train
 from helpers import run_cli
 
+pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
+
 SMOKE = """\
 stage: dpo
 model: {{name_or_path: builtin:tiny-chat}}
@@ -72,7 +74,6 @@ def test_refuses_a_non_empty_output_dir_without_overwrite(capsys, tiny_model, wr
     assert (out / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.slow
 def test_quickstart_reaches_the_accuracy_target(capsys, tiny_model, tmp_path):
     from conftest import REPO
 

@@ -74,6 +74,7 @@ def _poison_step(monkeypatch, step: int) -> None:
     monkeypatch.setattr(run, "load_models", load_models)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model, write_recipe, tmp_path,
                                                                       monkeypatch):
     from dpo_cli.train.run import train
@@ -94,6 +95,7 @@ def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model,
     assert max(steps) == 3  # nothing trained after the bad step
 
 
+@pytest.mark.slow
 def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_path, monkeypatch):
     from dpo_cli.train.run import train
 
@@ -103,6 +105,7 @@ def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_pa
     assert not (tmp_path / "run" / "checkpoint-2").exists()
 
 
+@pytest.mark.slow
 def test_early_stopping_triggers_after_patience_evaluations(tiny_model, write_recipe, tmp_path):
     """With learning rate 0 the eval loss never improves: best at the first eval (step 1), stop after 2 more."""
     from dpo_cli.train.run import train

@@ -76,6 +76,7 @@ def build_tokenizer(out_dir: Path, vocab_size: int = 2000):
 def build_tiny_chat(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, seed: int = 0) -> Path:
     """Write a tokenizer and a randomly initialised Llama-architecture model (safetensors) to ``out_dir``."""
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     out_dir = Path(out_dir)
@@ -91,7 +92,17 @@ def build_tiny_chat(out_dir: Path, *, hidden_size: int = 64, layers: int = 2, se
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir, safe_serialization=True)
+    # not model.save_pretrained: under torchrun it writes on rank 0 only, and every rank may be the one building
+    model.config.architectures = [type(model).__name__]
+    model.config.dtype = "float32"
+    model.config.save_pretrained(out_dir)
+    model.generation_config.save_pretrained(out_dir)
+    weights, seen = {}, set()
+    for name, tensor in model.state_dict().items():  # the tied LM head is the embedding: stored once, under its name
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.contiguous()
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     return out_dir
 
 

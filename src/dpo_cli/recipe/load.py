@@ -102,6 +102,9 @@ def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
     if recipe.ref_model.adapter and not recipe.ref_model.name_or_path:
         raise error(("ref_model", "adapter"), "an adapter needs its base model: set ref_model.name_or_path to the "
                                               "model the adapter was trained on")
+    if recipe.early_stopping is not None and not stage.step_loop:
+        raise error(("early_stopping",), f"stage {recipe.stage} cannot stop early: TRL's {recipe.stage.upper()} "
+                                         "trainer runs its own loop, which ignores a request to stop")
     if recipe.reward is not None and not stage.uses_reward:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_reward)
         raise error(("reward",), f"stage {recipe.stage} does not use a reward: section ({users} do)")

@@ -1,0 +1,82 @@
+"""Held-out figures agree with TRL's own eval metrics on the same batch, for every reference strategy."""
+
+from __future__ import annotations
+
+import pytest
+
+from dpo_cli.core.builtins import asset_path
+from dpo_cli.data.load import load_splits
+from dpo_cli.evidence.heldout import HeldOut
+from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.stages import get_stage
+from helpers import build_trainer
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+data: {{train: {train}, eval: {eval}}}
+trainer:
+  beta: 0.1
+  learning_rate: 5.0e-3
+  max_steps: 3
+  per_device_train_batch_size: 4
+  per_device_eval_batch_size: 8
+  max_length: 64
+  save_strategy: "no"
+  report_to: none
+output_dir: {out}
+{extra}"""
+
+
+def _head(name: str, rows: int, folder) -> str:
+    lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
+    path = folder / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _other(folder) -> str:
+    """A reference that is not the policy's starting point: the tiny model with its final norm scaled."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dpo_cli.core.builtins import ensure_tiny_chat
+
+    model = AutoModelForCausalLM.from_pretrained(ensure_tiny_chat())
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)
+    model.save_pretrained(folder / "other")
+    AutoTokenizer.from_pretrained(ensure_tiny_chat()).save_pretrained(folder / "other")
+    return str(folder / "other")
+
+
+@pytest.mark.parametrize("extra, kind", [
+    ("", "copy"),
+    ("lora: {r: 8, alpha: 16, dropout: 0.0}\n", "shared"),
+    ("ref_model: {precompute: true, cache: false}\n", "precomputed"),
+    ("ref_model: {name_or_path: OTHER}\n", "separate"),
+])
+def test_held_out_accuracy_and_margin_match_trl_eval(tiny_model, write_recipe, tmp_path, extra, kind):
+    recipe = load_recipe(write_recipe(RECIPE.format(train=_head("train", 24, tmp_path), eval=_head("eval", 8, tmp_path),
+                                                    out=tmp_path / "run", extra=extra.replace("OTHER", _other(tmp_path)))))
+    assert get_stage("dpo").reference(recipe).kind == kind
+    trainer = build_trainer(recipe, eval_data=True)
+    _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
+    args = trainer.args
+    held = HeldOut("preference", kind, rows, trainer.processing_class, Truncation(args.max_length), args.beta,
+                   args.per_device_eval_batch_size)
+    held.score_before(trainer)
+    trainer.train()
+    ours = held.figures(trainer)["after"]
+    trainer.evaluate()  # one batch of all 8 pairs: TRL's batch means are the means over the pairs
+    theirs = trainer.state.log_history[-1]  # what TRL logged for it (TRL 1.0 returns only the loss)
+
+    assert ours["pairs"] == 8
+    assert 0.0 < ours["reward_accuracy"] == theirs["eval_rewards/accuracies"]
+    assert ours["reward_margin"] == pytest.approx(theirs["eval_rewards/margins"], rel=1e-3, abs=1e-5)
+    assert ours["reward_chosen"] == pytest.approx(theirs["eval_rewards/chosen"], rel=1e-3, abs=1e-5)
+    assert ours["logps_chosen"] == pytest.approx(theirs["eval_logps/chosen"], rel=1e-4)
+    assert ours["logps_rejected"] == pytest.approx(theirs["eval_logps/rejected"], rel=1e-4)

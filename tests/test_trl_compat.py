@@ -1,0 +1,70 @@
+"""Every TRL touch point outside its documented API (train/trl_compat.py) still holds on the installed TRL."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+
+import pytest
+
+from dpo_cli.train.trl_compat import dpo_trainer_with_precompute_hook, field_choices, fused_lm_head_tokens
+
+
+def test_dpo_and_grpo_loss_types_are_read_from_the_config_fields():
+    from trl import DPOConfig, GRPOConfig, KTOConfig
+
+    dpo = field_choices(DPOConfig, "loss_type")
+    assert {"sigmoid", "hinge", "ipo", "robust", "bco_pair", "apo_zero", "sft"} <= set(dpo)
+    assert {"grpo", "dr_grpo", "dapo", "bnpo"} <= set(field_choices(GRPOConfig, "loss_type"))
+    assert field_choices(KTOConfig, "loss_type")[0] == "kto"  # a "choices" list in the metadata
+
+
+def test_a_field_without_a_list_of_values_reads_as_none_so_callers_can_fail_closed():
+    @dataclass
+    class Config:
+        loss_type: str = field(default="x", metadata={"help": "Type of loss to use."})
+
+    assert field_choices(Config, "loss_type") is None
+    assert field_choices(Config, "no_such_field") is None
+
+
+def test_fused_lm_head_size_is_known_exactly_when_trl_has_the_kernel():
+    has_kernel = importlib.util.find_spec("trl.kernels") is not None \
+        and importlib.util.find_spec("trl.kernels.chunked_logprob") is not None
+    tokens = fused_lm_head_tokens()
+    assert (tokens is not None) == has_kernel
+    assert tokens is None or tokens > 0
+
+
+@pytest.mark.slow
+def test_the_precompute_hook_sees_trls_pass_and_can_replace_it(tiny_model, write_recipe, tmp_path):
+    """Built the way stages/dpo.py builds it: the hook is called per split and TRL's own pass runs inside it."""
+    from dpo_cli.recipe.load import load_recipe
+    from helpers import build_trainer
+
+    calls = []
+
+    def hook(trainer, dataset, name, compute):
+        result = compute()
+        calls.append((name, len(dataset), sorted(set(result.column_names) - set(dataset.column_names))))
+        return result
+
+    recipe = load_recipe(write_recipe(f"""\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+ref_model: {{precompute: true, cache: false}}
+data: {{train: {{path: builtin:demo/train.jsonl, limit: 8}}}}
+trainer: {{max_steps: 1, per_device_train_batch_size: 4, max_length: 64}}
+output_dir: {tmp_path / 'out'}
+"""))
+    def build_with_hook(inputs):
+        from trl import DPOTrainer
+
+        trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, hook)
+        assert trainer_class.__name__ == "DPOTrainer"
+        return trainer_class(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
+                             train_dataset=inputs.train_dataset, processing_class=inputs.tokenizer)
+
+    trainer = build_trainer(recipe, build=build_with_hook)
+    assert calls == [("train", 8, ["ref_chosen_logps", "ref_rejected_logps"])]
+    assert trainer.train_dataset.column_names[-2:] == ["ref_chosen_logps", "ref_rejected_logps"]
