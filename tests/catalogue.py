@@ -19,6 +19,10 @@ trainer:
 output_dir: {tmp}/run
 """
 PAIR = '{"prompt": "Hi?", "chosen": "Hello! How can I help?", "rejected": "Go away."}\n'
+# The config.json of a small Llama, for cases about a model directory whose other files are broken
+TINY_LLAMA = ('{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 2003, "hidden_size": 64, '
+              '"intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 4, '
+              '"max_position_embeddings": 512, "tie_word_embeddings": true}')
 
 
 @dataclass
@@ -28,7 +32,7 @@ class Case:
     what: str
     argv: list[str]
     message: str
-    files: dict[str, str] = field(default_factory=dict)
+    files: dict[str, str | bytes] = field(default_factory=dict)  # a name ending in "/" is an empty directory
     exit_code: int = 2
 
 
@@ -120,6 +124,103 @@ CASES = [
          [*TRAIN, "--resume", "{tmp}/run/checkpoint-2"],
          "--resume {tmp}/run/checkpoint-2: cannot resume from it: no completion marker (the save was interrupted)",
          recipe_with("", "", **{"run/checkpoint-2/trainer_state.json": "{}"})),
+    Case("recipe-not-utf8", "recipe", "a recipe with a byte that is not UTF-8 (Latin-1 é)", TRAIN,
+         "{tmp}/r.yaml:2: not UTF-8 text: byte 0xe9 at column 26; save the recipe as UTF-8",
+         {"r.yaml": b"stage: dpo\nmodel: {name_or_path: caf\xe9}\n"}),
+    Case("recipe-duplicate-key", "recipe", "a key given twice in one section (the last would win silently)", TRAIN,
+         "{tmp}/r.yaml:8: field 'beta': key 'beta' appears twice in the same section, at lines 7 and 8; PyYAML "
+         "would keep the second without a word: remove one", recipe_with("beta: 0.1", "beta: 0.1\n  beta: 0.5")),
+    *[Case(f"trainer-{name}", "recipe", what, [*TRAIN, override], message, recipe_with("", ""))
+      for name, what, override, message in [
+          ("batch-zero", "a batch size of 0", "trainer.per_device_train_batch_size=0",
+           "command-line override 'trainer.per_device_train_batch_size=0': field "
+           "'trainer.per_device_train_batch_size': must be positive (got 0)"),
+          ("batch-negative", "a negative batch size", "trainer.per_device_train_batch_size=-4",
+           "command-line override 'trainer.per_device_train_batch_size=-4': field "
+           "'trainer.per_device_train_batch_size': must be positive (got -4)"),
+          ("max-length-zero", "a max_length of 0", "trainer.max_length=0",
+           "command-line override 'trainer.max_length=0': field 'trainer.max_length': must be positive (got 0)"),
+          ("seed-huge", "a seed no random generator takes", "seed=99999999999999999999999",
+           "command-line override 'seed=99999999999999999999999': field 'seed': Input should be less than "
+           "4294967296 (got 99999999999999999999999)"),
+      ]],
+    Case("override-unknown-section", "option", "an override that creates a section the recipe does not have",
+         [*TRAIN, "sedd.x=1"], "command-line override 'sedd.x=1': field 'sedd': unknown key 'sedd'; did you mean "
+         "'seed'?", recipe_with("", "")),
+    Case("chat-template-missing-file", "model", "a chat_template that names a file that is not there", TRAIN,
+         "{tmp}/r.yaml:4: field 'model.chat_template': 'templates/chat.jinja' looks like a file path, but there is "
+         "no such file (looked in *); give a path to a template file, or the Jinja template itself",
+         recipe_with("  name_or_path: builtin:tiny-chat\n",
+                     "  name_or_path: builtin:tiny-chat\n  chat_template: templates/chat.jinja\n")),
+    Case("chat-template-bad-jinja", "model", "a chat_template that is not valid Jinja", TRAIN,
+         "{tmp}/r.yaml:4: field 'model.chat_template': the Jinja template does not parse: Expected an expression, "
+         "got 'end of statement block' (template line 1)",
+         recipe_with("  name_or_path: builtin:tiny-chat\n",
+                     "  name_or_path: builtin:tiny-chat\n  chat_template: '{% if %}'\n")),
+    Case("output-dir-is-file", "option", "an output_dir that is a file", TRAIN,
+         "output_dir {tmp}/run is a file, not a directory", recipe_with("", "", run="a file\n")),
+    Case("output-dir-holds-input", "option", "an output_dir that holds the training data (--overwrite)",
+         [*TRAIN, "--overwrite"], "output_dir {tmp} contains the input {tmp}/train.jsonl: replacing it would "
+         "destroy what is being read; choose another path",
+         recipe_with("output_dir: {tmp}/run", "output_dir: {tmp}")),
+    Case("overwrite-not-ours", "option", "--overwrite into a directory dpo-cli did not write", [*TRAIN, "--overwrite"],
+         "output_dir {tmp}/run is not empty and was not written by dpo-cli (no run.json in it); --overwrite only "
+         "replaces dpo-cli's own output: choose an empty or new directory",
+         recipe_with("", "", **{"run/notes.txt": "mine"})),
+    Case("model-dir-empty", "model", "a model directory with nothing in it", TRAIN,
+         "model directory {tmp}/model holds no config.json: it is not a saved model (an interrupted download or "
+         "save?)", recipe_with("builtin:tiny-chat", "{tmp}/model", **{"model/": ""})),
+    Case("model-weights-broken", "model", "a model whose model.safetensors is cut short or overwritten", TRAIN,
+         "{tmp}/model cannot be loaded (*); is it complete (config.json, weights, tokenizer files), and saved by a "
+         "compatible transformers?",
+         recipe_with("  name_or_path: builtin:tiny-chat\n",
+                     "  name_or_path: {tmp}/model\n  tokenizer: builtin:tiny-chat\n",
+                     **{"model/config.json": TINY_LLAMA, "model/model.safetensors": "cut short"})),
+    Case("eval-weights-broken", "model", "dpo-cli eval of a model whose weights are cut short",
+         ["eval", "{tmp}/model", "--data", "{tmp}/train.jsonl"],
+         "{tmp}/model cannot be loaded (*); is it complete (config.json, weights, tokenizer files), and saved by a "
+         "compatible transformers?", {"train.jsonl": PAIR, "model/config.json": TINY_LLAMA,
+                                      "model/model.safetensors": "cut short"}),
+    Case("eval-negative-beta", "option", "dpo-cli eval --beta below zero",
+         ["eval", "builtin:tiny-chat", "--data", "{tmp}/train.jsonl", "--beta", "-1"],
+         "--beta must be positive (got -1.0): the implicit reward is beta * log-ratio", {"train.jsonl": PAIR}),
+    Case("rows-all-too-long", "data", "training rows whose prompts all fill max_length", [*TRAIN, "trainer.max_length=2"],
+         "no training rows are left once TRL has prepared them: every prompt fills trainer.max_length (2), and TRL "
+         "drops such rows; raise max_length or shorten the prompts (dpo-cli inspect-data --tokenizer shows the "
+         "lengths)", recipe_with("", "")),
+    Case("compare-no-model", "run", "dpo-cli compare on a run that stopped before saving a model",
+         ["compare", "--tuned", "{tmp}/run", "--data", "{tmp}/train.jsonl"],
+         "--tuned {tmp}/run holds no saved model (run status: failed); compare needs a run that finished, or a saved "
+         "model", {"train.jsonl": PAIR, "run/run.json": '{"status": "failed"}',
+                   "run/recipe.resolved.yaml": GOOD_RECIPE}),
+    Case("report-over-run", "option", "dpo-cli report -o onto a file of the run it reads",
+         ["report", "{tmp}/run", "-o", "{tmp}/run/run.json"],
+         "--output {tmp}/run/run.json lies inside the input {tmp}/run; write it elsewhere",
+         {"run/run.json": '{"status": "completed"}', "run/recipe.resolved.yaml": GOOD_RECIPE}),
+    Case("score-over-data", "option", "dpo-cli score -o onto the data it scores",
+         ["score", "builtin:tiny-chat", "--data", "{tmp}/train.jsonl", "-o", "{tmp}/train.jsonl"],
+         "--output {tmp}/train.jsonl is the input {tmp}/train.jsonl: writing it would destroy what is being read; "
+         "choose another path", {"train.jsonl": PAIR}),
+    Case("merge-adapter-config-broken", "model", "merge-lora on a run whose adapter_config.json is not JSON",
+         ["merge-lora", "{tmp}/run", "--output", "{tmp}/merged"],
+         "{tmp}/run/adapter_config.json: not valid JSON (Expecting property name enclosed in double quotes: line 1 "
+         "column 2 (char 1)); the run's adapter is damaged", {"run/adapter_config.json": "{broken"}),
+    Case("merge-output-is-file", "option", "merge-lora --output naming a file",
+         ["merge-lora", "{tmp}/run", "--output", "{tmp}/merged", "--overwrite"],
+         "--output {tmp}/merged is a file, not a directory",
+         {"run/adapter_config.json": '{"base_model_name_or_path": "builtin:tiny-chat"}', "merged": "a file"}),
+    Case("merge-output-holds-run", "option", "merge-lora --output a folder that holds the run",
+         ["merge-lora", "{tmp}/parent/run", "--output", "{tmp}/parent", "--overwrite"],
+         "--output {tmp}/parent contains the input {tmp}/parent/run: replacing it would destroy what is being "
+         "read; choose another path",
+         {"parent/run/adapter_config.json": '{"base_model_name_or_path": "builtin:tiny-chat"}',
+          "parent/other.txt": "keep"}),
+    Case("pipeline-long-cycle", "recipe", "a pipeline of 1500 stages that refer to each other in a ring", TRAIN,
+         "{tmp}/r.yaml:2: field 'stages.0.name': stages refer to each other in a cycle: s0 -> s1 -> s2 -> ... -> "
+         "s1498 -> s1499 -> s0 (1500 stages); a stage can only use the output of a stage before it",
+         {"r.yaml": "stages:\n" + "".join(f"  - name: s{i}\n    stage: sft\n    model: {{name_or_path: "
+                                           f"'${{s{(i + 1) % 1500}.output_dir}}'}}\n    data: {{train: x.jsonl}}\n"
+                                           for i in range(1500))}),
     Case("data-missing", "data", "a data file that does not exist", TRAIN,
          "{tmp}/train.jsonl: data file not found", {"r.yaml": GOOD_RECIPE}),
     Case("model-unreachable", "model", "a hub model that cannot be fetched (offline)", TRAIN,

@@ -28,8 +28,14 @@ def _matches(pattern: str, text: str) -> bool:
 def test_catalogue_entry(case, capsys, tmp_path, tiny_model):
     for name, content in case.files.items():
         path = tmp_path / name
+        if name.endswith("/"):  # an empty directory
+            path.mkdir(parents=True, exist_ok=True)
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content.replace("{tmp}", str(tmp_path)), encoding="utf-8")
+        if isinstance(content, bytes):  # a file that is not UTF-8 text
+            path.write_bytes(content)
+        else:
+            path.write_text(content.replace("{tmp}", str(tmp_path)), encoding="utf-8")
     code, _, err = run_cli(capsys, *(arg.replace("{tmp}", str(tmp_path)) for arg in case.argv))
     last = err.strip().splitlines()[-1]
     assert code == case.exit_code, err

@@ -90,3 +90,44 @@ def test_merge_refuses_quantized_dtype_and_nonempty_output(qlora_run, tmp_path):
     with pytest.raises(InputError, match="not empty"):
         merge_lora(qlora_run, busy)
     assert (busy / "keep.txt").read_text() == "x"
+
+
+def _files(root):
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_merge_never_writes_over_or_around_its_run(qlora_run, tmp_path):
+    """--overwrite cannot make merge-lora replace its own run, nor a folder holding it, nor a folder it did not make."""
+    from dpo_cli.train.merge import merge_lora
+
+    parent = tmp_path / "parent"
+    shutil.copytree(qlora_run, parent / "run")
+    (parent / "other.txt").write_text("keep")
+    before = _files(parent)
+    for output, says in ((parent, "contains the input"), (parent / "run", "is the input"),
+                         (parent / "run" / "merged", "lies inside the input")):
+        with pytest.raises(InputError, match=says):
+            merge_lora(parent / "run", output, overwrite=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="is a file, not a directory"):
+        merge_lora(parent / "run", tmp_path / "file", overwrite=True)
+    assert _files(parent) == before
+    merged = tmp_path / "merged"
+    merge_lora(parent / "run", merged)
+    merge_lora(parent / "run", merged, overwrite=True)  # its own earlier output: replaced
+    assert (merged / "dpo-cli-merge.json").is_file()
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda run: (run / "adapter_config.json").write_text("{broken"), "adapter_config.json: not valid JSON"),
+    (lambda run: (run / "adapter_model.safetensors").write_bytes(b"\x00" * 64), "cannot be loaded"),
+])
+def test_a_damaged_adapter_is_one_clear_error(qlora_run, tmp_path, damage, says):
+    from dpo_cli.train.merge import merge_lora
+
+    run = tmp_path / "run"
+    shutil.copytree(qlora_run, run)
+    damage(run)
+    with pytest.raises(InputError, match=says):
+        merge_lora(run, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

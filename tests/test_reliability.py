@@ -77,6 +77,11 @@ def _truncate_weights(folder):
     (lambda f: (f / "trainer_state.json").unlink(), "trainer_state.json is missing"),
     (lambda f: (f / "trainer_state.json").write_text("{not json"), "trainer_state.json is corrupt"),
     (lambda f: (f / "model.safetensors").write_bytes(b"\x10\x00"), "model.safetensors is truncated"),
+    (lambda f: (f / "optimizer.pt").write_bytes((f / "optimizer.pt").read_bytes()[:-10]), "optimizer.pt is truncated"),
+    (lambda f: (f / checkpoints.MARKER).write_text(""), f"its completion marker {checkpoints.MARKER} is empty"),
+    (lambda f: (f / "scheduler.pt").unlink(), "scheduler.pt is missing"),
+    (lambda f: (f / "rng_state.pth").write_bytes(bytes(len((f / "rng_state.pth").read_bytes()))),
+     "rng_state.pth has changed since it was saved"),
 ])
 def test_auto_resume_skips_a_broken_newest_checkpoint(two_checkpoints, tmp_path, corrupt, reason):
     run = tmp_path / "run"
@@ -98,14 +103,20 @@ def test_resume_refuses_a_changed_recipe_with_a_diff(two_checkpoints, tmp_path):
         train(load_recipe(recipe, ["trainer.beta=0.1"]), resume="auto")
 
 
-def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model, tmp_path, monkeypatch):
+@pytest.mark.parametrize("error, reason", [
+    (OSError(errno.ENOSPC, "No space left on device"), "No space left on device"),
+    # what torch.save raises on a full disk: not an OSError
+    (RuntimeError("PytorchStreamWriter failed writing file data/3: file write failed"),
+     "PytorchStreamWriter failed writing file data/3: file write failed"),
+])
+def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model, tmp_path, monkeypatch, error, reason):
     from transformers import AutoModelForCausalLM, Trainer
 
     original = Trainer._save_optimizer_and_scheduler
 
     def fail_on_second(self, output_dir):
         if self.state.global_step == 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error
         return original(self, output_dir)
 
     monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", fail_on_second)
@@ -114,11 +125,14 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model, tmp
     recipe.write_text(RECIPE.format(steps=6, save_steps=2, out=out))
     with pytest.raises(checkpoints.SaveFailedError) as info:
         train(load_recipe(recipe))
-    assert str(info.value) == (f"saving checkpoint-4 failed (No space left on device); "
+    assert str(info.value) == (f"saving checkpoint-4 failed ({reason}); "
                                f"the previous checkpoint {out / 'checkpoint-2'} is intact")
-    assert [p.name for _, p in checkpoints.checkpoints(out)] == ["checkpoint-2"]
+    assert [p.name for p in out.iterdir() if p.name.startswith("checkpoint")] == ["checkpoint-2"]  # nothing partial
     assert checkpoints.problem(out / "checkpoint-2") is None
     AutoModelForCausalLM.from_pretrained(out / "checkpoint-2")
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["checkpoint"] == str(out / "checkpoint-2")
+    assert manifest["error"] == str(info.value)
 
 
 def _cli(*args, **kwargs):
@@ -173,3 +187,43 @@ def test_secrets_never_reach_the_run_directory_or_the_output(tiny_model, tmp_pat
     leaking = [str(p) for p in files if sentinel.encode() in p.read_bytes()]
     assert leaking == []
     assert "<redacted>" in (out / "recipe.resolved.yaml").read_text()
+
+
+def test_sigterm_after_the_last_step_saves_the_final_model_and_says_so(tiny_model, tmp_path):
+    """A signal during the held-out scoring that follows training: the model is saved, run.json says interrupted."""
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(steps=2, save_steps=100, out=out)
+                      .replace("train: builtin:demo/train.jsonl}", "train: builtin:demo/train.jsonl, "
+                                                                   "eval: builtin:demo/eval.jsonl}")
+                      .replace("  logging_steps: 1\n", "  logging_steps: 1\n  per_device_eval_batch_size: 1\n"))
+    process = _cli(str(recipe))
+    deadline = time.time() + 300
+    while not (out / "metrics.jsonl").is_file() or '"step": 2' not in (out / "metrics.jsonl").read_text():
+        assert process.poll() is None and time.time() < deadline, "training did not reach its last step"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the held-out scoring of 80 pairs, one at a time
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    assert f"stopped by SIGTERM after training; the final model is saved in {out}" in err
+    assert (out / "model.safetensors").is_file()
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and "after training" in manifest["error"]
+
+
+def test_sigterm_while_models_load_leaves_run_json_interrupted(tiny_model, tmp_path):
+    out = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(steps=2, save_steps=100, out=out))
+    process = _cli(str(recipe))
+    deadline = time.time() + 300
+    while not (out / "run.json").is_file():  # written once the data is read, before any weights load
+        assert process.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 143, err[-2000:]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["error"].startswith("stopped by SIGTERM")
+    assert not (out / ".dpo-cli.lock").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DpoCliError
+from dpo_cli.core.errors import DpoCliError, Interrupted
 
 app = typer.Typer(
     name="dpo-cli",
@@ -187,7 +188,7 @@ def score(
     """Score text with a reward model: one score per row, or chosen and rejected scores per pair."""
     from dpo_cli.evidence.reward_scores import pairwise_accuracy, score_file, scores_table, write_scores
 
-    scored = score_file(model, data, max_length=max_length)
+    scored = score_file(model, data, max_length=max_length, output=output)
     if output is not None:
         write_scores(scored, output)
         console.stdout.print(f"{len(scored.rows)} rows scored, written to {output}")
@@ -297,7 +298,14 @@ def merge_lora(
                      f"{result.max_abs_diff:.3g} {verdict}\nsaved safetensors and tokenizer to {result.output}")
 
 
+def _terminated(signum, frame) -> None:
+    # SIGTERM becomes an exception, so every command's cleanup (temporary files, the run record) happens on the way
+    # out; train installs its own handler for the run itself
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}", signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     if not _env_debug() and "--debug" not in sys.argv:
         import warnings
 

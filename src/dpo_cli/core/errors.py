@@ -12,6 +12,15 @@ class DpoCliError(Exception):
     exit_code = 1
 
 
+class Interrupted(DpoCliError):
+    """A command stopped on a signal; the exit code is 128 + the signal number, as shells report it."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 class InputError(DpoCliError):
     """The user gave us something we cannot use (a recipe, a file, an option): exit code 2."""
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from dpo_cli.core import console
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.data.targets import KINDS
@@ -59,6 +60,9 @@ def load_splits(data, seed: int, kind: str):
     evaluation = None
     if data.eval:
         evaluation, eval_fp = load_training_data(data.eval, kind)
+        if eval_fp == train_fp:
+            console.warn("data.eval holds the same rows as data.train: the held-out figures will measure how well "
+                         "the training pairs were learned, not how the model does on pairs it has not seen")
         info["eval"] = {"files": data.eval, "rows": len(evaluation), "fingerprint": eval_fp}
     elif data.eval_split:
         parts = train.train_test_split(test_size=data.eval_split, seed=seed)

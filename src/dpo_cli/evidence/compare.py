@@ -115,6 +115,10 @@ def compare(tuned: str | Path, prompts: list[Any], *, base: str | None = None, s
     tuned = RunDir(tuned)
     if not tuned.path.is_dir():
         raise InputError(f"--tuned {tuned} is not a directory (give a run directory or a saved model)")
+    if not tuned.has_weights():
+        status = (tuned.manifest_or_none() or {}).get("status", "unknown")
+        raise InputError(f"--tuned {tuned} holds no saved model (run status: {status}); compare needs a run that "
+                         f"finished, or a saved model")
     base = base or _base_of(tuned)
     settings = settings or Settings()
     # DPO leaves the tokenizer alone, so the tuned run's copy (with its chat template) serves both models

@@ -18,6 +18,7 @@ from dpo_cli.train.models import (
     load_reference,
     load_sequence_classifier,
     load_tokenizer,
+    loading,
     quiet_libraries,
     resolve_model_path,
 )
@@ -100,7 +101,8 @@ def is_reward_model(path: str) -> bool:
 
     if RunDir(path).has_adapter():
         return False
-    config = AutoConfig.from_pretrained(resolve_model_path(path))
+    with loading(path):
+        config = AutoConfig.from_pretrained(resolve_model_path(path))
     return any(a.endswith("ForSequenceClassification") for a in (config.architectures or []))
 
 
@@ -109,7 +111,8 @@ def load_for_eval(path: str):
     if RunDir(path).has_adapter():
         from peft import AutoPeftModelForCausalLM
 
-        return AutoPeftModelForCausalLM.from_pretrained(path)
+        with loading(path):
+            return AutoPeftModelForCausalLM.from_pretrained(path)
     return load_causal_lm(ModelSection(name_or_path=path))
 
 

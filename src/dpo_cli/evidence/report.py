@@ -10,6 +10,7 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import InputError
+from dpo_cli.core.paths import check_output
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.compare import prompt_text
 from dpo_cli.evidence.plots import CURVES, plot_run
@@ -54,6 +55,8 @@ def _summary(m: dict) -> str:
              ("host", device.get("host")), ("git commit", m.get("git_commit"))]
     if m.get("error"):
         pairs.append(("error", m["error"]))
+    if m.get("status") in ("interrupted", "failed"):
+        pairs.append(("newest complete checkpoint", m.get("checkpoint") or "none"))
     stop = m.get("early_stopping")
     if stop:
         pairs.append(("early stopping", f"{stop['metric']}: stopped at step {stop['stopped_at']}, best "
@@ -180,7 +183,12 @@ def render_report(run_dir: str | Path) -> str:
 
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
     """Write the report (default ``RUN_DIR/report.html``) and return its path."""
+    run = RunDir(run_dir)
+    default = run / RunDir.REPORT
+    path = Path(output) if output else default
+    check_output(path, [run.path], what="--output", allowed=[default])
+    if path.is_dir():
+        raise InputError(f"--output {path} is a directory; give a file name such as {path / RunDir.REPORT}")
     html = render_report(run_dir)
-    path = Path(output) if output else RunDir(run_dir) / RunDir.REPORT
     atomic_write_text(path, html)
     return path

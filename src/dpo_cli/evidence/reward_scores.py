@@ -9,11 +9,12 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import InputError
+from dpo_cli.core.paths import check_output
 from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.evidence.evaluate import to_device
 from dpo_cli.evidence.scoring import Truncation, encode_pairs, score_sequences
 from dpo_cli.recipe.schema import ModelSection
-from dpo_cli.train.models import load_sequence_classifier, load_tokenizer, quiet_libraries, resolve_model_path
+from dpo_cli.train.models import load_sequence_classifier, load_tokenizer, loading, quiet_libraries, resolve_model_path
 
 
 @dataclass
@@ -38,15 +39,20 @@ def _split(row: dict) -> tuple[Any, Any]:
     raise InputError("these rows hold only prompts: there is no response to score")
 
 
-def score_file(model_path: str, data: str, *, max_length: int | None = None, batch_size: int = 16) -> Scored:
+def score_file(model_path: str, data: str, *, max_length: int | None = None, batch_size: int = 16,
+               output: Path | None = None) -> Scored:
+    """Score every row of ``data``; ``output``, where the scores will go, is checked first: never over what is read."""
     from transformers import AutoConfig
 
+    if output is not None:
+        check_output(output, [p for p in (data, model_path) if Path(p).exists()], what="--output")
     quiet_libraries()
     rows = _canonical_rows(data)
     if not rows:
         raise InputError(f"{data} holds no rows to score")
     section = ModelSection(name_or_path=model_path)
-    config = AutoConfig.from_pretrained(resolve_model_path(model_path))
+    with loading(model_path):
+        config = AutoConfig.from_pretrained(resolve_model_path(model_path))
     if not any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
         raise InputError(f"{model_path} is not a reward model (its architecture is "
                          f"{', '.join(config.architectures or ['unknown'])}); train one with stage: reward")

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
+from dpo_cli.core.redact import remember
 from dpo_cli.recipe.schema import SOURCE_TAGS, Recipe, RefModelSection
 from dpo_cli.recipe.trainer_fields import validate_trainer
 from dpo_cli.recipe.yamlfile import ErrorAt, Located, apply_overrides, load_yaml
@@ -61,6 +62,7 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     path = Path(path)
     data, root = load_yaml(path)
     origin = apply_overrides(data, overrides)
+    remember(data)  # secrets it holds are scrubbed from every message and file from here on, errors included
     located = Located(path, root, origin)
     if "stages" in data:
         raise located.error(("stages",), "this file is a pipeline (it has stages:); run it with dpo-cli train")

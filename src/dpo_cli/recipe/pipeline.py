@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
+from dpo_cli.core.redact import remember
 from dpo_cli.recipe.load import build_recipe
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
@@ -64,26 +65,24 @@ def _substitute(value: Any, outputs: dict[str, str]) -> Any:
 
 
 def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """One cycle of the reference graph as [a, b, ..., a], or None."""
+    """One cycle of the reference graph as [a, b, ..., a], or None (an explicit stack: pipelines may be long)."""
     state: dict[str, int] = {}  # 1 on the current path, 2 done
-
-    def visit(node: str, trail: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in graph[node]:
-            if state.get(nxt) == 1:
+    for root in graph:
+        if root in state:
+            continue
+        trail, stack = [root], [iter(graph[root])]
+        state[root] = 1
+        while stack:
+            nxt = next(stack[-1], None)
+            if nxt is None:
+                state[trail.pop()] = 2
+                stack.pop()
+            elif state.get(nxt) == 1:
                 return trail[trail.index(nxt):] + [nxt]
-            if nxt not in state:
-                found = visit(nxt, trail + [nxt])
-                if found:
-                    return found
-        state[node] = 2
-        return None
-
-    for node in graph:
-        if node not in state:
-            found = visit(node, [node])
-            if found:
-                return found
+            elif nxt not in state:
+                state[nxt] = 1
+                trail.append(nxt)
+                stack.append(iter(graph[nxt]))
     return None
 
 
@@ -128,6 +127,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
             raise RecipeError(f"override '{item}': in a pipeline, start with a stage name "
                               f"({', '.join(names)}), e.g. {names[-1]}.trainer.max_steps=2, or set output_dir=DIR")
     located.overrides = origin
+    remember(data)
 
     graph: dict[str, list[str]] = {}
     for i, (name, entry) in enumerate(zip(names, stages)):
@@ -144,8 +144,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
     cycle = _cycle(graph)
     if cycle:
         first = names.index(cycle[0])
+        shown = cycle if len(cycle) <= 8 else [*cycle[:3], "...", *cycle[-3:]]
+        length = "" if len(cycle) <= 8 else f" ({len(cycle) - 1} stages)"
         raise located.error(("stages", first, "name"), "stages refer to each other in a cycle: "
-                            + " -> ".join(cycle) + "; a stage can only use the output of a stage before it")
+                            + " -> ".join(shown) + f"{length}; a stage can only use the output of a stage before it")
     for i, name in enumerate(names):
         for ref in graph[name]:
             if names.index(ref) > i:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -29,12 +30,30 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _chat_template(value: str | None) -> str | None:
+    """A path to a template file, or the Jinja text itself; a path that is not there, or Jinja that does not parse,
+    is refused now rather than used as a template."""
+    if value is None or Path(value).is_file():
+        return value
+    if "{{" not in value and "{%" not in value and ("/" in value or value.endswith((".jinja", ".j2", ".txt"))):
+        raise ValueError(f"{value!r} looks like a file path, but there is no such file (looked in {Path.cwd()}); give "
+                         f"a path to a template file, or the Jinja template itself")
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(value)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"the Jinja template does not parse: {exc.message} (template line {exc.lineno})") from None
+    return value
+
+
 class ModelSection(_Section):
     name_or_path: str
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     tokenizer: str | None = None
-    chat_template: str | None = Field(default=None, description="a Jinja template, or a path to a file holding one")
+    chat_template: Annotated[str | None, AfterValidator(_chat_template)] = Field(
+        default=None, description="a Jinja template, or a path to a file holding one")
 
 
 def _known_format(name: str) -> str:
@@ -176,7 +195,7 @@ class Recipe(_Section):
     data: DataSection
     trainer: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
-    seed: int = 42
+    seed: int = Field(default=42, ge=0, lt=2**32)  # what numpy's and torch's generators accept
     # environment variables set for the run (WANDB_PROJECT, WANDB_API_KEY, ...); secret ones never reach a file
     env: dict[str, str] = Field(default_factory=dict)
     plot: bool = True
@@ -196,6 +215,24 @@ class Recipe(_Section):
             raise ValueError("early_stopping needs evaluations during training: set trainer.eval_strategy: steps "
                              "(with trainer.eval_steps) or epoch")
         return value
+
+    def local_inputs(self) -> list[Path]:
+        """Every local file or directory the run reads: data sources (a glob by the folder it searches), models,
+        tokenizer, chat template, reference, adapter, reward models and reward-function files."""
+        named = [s if isinstance(s, str) else s["path"] for s in [*self.data.train, *(self.data.eval or [])]]
+        named += [self.model.name_or_path, self.model.tokenizer, self.model.chat_template,
+                  self.ref_model.name_or_path, self.ref_model.adapter]
+        if self.reward is not None:
+            named += [self.reward.model, self.reward.value_model]
+            named += [f.rpartition(":")[0] for f in self.reward.functions if isinstance(f, str) and ":" in f]
+        found = []
+        for name in filter(None, named):
+            path = Path(name)
+            while any(c in path.name for c in "*?[") and path != path.parent:  # a glob: the folder it searches
+                path = path.parent
+            if path.exists():
+                found.append(path)
+        return found
 
     def resolved_yaml(self) -> str:
         """The recipe as a run records it (recipe.resolved.yaml): every default filled in, secrets redacted."""

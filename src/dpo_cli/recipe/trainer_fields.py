@@ -25,6 +25,12 @@ OWNED_TRAINER_KEYS = {
 }
 
 
+# Counts that TRL's configs take as given and that fail (or hang) only once training starts when they are not positive.
+POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps", "max_length",
+            "max_prompt_length", "max_completion_length", "logging_steps", "save_steps", "eval_steps",
+            "num_generations", "num_train_epochs", "max_new_tokens", "response_length")
+
+
 def validate_trainer(config_class: type, trainer: dict[str, Any], error: ErrorAt) -> dict[str, Any]:
     """Check ``trainer:`` against the fields of a TRL config class; return the values coerced to their types."""
     schema = trainer_schema(config_class)
@@ -40,6 +46,12 @@ def validate_trainer(config_class: type, trainer: dict[str, Any], error: ErrorAt
         err = exc.errors()[0]
         loc = ("trainer",) + tuple(err["loc"][:1])
         raise error(loc, f"{err['msg'].rstrip('.')} (got {err.get('input')!r})") from None
+    for key in POSITIVE:
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
+            raise error(("trainer", key), f"must be positive (got {value!r})")
+    if isinstance(trainer.get("learning_rate"), (int, float)) and trainer["learning_rate"] < 0:
+        raise error(("trainer", "learning_rate"), f"must not be negative (got {trainer['learning_rate']!r})")
     # Keep the recipe's own values (TRL takes 10 for a float field, or one string for a list); only strings that
     # pydantic read as numbers or booleans are replaced, so "5e-6" given as a string still reaches TRL as a float.
     return {key: getattr(checked, key) if isinstance(value, str) else value for key, value in trainer.items()}

@@ -15,10 +15,37 @@ from dpo_cli.core.errors import RecipeError
 ErrorAt = Callable[[Sequence[Any], str], RecipeError]
 
 
+class DuplicateKey(yaml.YAMLError):
+    """The same key twice in one mapping: PyYAML would keep the last one without a word."""
+
+    def __init__(self, key: str, first: int, second: int):
+        super().__init__(f"key '{key}' appears twice in the same section, at lines {first} and {second}; PyYAML "
+                         f"would keep the second without a word: remove one")
+        self.key, self.line = key, second
+
+
 class Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``5e-6`` as a float (YAML 1.1 wants ``5.0e-6``)."""
+    """SafeLoader with three mends for recipes: ``5e-6`` is a float (YAML 1.1 wants ``5.0e-6``); only true and false
+    are booleans (YAML 1.2), so TRL's ``save_strategy: no`` stays the string "no"; a key given twice is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKey(str(key), seen[key], line)
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
+Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                             list("tTfF"))
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
@@ -64,20 +91,32 @@ class Located:
 
     def error(self, path: Sequence[Any], message: str) -> RecipeError:
         dotted = ".".join(str(p) for p in path)
-        for prefix_len in range(len(path), 0, -1):
-            override = self.overrides.get(tuple(path[:prefix_len]))
-            if override is not None:
-                return RecipeError(message, file=f"command-line override '{override}'", field=dotted or None)
+        path = tuple(path)
+        # the override that set this key or a section above it, or the one that created this section
+        override = next((self.overrides[path[:n]] for n in range(len(path), 0, -1) if path[:n] in self.overrides),
+                        None) or next((o for key, o in self.overrides.items() if key[:len(path)] == path and path),
+                                      None)
+        if override is not None:
+            return RecipeError(message, file=f"command-line override '{override}'", field=dotted or None)
         return RecipeError(message, file=self.file, line=self.line(path), field=dotted or None)
 
 
 def load_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        column = exc.start - raw.rfind(b"\n", 0, exc.start)
+        raise RecipeError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {column}; save the recipe as "
+                          f"UTF-8", file=path, line=line) from None
     try:
         node = yaml.compose(text, Loader=Loader)
         data = yaml.load(text, Loader=Loader) if node is not None else {}
+    except DuplicateKey as exc:
+        raise RecipeError(str(exc), file=path, line=exc.line, field=exc.key) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -13,8 +14,13 @@ from transformers import TrainerCallback
 
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import DpoCliError, InputError
+from dpo_cli.core.redact import redact_text
 
 MARKER = "dpo-cli-checkpoint.json"  # written last: a checkpoint without it is incomplete
+# Files up to this size are hashed whole; larger ones (a 7B optimizer state is tens of GB) by size and both ends, so a
+# save stays cheap: truncation always shows, a change in the middle of a huge file only through its size.
+WHOLE_HASH_BYTES = 256 << 20
+_SAMPLE_BYTES = 16 << 20
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,8 +48,27 @@ class CompleteCheckpoints(TrainerCallback):
         run_dir = Path(args.output_dir)
         folder = run_dir / f"checkpoint-{state.global_step}"
         replace_pickled_args(folder, args)
-        atomic_write_text(folder / MARKER, json.dumps({"step": state.global_step, **self.identity}, indent=2))
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": file_digest(f)}
+                 for f in sorted(folder.iterdir()) if f.is_file() and f.name != MARKER}
+        atomic_write_text(folder / MARKER, json.dumps({"step": state.global_step, "files": files, **self.identity},
+                                                      indent=2))
         rotate(run_dir, self.keep, protect=state.best_model_checkpoint)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file, or of its size and first and last 16 MiB when it is larger than WHOLE_HASH_BYTES."""
+    digest = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= WHOLE_HASH_BYTES:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(str(size).encode())
+            digest.update(f.read(_SAMPLE_BYTES))
+            f.seek(size - _SAMPLE_BYTES)
+            digest.update(f.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 def save_failure(run_dir: Path, step: int, exc: BaseException) -> SaveFailedError | None:
@@ -64,7 +89,7 @@ def replace_pickled_args(folder: Path, args) -> None:
     pickled = folder / "training_args.bin"
     if pickled.exists():
         pickled.unlink()
-    atomic_write_text(folder / "training_args.json", args.to_json_string())
+    atomic_write_text(folder / "training_args.json", redact_text(args.to_json_string()))
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -107,9 +132,16 @@ def _safetensors_problem(path: Path) -> str | None:
 
 
 def problem(path: Path) -> str | None:
-    """Why a checkpoint folder cannot be resumed from, or None when it is complete."""
+    """Why a checkpoint folder cannot be resumed from, or None when it is complete: its marker, then every file the
+    marker lists, with its size and checksum, then the trainer state and weights themselves."""
     if not (path / MARKER).is_file():
         return "no completion marker (the save was interrupted)"
+    try:
+        recorded = marker(path)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"its completion marker {MARKER} is empty or corrupt"
     state = path / "trainer_state.json"
     if not state.is_file():
         return "trainer_state.json is missing"
@@ -124,6 +156,16 @@ def problem(path: Path) -> str | None:
         issue = _safetensors_problem(file)
         if issue:
             return issue
+    for name, expected in (recorded.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        size = file.stat().st_size
+        if size != expected["bytes"]:
+            what = "truncated" if size < expected["bytes"] else "longer than when it was saved"
+            return f"{name} is {what} ({size} bytes, the marker says {expected['bytes']})"
+        if file_digest(file) != expected["sha256"]:
+            return f"{name} has changed since it was saved (its checksum differs)"
     return None
 
 

@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT during training: finish the step, save a complete checkpoint, exit 143 or 130."""
+"""SIGTERM and SIGINT over a whole train command: what a signal does depends on what the run is doing."""
 
 from __future__ import annotations
 
@@ -7,28 +7,24 @@ import signal
 
 from transformers import TrainerCallback
 
-from dpo_cli.core.errors import DpoCliError
-
-
-class Interrupted(DpoCliError):
-    """Training stopped on a signal; the exit code is 128 + the signal number, as shells report it."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
+from dpo_cli.core.errors import Interrupted
 
 
 class GracefulStop(TrainerCallback):
-    """The first signal asks for a checkpoint and a stop at the end of the current step; a second exits at once.
+    """Installed for the whole command; a second signal exits at once. By phase, the first one:
 
-    ``step_loop``: the trainer honours should_training_stop (transformers' loop). Otherwise (TRL's PPO loop) the
-    signal ends the run at the step's end with Interrupted, since that loop neither stops nor resumes.
+    - ``prepare`` (data, models, trainer) and ``evaluate`` (held-out scoring): stops at once; nothing is lost that
+      a save could keep (after evaluate, the run still saves its final model);
+    - ``train``: asks for a checkpoint and a stop at the end of the current step. A trainer with its own loop
+      (``step_loop`` false: TRL's PPO), which neither stops on request nor resumes, ends the run at the step's end;
+    - ``save``: lets the save finish.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self, stage: str, step_loop: bool = True):
         self.stage, self.step_loop = stage, step_loop
+        self.phase = "prepare"
         self.signum: int | None = None
         self._previous = {}
 
@@ -41,10 +37,15 @@ class GracefulStop(TrainerCallback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
             os._exit(128 + signum)
         self.signum = signum
+        if self.phase in ("prepare", "evaluate"):
+            raise Interrupted(f"stopped by {self.name()} while {self.phase.replace('prepare', 'preparing')}", signum)
 
     def on_step_end(self, args, state, control, **kwargs):
         stop = self.signum is not None
@@ -57,9 +58,9 @@ class GracefulStop(TrainerCallback):
             self.signum = int(flag.item()) or None
             stop = self.signum is not None
         if stop and not self.step_loop:
-            raise Interrupted(f"stopped by {signal.Signals(self.signum).name} after step {state.global_step}; stage "
-                              f"{self.stage} cannot resume from a checkpoint (TRL's trainer for it has no resume): "
-                              f"run the stage again from the start", self.signum)
+            raise Interrupted(f"stopped by {self.name()} after step {state.global_step}; stage {self.stage} cannot "
+                              f"resume from a checkpoint (TRL's trainer for it has no resume): run the stage again "
+                              f"from the start", self.signum)
         if stop:
             control.should_save = True
             control.should_training_stop = True

@@ -8,13 +8,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_cli.core.builtins import asset_path
+from dpo_cli.core.atomic import atomic_write_text
+from dpo_cli.core.builtins import asset_path, resolve_builtin
 from dpo_cli.core.errors import InputError
+from dpo_cli.core.paths import check_output, replaceable_directory
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import ModelSection
-from dpo_cli.train.models import resolve_model_path
+from dpo_cli.train.models import loading, resolve_model_path
 
 ADAPTER_CONFIG = "adapter_config.json"
+MERGED = "dpo-cli-merge.json"  # written into every merged model: --overwrite replaces only such a directory
 # largest |logit| difference accepted between the merged model and base+adapter, per merge precision
 TOLERANCE = {"float32": 1e-3, "bfloat16": 0.25, "float16": 0.05}
 
@@ -56,7 +59,8 @@ def _merge_dtype(requested: str, base_path: str, trust_remote_code: bool) -> str
         return requested
     from transformers import AutoConfig
 
-    stored = getattr(AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code), "dtype", None)
+    with loading(base_path):
+        stored = getattr(AutoConfig.from_pretrained(base_path, trust_remote_code=trust_remote_code), "dtype", None)
     stored = str(stored).removeprefix("torch.")
     return stored if stored in ("bfloat16", "float16") else "float32"
 
@@ -96,8 +100,19 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     if dtype not in ("auto", *TOLERANCE):
         raise InputError(f"--dtype must be one of auto, {', '.join(TOLERANCE)} (never a quantized type: merging into "
                          f"4-bit weights would round the adapter away)")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise InputError(f"output directory {output} is not empty; pass --overwrite to replace it")
+    try:
+        adapter_config = json.loads(adapter_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{adapter_file}: not valid JSON ({exc}); the run's adapter is damaged") from None
+    section = _base_section(RunDir(run_dir), adapter_config)
+    check_output(output, [run_dir, *[p for p in (Path(resolve_builtin(section.name_or_path)),) if p.exists()]],
+                 what="--output")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"--output {output} is a file, not a directory")
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise InputError(f"output directory {output} is not empty; pass --overwrite to replace it")
+        replaceable_directory(output, MERGED, "--output")
 
     import warnings
 
@@ -110,18 +125,18 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     transformers.utils.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not the user's concern
 
-    adapter_config = json.loads(adapter_file.read_text(encoding="utf-8"))
-    section = _base_section(RunDir(run_dir), adapter_config)
     base_path = resolve_model_path(section.name_or_path, section.trust_remote_code)
     dtype = _merge_dtype(dtype, base_path, section.trust_remote_code)
     # No quantization_config, whatever the training used: QLoRA adapters are merged into full or half precision
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype),
-                                                trust_remote_code=section.trust_remote_code)
+    with loading(base_path):
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype),
+                                                    trust_remote_code=section.trust_remote_code)
     has_tokenizer = (run_dir / "tokenizer_config.json").is_file()
     tokenizer_source = str(run_dir) if has_tokenizer else resolve_model_path(section.tokenizer or section.name_or_path)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=section.trust_remote_code)
-
-    model = PeftModel.from_pretrained(base, str(run_dir)).eval()
+    with loading(tokenizer_source):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=section.trust_remote_code)
+    with loading(str(run_dir)):
+        model = PeftModel.from_pretrained(base, str(run_dir)).eval()
     prompts = check_prompts(tokenizer)
     with_adapter = _logits(model, prompts)
     merged = model.merge_and_unload().eval()
@@ -133,6 +148,8 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     try:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
+        atomic_write_text(staging / MERGED, json.dumps({"run": str(run_dir.resolve()), "base": section.name_or_path,
+                                                        "dtype": dtype, "max_abs_logit_diff": diff}, indent=2))
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:
     """A local directory, a built-in, or a hub name whose config can be fetched; otherwise one clear error."""
     name = resolve_builtin(name)
     if Path(name).is_dir():
+        if not any((Path(name) / f).is_file() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")):
+            raise ModelLoadError(f"model directory {name} holds no config.json: it is not a saved model (an "
+                                 f"interrupted download or save?)")
         return name
     from transformers import AutoConfig
 
@@ -33,11 +38,25 @@ def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:
     return name
 
 
+@contextlib.contextmanager
+def loading(path: str) -> Iterator[None]:
+    """Around a from_pretrained of ``path``: a broken or incomplete model directory is said in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as exc:  # JSON that does not parse is a ValueError too
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} cannot be loaded ({reason}); is it complete (config.json, weights, "
+                             f"tokenizer files), and saved by a compatible transformers?") from None
+
+
 def load_tokenizer(section: ModelSection):
     from transformers import AutoTokenizer
 
     source = resolve_model_path(section.tokenizer or section.name_or_path, section.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=section.trust_remote_code)
+    with loading(source):
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=section.trust_remote_code)
     if section.chat_template:
         template = Path(section.chat_template)
         tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() \
@@ -83,8 +102,9 @@ def load_causal_lm(section: ModelSection, quantization: QuantizationSection | No
         # bitsandbytes places weights as it loads them: each process puts its copy on its own GPU
         on_gpu = (plan.device if plan else ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
         kwargs["device_map"] = {"": PartialState().local_process_index} if on_gpu else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code,
-                                                **kwargs)
+    with loading(path):
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code,
+                                                    **kwargs)
 
 
 def load_sequence_classifier(section: ModelSection):
@@ -94,8 +114,9 @@ def load_sequence_classifier(section: ModelSection):
 
     path = resolve_model_path(section.name_or_path, section.trust_remote_code)
     dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
-    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
-                                                              trust_remote_code=section.trust_remote_code)
+    with loading(path):
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+                                                                  trust_remote_code=section.trust_remote_code)
 
 
 def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM"):
@@ -113,7 +134,8 @@ def meta_model(section: ModelSection):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model_path(section.name_or_path, section.trust_remote_code)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    with loading(path):
+        config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-import signal
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,7 +16,8 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TransformersProgress
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DataError, InputError, ModelLoadError
+from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError
+from dpo_cli.core.paths import check_output, replaceable_directory, run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.data.load import load_splits
@@ -28,7 +29,7 @@ from dpo_cli.train import checkpoints
 from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
 from dpo_cli.train.config import build_config, trainer_kwargs
 from dpo_cli.train.device import plan_device
-from dpo_cli.train.interrupt import GracefulStop, Interrupted
+from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.refcache import RefLogpCache
@@ -95,10 +96,48 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def check_output_dir(run: RunDir, overwrite: bool) -> None:
-    if run.path.exists() and any(run.path.iterdir()) and not overwrite:
+def check_output_dir(run: RunDir, recipe: Recipe, *, overwrite: bool, resuming: bool) -> None:
+    """output_dir must be writable, must not hold or be anything the run reads, and is only ever written over when
+    it holds an earlier dpo-cli run (and --overwrite says so)."""
+    check_output(run.path, recipe.local_inputs(), what="output_dir")
+    if run.path.exists() and not run.path.is_dir():
+        raise InputError(f"output_dir {run} is a file, not a directory")
+    existing = next(p for p in (run.path, *run.path.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"output_dir {run} cannot be written: {existing} is read-only for this user")
+    if resuming or not run.path.exists() or not any(run.path.iterdir()):
+        return
+    if not overwrite:
         raise InputError(f"output directory {run} is not empty; pass --overwrite to write over it, "
                          f"or choose another with output_dir=DIR")
+    replaceable_directory(run.path, RunDir.MANIFEST, "output_dir")
+
+
+class RunRecord:
+    """run.json as the run moves on: rewritten whole and atomically, by the main process alone. A run that stops on
+    a signal or an error after it started writing ends as ``interrupted`` or ``failed``, with the error and the
+    newest complete checkpoint, never as ``running``."""
+
+    def __init__(self, run: RunDir, is_main: bool, manifest: dict[str, Any]):
+        self.run, self.is_main, self.manifest = run, is_main, manifest
+        self.written = False
+
+    def update(self, **fields) -> None:
+        self.manifest.update(fields)
+        if self.is_main:
+            self.run.write_manifest(self.manifest)
+            self.written = True
+
+    def __enter__(self) -> RunRecord:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if exc is None or not self.written or self.manifest["status"] != "running":
+            return
+        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt))
+        checkpoint = checkpoints.newest_complete(self.run.path)[0]
+        self.update(status="interrupted" if stopped else "failed", finished_at=_now(),
+                    error=str(exc) or type(exc).__name__, checkpoint=str(checkpoint) if checkpoint else None)
 
 
 def _wait_for_everyone() -> None:
@@ -167,58 +206,58 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
     run = RunDir(recipe.output_dir)
-    if not resume:
-        check_output_dir(run, overwrite)
+    check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
     versions = _versions()
-    manifest = {"dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
-                "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
-                "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision,
-                           "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}
-
-    # 2. data, checked before any weights are loaded
-    train_dataset, eval_dataset, manifest["data"] = _load_data(recipe, stage)
-    identity = _identity(recipe, manifest["data"])
-    checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
-    if checkpoint:
-        manifest["resumed_from"] = str(checkpoint)
-
-    def record(**fields) -> None:
-        """run.json, rewritten whole (atomically) as the run moves on; the main process alone writes."""
-        manifest.update(fields)
-        if is_main:
-            run.write_manifest(manifest)
-
-    if is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_recipe(recipe.resolved_yaml())
-    record()
-
-    # 3. tokenizer and models
-    tokenizer = load_tokenizer(recipe.model)
-    models = load_models(recipe, stage, plan)
-    reference = stage.reference(recipe)
-    ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" and recipe.ref_model.cache \
-        and stage.uses_ref_model else None
-
-    # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
+    record = RunRecord(run, is_main, {
+        "dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
+        "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
+        "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision, "reason": plan.reason,
+                   "processes": args.world_size, "host": platform.node()}})
+    manifest = record.manifest
+    # a signal is handled from here to the end (what it does depends on the phase); the lock keeps other runs out
     stopper = GracefulStop(stage.name, stage.step_loop)
-    resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
-    callbacks = [MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(), stopper,
-                 checkpoints.CompleteCheckpoints(args, identity)]
-    watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
-    early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
-    callbacks += [c for c in (watchdog, early_stop) if c is not None]
-    trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, tokenizer,
-                                              train_dataset, eval_dataset, callbacks, models.peft_config, ref_cache))
-    for noisy in (TransformersProgress, PrinterCallback):
-        trainer.remove_callback(noisy)
+    with stopper, run_lock(run.path) if is_main else contextlib.nullcontext(), record:
 
-    # 5. train, with the held-out pairs scored first
-    held_out = _held_out(stage, recipe, args, tokenizer, eval_dataset, trainer)
-    if held_out is not None:
-        held_out.score_before(trainer)
-    with stopper:
+        # 2. data, checked before any weights are loaded
+        train_dataset, eval_dataset, manifest["data"] = _load_data(recipe, stage)
+        identity = _identity(recipe, manifest["data"])
+        checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
+        if checkpoint:
+            manifest["resumed_from"] = str(checkpoint)
+        if is_main:
+            run.write_recipe(recipe.resolved_yaml())
+        record.update()
+
+        # 3. tokenizer and models
+        tokenizer = load_tokenizer(recipe.model)
+        models = load_models(recipe, stage, plan)
+        reference = stage.reference(recipe)
+        ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" \
+            and recipe.ref_model.cache and stage.uses_ref_model else None
+
+        # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
+        resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
+        callbacks = [MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(), stopper,
+                     checkpoints.CompleteCheckpoints(args, identity)]
+        watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
+        early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
+        callbacks += [c for c in (watchdog, early_stop) if c is not None]
+        trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, tokenizer,
+                                                  train_dataset, eval_dataset, callbacks, models.peft_config,
+                                                  ref_cache))
+        for noisy in (TransformersProgress, PrinterCallback):
+            trainer.remove_callback(noisy)
+        if len(trainer.train_dataset) == 0:
+            raise DataError(f"no training rows are left once TRL has prepared them: every prompt fills "
+                            f"trainer.max_length ({args.max_length}), and TRL drops such rows; raise max_length or "
+                            f"shorten the prompts (dpo-cli inspect-data --tokenizer shows the lengths)")
+
+        # 5. train, with the held-out pairs scored first
+        held_out = _held_out(stage, recipe, args, tokenizer, eval_dataset, trainer)
+        if held_out is not None:
+            held_out.score_before(trainer)
+        stopper.phase = "train"
         try:
             trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
         except (OSError, RuntimeError) as exc:
@@ -226,33 +265,41 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             if failure is None:
                 raise
             raise failure from exc
-    if stopper.signum is not None:
-        saved = checkpoints.newest_complete(run.path)[0]
-        raise Interrupted(f"stopped by {signal.Signals(stopper.signum).name} after step {trainer.state.global_step}"
-                          f"; checkpoint saved in {saved}; resume with the same command plus --resume auto",
-                          stopper.signum)
-    if watchdog is not None and watchdog.warnings:
-        manifest["warnings"] = watchdog.warnings
-    if early_stop is not None:
-        manifest["early_stopping"] = early_stop.summary()
-    if watchdog is not None and watchdog.stopped_at is not None:
-        record(status="failed", finished_at=_now(), global_step=trainer.state.global_step, error=watchdog.message(),
-               checkpoint=str(watchdog.checkpoint))
-        raise TrainingStopped(watchdog.message())
+        if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+            saved = checkpoints.newest_complete(run.path)[0]
+            raise Interrupted(f"stopped by {stopper.name()} after step {trainer.state.global_step}; checkpoint "
+                              f"saved in {saved}; resume with the same command plus --resume auto", stopper.signum)
+        if watchdog is not None and watchdog.warnings:
+            manifest["warnings"] = watchdog.warnings
+        if early_stop is not None:
+            manifest["early_stopping"] = early_stop.summary()
+        if watchdog is not None and watchdog.stopped_at is not None:
+            record.update(status="failed", finished_at=_now(), global_step=trainer.state.global_step,
+                          error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
+            raise TrainingStopped(watchdog.message())
 
-    # 6. evaluate: the held-out pairs again, against the same reference
-    if held_out is not None:
-        manifest["evaluation"] = held_out.figures(trainer)
+        # 6. evaluate: the held-out pairs again, against the same reference (a signal here skips to the save)
+        stopper.phase = "evaluate"
+        try:
+            if held_out is not None and stopper.signum is None:
+                manifest["evaluation"] = held_out.figures(trainer)
+        except Interrupted:
+            pass
 
-    # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
-    trainer.save_model(str(run.path))  # every rank must call it (sharded states are gathered); the main one writes
-    if ref_cache is not None:
-        manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
-                                      for event, split, file in ref_cache.events]
-    if is_main:
-        checkpoints.replace_pickled_args(run.path, args)
-        if recipe.plot:
-            manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
-    record(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
-           reference=reference.description)
+        # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
+        stopper.phase = "save"
+        trainer.save_model(str(run.path))  # every rank calls it (sharded states are gathered); the main one writes
+        if ref_cache is not None:
+            manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
+                                          for event, split, file in ref_cache.events]
+        if is_main:
+            checkpoints.replace_pickled_args(run.path, args)
+            if recipe.plot:
+                manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
+        if stopper.signum is not None:
+            raise Interrupted(f"stopped by {stopper.name()} after training; the final model is saved in {run}"
+                              + ("" if "evaluation" in manifest or held_out is None else
+                                 " (the held-out figures were left out)"), stopper.signum)
+        record.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
+                      reference=reference.description)
     return RunResult(run.path, manifest, is_main)
