@@ -6,6 +6,7 @@ import os
 import platform
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -19,10 +20,11 @@ from dpo_cli.core import console
 from dpo_cli.core.errors import DataError, InputError, ModelLoadError
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.data.load import load_splits
+from dpo_cli.data.load import check_data, load_splits
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
@@ -63,6 +65,7 @@ def describe(recipe: Recipe) -> dict[str, Any]:
         "reference": stage.reference(recipe).description,
         "safety": _safety(stage),
         "memory": memory,
+        "data": _stage_data(recipe, stage, lambda: check_data(recipe.data, stage.data_kind)),
     }
 
 
@@ -108,8 +111,13 @@ def _wait_for_everyone() -> None:
 
 
 def _load_data(recipe: Recipe, stage: Stage):
+    return _stage_data(recipe, stage, lambda: load_splits(recipe.data, recipe.seed, stage.data_kind))
+
+
+def _stage_data(recipe: Recipe, stage: Stage, read: Callable[[], Any]) -> Any:
+    """Read the recipe's data (load it, or only check it); a bad row is said beside what the stage reads."""
     try:
-        return load_splits(recipe.data, recipe.seed, stage.data_kind)
+        return read()
     except DataError as exc:
         if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
             raise
@@ -196,6 +204,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
+    if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
+        console.warn(warning)
     models = load_models(recipe, stage, plan)
     reference = stage.reference(recipe)
     ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" and recipe.ref_model.cache \
