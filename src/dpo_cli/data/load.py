@@ -88,26 +88,26 @@ def _has_extras(value: Any) -> bool:
 
 
 def to_dataset(rows: list[dict]):
-    """A datasets.Dataset of the rows. Turns with tool calls and tools columns are stored as JSON: Arrow would merge
-    every row's tool arguments into one struct and fill the keys a row lacks with nulls, changing what the chat
-    template renders."""
+    """A datasets.Dataset of the rows, every column any row has (a row without tools reads them as none). Turns with
+    tool calls and the tools column are stored as JSON: Arrow would merge every row's tool arguments into one struct
+    and fill the keys a row lacks with nulls, changing what the chat template renders."""
     from datasets import Dataset
 
-    rich = [name for name in MESSAGE_COLUMNS if any(_has_extras(row.get(name)) for row in rows)]
-    rich += [name for name in OPTIONAL_COLUMNS if any(name in row for row in rows)]
+    order = list(dict.fromkeys(key for row in rows for key in row))
+    columns = {key: [row.get(key) for row in rows] for key in order}
+    rich = [name for name in order if name in OPTIONAL_COLUMNS
+            or name in MESSAGE_COLUMNS and any(_has_extras(value) for value in columns[name])]
     if not rich:
-        return Dataset.from_list(rows)
+        return Dataset.from_dict(columns)
     try:
         from datasets import Features, Json, List
     except ImportError:
         raise DataError("rows with tool calls or tools need a datasets release with datasets.Json; upgrade it with "
                         "pip install -U datasets") from None
-    plain = Dataset.from_list([{k: v for k, v in row.items() if k not in rich} for row in rows])
-    features = dict(plain.features)
+    features = dict(Dataset.from_dict({k: v for k, v in columns.items() if k not in rich}).features)
     for name in rich:
         features[name] = Json() if name in OPTIONAL_COLUMNS else List(Json())
-    order = list(dict.fromkeys(k for row in rows for k in row))
-    return Dataset.from_list(rows, features=Features({k: features[k] for k in order}))
+    return Dataset.from_dict(columns, features=Features({k: features[k] for k in order}))
 
 
 def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference"):
@@ -135,7 +135,7 @@ def say(split: str, stats: Stats) -> None:
     for what, count, meaning, places in stats.findings():
         where = ", ".join(places) if what == "columns not used" else f"first: {places[0]}" if places else ""
         message = f"{split} data: {what}: {count:,} ({meaning})" + (f"; {where}" if where else "")
-        if what.startswith("left out"):  # asked for (an SFT run reading KTO data): worth knowing, not a problem
+        if what.startswith(("left out", "columns")):  # by design (SFT reading KTO rows, metadata): worth a note
             console.note(message)
         else:
             console.warn(message)

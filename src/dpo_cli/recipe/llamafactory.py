@@ -113,7 +113,7 @@ def _lora(data: dict, out: Imported) -> None:
     target = data.get("lora_target", "all")
     targets = _names(target)
     out.set(("lora", "target_modules"), "all-linear" if targets in (["all"], []) else targets,
-            _from("lora_target", target), "lora_target")
+            f"{_from('lora_target', target)}; finetuning_type: lora", "lora_target")
     for key in ("use_dora", "use_rslora"):
         if key in data:
             out.set(("lora", key), bool(data[key]), _from(key, data[key]), key)
@@ -218,13 +218,17 @@ def translate(data: dict) -> tuple[str, Imported]:
     for key, path in (("output_dir", ("output_dir",)), ("seed", ("seed",)), ("plot_loss", ("plot",))):
         if key in data:
             out.set(path, data[key] if key != "plot_loss" else bool(data[key]), key, key)
+    if "warmup_ratio" in data and "warmup_ratio" not in config_fields:  # transformers 5 took it into warmup_steps
+        out.set(("trainer", "warmup_steps"), data["warmup_ratio"],
+                f"{_from('warmup_ratio', data['warmup_ratio'])}: a warmup_steps below 1 is a share of the steps",
+                "warmup_ratio")
     for key, value in data.items():  # what no handler took: a TRL field as it is, a key dpo-cli drops, or neither
         if key in out.covered:
             continue
         if key in DROPPED:
             out.drop(key, value, DROPPED[key])
         elif RENAMED.get(key, key) in config_fields:
-            out.set(("trainer", RENAMED.get(key, key)), value, key, key)
+            out.set(("trainer", RENAMED.get(key, key)), value, _from(key, value) if key in RENAMED else key, key)
         else:
             out.unmap(key, value, UNMAPPED.get(key, f"no dpo-cli setting, and "
                                                f"{get_stage(stage).config_class().__name__} has no field of that name"))
