@@ -87,6 +87,17 @@ def test_skip_invalid_counts_into_run_info_and_writes_rejects(tmp_path):
     assert lines[0]["row"] == HH_ROWS[1]
 
 
+def test_an_sft_stage_on_kto_data_says_what_it_leaves_out(capsys):
+    from dpo_cli.data.load import load_splits
+    from dpo_cli.recipe.schema import DataSection
+
+    train, _, info = load_splits(DataSection(train=str(LF / "kto_en_demo.json")), 42, "sft")
+    assert len(train) == 2 and info["train"]["left_out"] == {"undesirable": 2}
+    assert capsys.readouterr().err.strip() == (
+        "train data: left out: undesirable: 2 (rows labelled undesirable (label false), which supervised "
+        f"fine-tuning does not imitate); first: {LF / 'kto_en_demo.json'}:2")
+
+
 def test_dry_run_reads_every_row_and_reports_what_it_found(write_recipe, tmp_path, capsys):
     hh = _hh(tmp_path)
     strict = _recipe(write_recipe, tmp_path, str(hh), name="strict.yaml")

@@ -56,6 +56,12 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
         raise DataError(f"names no local file ({hub}); dpo-cli reads local files: download the data (for example "
                         "huggingface-cli download --repo-type dataset NAME --local-dir data/NAME) and set file_name",
                         file=where)
+    for key in ("columns", "tags"):
+        if not isinstance(entry.get(key) or {}, dict) or not all(isinstance(v, str) for v in (entry.get(key) or {})
+                                                                  .values()):
+            raise DataError(f"{key} must be an object of names", file=where)
+    if not isinstance(entry["file_name"], str):
+        raise DataError("file_name must be a file or folder name", file=where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt", "openai"):
         raise DataError(f"formatting '{formatting}' is not alpaca, sharegpt or openai", file=where)

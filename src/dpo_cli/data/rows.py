@@ -191,6 +191,7 @@ class RowPipeline:
         self.count_languages = count_languages
         self.stats = Stats()
         self._kind: tuple[str, bool] | None = None  # (shape, text prompt) of the first output row
+        self._keys: set[str] = set()  # its columns
 
     def _warn(self, error: RowError) -> None:
         self.stats.warn(error)
@@ -268,7 +269,7 @@ class RowPipeline:
                 extra[name] = row[name]
             for out in outputs:
                 out.update(extra)
-        if not fmt.keeps_extra:
+        if not fmt.keeps_extra and not row.keys() <= fmt.columns:  # the subset test keeps the common row cheap
             for name, value in row.items():
                 if name not in fmt.columns and value is not None and value != "" and value != [] \
                         and value != {} and name not in self.keep:
@@ -286,8 +287,12 @@ class RowPipeline:
 
     def _check_kind(self, output: dict, at: Where) -> None:
         """One output holds one kind of row: one shape (pairs, conversations, ...), all text or all messages."""
-        kind = (shape_of(output), type(output.get("prompt")) is str)
+        text = type(output.get("prompt")) is str
+        if output.keys() == self._keys and text == self._kind[1]:  # the common case: a row like the first
+            return
+        kind = (shape_of(output), text)
         if self._kind is None:
+            self._keys = set(output)
             self._kind = kind
         elif kind != self._kind:
             if kind[0] != self._kind[0]:
