@@ -282,8 +282,12 @@ def _alpaca_checked(row: dict, at: Where) -> dict:
             prompt.append(_user(c.text(turn[0], at, f"history[{i}][0]")))
             prompt.append(_assistant(c.text(turn[1], at, f"history[{i}][1]")))
     prompt.append(_user(user))
-    if "chosen" in row or "rejected" in row or "output" not in row:
+    if "chosen" in row or "rejected" in row:
         return _pair(prompt, c.require(row, "chosen", at), c.require(row, "rejected", at), at)
+    if "output" not in row:
+        found = ", ".join(sorted(map(str, row)))
+        raise at.error("missing-field", f"missing: alpaca rows need an output (SFT) or chosen and rejected (pairs) "
+                       f"(columns found: {found})", "output")
     output = c.require(row, "output", at)
     if type(output) is list:
         if len(output) != 2:
