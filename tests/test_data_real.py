@@ -316,3 +316,16 @@ def test_inspect_data_names_file_line_field_and_reason_for_each_check():
     assert f"{bad / 'null_field.jsonl'}:2: field 'rejected': is null" in lines
     registry = run_cli("inspect-data", "--registry", str(REGISTRY), "--name", "kto_en_demo")
     assert registry.returncode == 0 and "sharegpt" in registry.stdout and "IMPORTED []" in registry.stderr
+
+
+def test_summary_lines_are_printed_as_written_never_as_markup(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text(json.dumps({"instruction": "Q", "output": ["a", "b", "c"]}) + "\n"
+                    + json.dumps({"instruction": "Q", "output": "A"}) + "\n")
+    summary = _convert(path, tmp_path / "o.jsonl", skip_invalid=True)
+    from rich.console import Console
+
+    console = Console(record=True, width=250)
+    print_summary(console, summary)
+    assert (f"{path}:1: field 'output': output must be a string (SFT) or a list [chosen, rejected] (pairs)"
+            in console.export_text())

@@ -292,8 +292,11 @@ def print_summary(console, summary: ConvertSummary) -> None:
 
 
 def print_findings(table, stats: Stats) -> None:
-    """One row per finding, then its first places (``file:line: field 'x': reason``), as inspect-data prints them."""
+    """One row per finding, then its first places (``file:line: field 'x': reason``), as inspect-data prints them.
+    Plain text, never markup: a reason may hold brackets."""
+    from rich.text import Text
+
     for what, count, meaning, places in stats.findings():
-        table.add_row(what, f"{count:,} ({meaning})")
+        table.add_row(what, Text(f"{count:,} ({meaning})"))
         for place in places:
-            table.add_row("", f"  {place}")
+            table.add_row("", Text(f"  {place}"))
