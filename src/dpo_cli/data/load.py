@@ -43,30 +43,32 @@ def _rejects_writer(source: Source, write: bool) -> Iterator[Any]:
             writer.close()
 
 
-def stream_rows(sources: Any, kind: str, *, write_rejects: bool = True) -> Iterator[tuple[Record, dict]]:
-    """Every canonical row of ``kind`` from the sources, streamed, each source with its own skip_invalid and
-    rejects file. The generator's return value is the Stats of the whole read, per source too."""
+def _pipeline(kind: str) -> RowPipeline:
     if kind not in KINDS:
         raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
-    pipeline = RowPipeline(KINDS[kind])
+    return RowPipeline(KINDS[kind])
+
+
+def _stream(pipeline: RowPipeline, sources: Any, write_rejects: bool = True) -> Iterator[tuple[Record, dict]]:
+    """Every canonical row of the sources, streamed, each source with its own skip_invalid and rejects file; what
+    happened to the rows is in ``pipeline.stats`` afterwards."""
     for source in _as_sources(sources):
         with _rejects_writer(source, write_rejects) as on_reject:
             pipeline.skip_invalid, pipeline.on_reject = source.skip_invalid, on_reject
             yield from pipeline.rows(source)
-    return pipeline.stats
+
+
+def _no_rows(kind: str, where: str) -> DataError:
+    return DataError(f"no {kind} rows (every row was filtered out, dropped or left out, or the files are empty)",
+                     file=where)
 
 
 def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
+    pipeline = _pipeline(kind)
     digest = hashlib.sha256()
     rows: list[dict] = []
     columns: set | None = None
-    stream = stream_rows(sources, kind)
-    while True:
-        try:
-            record, row = next(stream)
-        except StopIteration as done:
-            stats = done.value
-            break
+    for record, row in _stream(pipeline, sources):
         keys = set(row).difference(OPTIONAL_COLUMNS)
         if columns is None:
             columns = keys
@@ -77,10 +79,8 @@ def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
         digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
         rows.append(row)
     if not rows:
-        names = ", ".join(str(s.path) for s in _as_sources(sources))
-        raise DataError(f"no {kind} rows (every row was filtered out, dropped or left out, or the files are empty)",
-                        file=names)
-    return rows, digest.hexdigest(), stats
+        raise _no_rows(kind, ", ".join(str(s.path) for s in _as_sources(sources)))
+    return rows, digest.hexdigest(), pipeline.stats
 
 
 def _has_extras(value: Any) -> bool:
@@ -178,16 +178,9 @@ def check_data(data, kind: str) -> dict[str, dict]:
     for split, sources in (("train", data.train), ("eval", data.eval)):
         if not sources:
             continue
-        stream, rows = stream_rows(sources, kind, write_rejects=False), 0
-        while True:
-            try:
-                next(stream)
-            except StopIteration as done:
-                stats = done.value
-                break
-            rows += 1
+        pipeline = _pipeline(kind)
+        rows = sum(1 for _ in _stream(pipeline, sources, write_rejects=False))
         if rows == 0:
-            raise DataError(f"no {kind} rows in data.{split} (every row was filtered out, dropped or left out, or "
-                            "the files are empty)")
-        out[split] = {"rows": rows, **findings(stats)}
+            raise _no_rows(kind, f"data.{split}")
+        out[split] = {"rows": rows, **findings(pipeline.stats)}
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from dpo_cli.evidence.scoring import Truncation, encode_pairs
@@ -24,15 +25,6 @@ class ResponseLoss:
         return self.lost / self.rows if self.rows else 0.0
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
 def _signal(tokenizer, row: dict) -> tuple[int, int] | None:
     """(token where the learning signal starts, full length) of one canonical row; None for prompt-only rows.
 
@@ -42,7 +34,7 @@ def _signal(tokenizer, row: dict) -> tuple[int, int] | None:
     everything = Truncation()
     if "chosen" in row:
         (chosen, _), (rejected, _) = encode_pairs(tokenizer, [row], everything, keep_all=True)[0]
-        return _common_prefix(chosen, rejected), max(len(chosen), len(rejected))
+        return len(os.path.commonprefix([chosen, rejected])), max(len(chosen), len(rejected))
     if "messages" in row:
         turns = row["messages"]
         first = next((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), len(turns))
