@@ -195,6 +195,23 @@ def test_llamafactory_examples_import(tmp_path, capsys, monkeypatch, name, stage
     assert code == 0, err
 
 
+def test_import_maps_the_sft_term_lists_and_says_what_it_cannot_map(tmp_path, capsys):
+    (tmp_path / "lf.yaml").write_text("stage: dpo\nmodel_name_or_path: m\ndataset: a,b\nlora_target: q_proj,v_proj\n"
+                                      "pref_ftx: 0.5\nquantization_bit: 4\nenable_liger_kernel: true\nweird_key: 3\n")
+    code, _, err = run_cli(capsys, "import-recipe", str(tmp_path / "lf.yaml"), "-o", str(tmp_path / "r.yaml"))
+    assert code == 0 and "weird_key: 3 is not mapped" in err
+    text = (tmp_path / "r.yaml").read_text()
+    assert "#   weird_key: 3  -- no dpo-cli setting, and DPOConfig has no field of that name" in text
+    assert "quantization_method" not in text  # not in the file: nothing to say about it
+    from dpo_cli.recipe.yamlfile import load_yaml
+
+    recipe, _ = load_yaml(tmp_path / "r.yaml")
+    assert recipe["trainer"]["loss_type"] == ["sigmoid", "sft"] and recipe["trainer"]["loss_weights"] == [1.0, 0.5]
+    assert recipe["lora"]["target_modules"] == ["q_proj", "v_proj"] and recipe["quantization"] == {"bits": 4}
+    assert recipe["trainer"]["use_liger_kernel"] is True
+    assert [s["name"] for s in recipe["data"]["train"]] == ["a", "b"]
+
+
 def test_import_refuses_what_has_no_dpo_cli_stage(tmp_path, capsys):
     (tmp_path / "pt.yaml").write_text("stage: pt\nmodel_name_or_path: m\ndataset: c4_demo\n")
     code, _, err = run_cli(capsys, "import-recipe", str(tmp_path / "pt.yaml"), "-o", str(tmp_path / "r.yaml"))

@@ -7,9 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from dpo_cli.core.errors import InputError
 from dpo_cli.recipe.trainer_fields import OWNED_TRAINER_KEYS
-from dpo_cli.recipe.yamlfile import load_yaml, yaml_dump
+from dpo_cli.recipe.yamlfile import load_yaml
 
 STAGES = {"sft": "sft", "dpo": "dpo", "kto": "kto", "rm": "reward", "ppo": "ppo"}
 
@@ -61,7 +63,9 @@ class Imported:
 
 
 def _scalar(value: Any) -> str:
-    return yaml_dump(value).strip().removesuffix("...").strip()
+    """A value as one line of YAML (lists in flow style), read back as the same value."""
+    return yaml.safe_dump(value, default_flow_style=True, allow_unicode=True, width=1 << 20).strip() \
+        .removesuffix("...").strip()
 
 
 def _from(key: str, value: Any) -> str:
@@ -86,7 +90,8 @@ def _sources(data: dict, key: str, out: Imported) -> None:
     limit = data.get("max_samples")
     sources = [{"registry": str(Path(directory) / "dataset_info.json"), "name": name,
                 **({"limit": int(limit)} if limit else {})} for name in names]
-    origin = f"{_from(key, data[key])} in {_from('dataset_dir', directory)}"
+    origin = f"{_from(key, data[key])} in {_from('dataset_dir', directory)}" + \
+        ("" if "dataset_dir" in data else " (LLaMA-Factory's default)")
     if limit:
         origin += f"; max_samples: {limit} as each source's limit (its first rows)"
     out.set(("data", "train" if key == "dataset" else "eval"), sources, origin, key, "dataset_dir", "max_samples")
@@ -131,10 +136,10 @@ def _quantization(data: dict, out: Imported, key: str, path: tuple) -> None:
         for lf_key, ours in (("quantization_type", "quant_type"), ("double_quantization", "double_quant")):
             if lf_key in data:
                 out.set(path + (ours,), data[lf_key], _from(lf_key, data[lf_key]), lf_key)
-        method = data.get("quantization_method", "bnb")
+        method = data.get("quantization_method")
         if method == "bnb":
             out.drop("quantization_method", method, "dpo-cli quantizes with bitsandbytes")
-        else:
+        elif method is not None:
             out.unmap("quantization_method", method, "dpo-cli quantizes with bitsandbytes only")
 
 
