@@ -6,6 +6,8 @@ the page can never drift from what the program says. In files, argv and messages
 
 from __future__ import annotations
 
+import gzip
+import json
 from dataclasses import dataclass, field
 
 GOOD_RECIPE = """\
@@ -41,6 +43,10 @@ def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
 
 
 TRAIN = ["train", "{tmp}/r.yaml"]
+USER, ASSISTANT = {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}
+HUMAN, GPT = {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}
+REGISTRY = json.dumps({"dpo_en_demo": {"file_name": "dpo_en_demo.json", "formatting": "sharegpt", "ranking": True},
+                       "dpo_mix_en": {"hf_hub_url": "llamafactory/DPO-En-Zh-20k", "ranking": True}})
 CONVERT = ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"]
 GOOD_ROW = '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
 
@@ -267,10 +273,84 @@ CASES = [
            "field 'rejected': chosen and rejected differ at turn 0, before their final assistant turn, so they "
            "share no prompt"),
       ]],
+    # rows of the formats read since issue 14, each with the row before it good
+    *[Case(f"data-{name}", "data", what, CONVERT, "{tmp}/in.jsonl:2: " + message,
+           {"in.jsonl": json.dumps(good) + "\n" + json.dumps(bad) + "\n"})
+      for name, what, good, bad, message in [
+          ("kto-label", "a KTO label that is not true or false",
+           {"messages": [USER, ASSISTANT], "label": True}, {"messages": [USER, ASSISTANT], "label": "maybe"},
+           "field 'label': must be true or false, found 'maybe'"),
+          ("function-call-json", "a ShareGPT function_call turn whose value is not JSON",
+           {"conversations": [HUMAN, GPT]},
+           {"conversations": [HUMAN, {"from": "function_call", "value": "get_time()"},
+                              {"from": "observation", "value": "12:00"}, GPT]},
+           "field 'conversations[1]': not valid JSON (Expecting value)"),
+          ("alpaca-sft-output", "an alpaca SFT row with an empty output",
+           {"instruction": "Q", "input": "", "output": "A"}, {"instruction": "Q", "input": "", "output": " "},
+           "field 'output': response is empty or whitespace only"),
+          ("tool-call-arguments", "tool call arguments that are not a JSON object",
+           {"messages": [USER, ASSISTANT]},
+           {"messages": [USER, {"role": "assistant", "tool_calls": [
+               {"type": "function", "function": {"name": "f", "arguments": "[1, 2]"}}]}]},
+           "field 'messages[1].tool_calls': the arguments of tool call 0 (f) must be a JSON object, found a list"),
+          ("tools-json", "a tools column that is not valid JSON",
+           {"messages": [USER, ASSISTANT], "tools": "[]"}, {"messages": [USER, ASSISTANT], "tools": "[{name: f}]"},
+           "field 'tools': not valid JSON (Expecting property name enclosed in double quotes)"),
+          ("non-text-part", "a content part that is an image",
+           {"messages": [USER, ASSISTANT]},
+           {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                      {"type": "image_url", "image_url": {"url": "a.png"}}]},
+                         ASSISTANT]},
+           "field 'messages[0].content[1]': content part type 'image_url' is not text; dpo-cli trains on text only "
+           "(drop the part, or keep its text in a text part)"),
+          ("v1-prompt-mismatch", "LLaMA-Factory v1 pairs whose conversations differ before the answer",
+           {"chosen_messages": [USER, ASSISTANT], "rejected_messages": [USER, {"role": "assistant", "content": "B"}]},
+           {"chosen_messages": [USER, ASSISTANT], "rejected_messages": [
+               {"role": "user", "content": "Other"}, {"role": "assistant", "content": "B"}]},
+           "field 'rejected_messages': chosen and rejected differ at turn 0, before their final assistant turn, so "
+           "they share no prompt"),
+          ("openai-dpo-outputs", "an OpenAI DPO row with two preferred messages",
+           {"input": {"messages": [USER]}, "preferred_output": [ASSISTANT],
+            "non_preferred_output": [{"role": "assistant", "content": "B"}]},
+           {"input": {"messages": [USER]}, "preferred_output": [ASSISTANT, ASSISTANT],
+            "non_preferred_output": [{"role": "assistant", "content": "B"}]},
+           "field 'preferred_output': must hold exactly one assistant message (found 2)"),
+          ("prompt-messages-order", "prompt-only messages with two user turns in a row",
+           {"messages": [USER]}, {"messages": [USER, USER]},
+           "field 'messages': two user turns in a row at turn 1"),
+      ]],
+    Case("convert-nothing-written", "option", "convert-data that would write no row",
+         [*CONVERT, "--where", "prompt == 'none'"],
+         "no rows to write (1 rows read; 1 filtered out by --where); pass --allow-empty to write an empty file anyway",
+         {"in.jsonl": GOOD_ROW}),
+    Case("convert-preference-not-pku", "option", "--preference on data that is not PKU-SafeRLHF",
+         [*CONVERT, "--preference", "safer"],
+         "{tmp}/in.jsonl: --preference safer applies to pku-saferlhf data only, but this file was read as trl; drop "
+         "--preference, or convert the pku-saferlhf files on their own", {"in.jsonl": GOOD_ROW}),
+    Case("registry-unknown-name", "data", "a registry entry that does not exist",
+         ["convert-data", "--registry", "{tmp}/dataset_info.json", "--name", "dpo_en_dem", "-o", "{tmp}/out.jsonl"],
+         "{tmp}/dataset_info.json: no dataset named 'dpo_en_dem' in the registry; did you mean 'dpo_en_demo'?",
+         {"dataset_info.json": REGISTRY}),
+    Case("registry-hub-entry", "data", "a registry entry on a hub, with no local file",
+         ["convert-data", "--registry", "{tmp}/dataset_info.json", "--name", "dpo_mix_en", "-o", "{tmp}/out.jsonl"],
+         "{tmp}/dataset_info.json: entry 'dpo_mix_en': names no local file (hf_hub_url: llamafactory/DPO-En-Zh-20k); "
+         "dpo-cli reads local files: download the data (for example huggingface-cli download --repo-type dataset "
+         "NAME --local-dir data/NAME) and set file_name", {"dataset_info.json": REGISTRY}),
+    Case("source-rejects-alone", "recipe", "a data source with rejects: but not skip_invalid: true", TRAIN,
+         "{tmp}/r.yaml:5: field 'data.train.0': rejects only applies with skip_invalid: true (without it the first "
+         "bad row stops)", recipe_with("train: {tmp}/train.jsonl", "train: {path: {tmp}/train.jsonl, rejects: x.jsonl}")),
+    Case("dry-run-bad-row", "data", "a bad row, found by --dry-run before anything is loaded", [*TRAIN, "--dry-run"],
+         "{tmp}/train.jsonl:2: field 'rejected': stage dpo reads preference pairs (prompt, chosen, rejected); "
+         "missing (columns found: chosen, prompt)",
+         recipe_with("", "", **{"train.jsonl": PAIR + '{"prompt": "Q", "chosen": "A"}\n'})),
+    Case("import-recipe-stage", "recipe", "a LLaMA-Factory YAML whose stage dpo-cli does not run",
+         ["import-recipe", "{tmp}/lf.yaml", "-o", "{tmp}/r.yaml"],
+         "stage: pt has no dpo-cli stage (dpo-cli runs sft, dpo, kto, rm, ppo)",
+         {"lf.yaml": "stage: pt\nmodel_name_or_path: m\ndataset: c4_demo\n"}),
     Case("data-unknown-format", "data", "columns that match no format", CONVERT,
          "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
-         "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, kto, prompt-only, conversation, "
-         "prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+         "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, llamafactory-v1, openai-dpo, kto, "
+         "prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-ambiguous-format", "data", "columns that fit several formats", CONVERT,
          "{tmp}/in.jsonl:1: the columns (chosen, input, instruction, prompt, rejected) fit several formats: trl, "
          "alpaca; choose one with --format",
@@ -291,4 +371,31 @@ CASES = [
          "--eval-split must be a fraction between 0 and 1, such as 0.05", {"in.jsonl": GOOD_ROW}),
     Case("convert-map-form", "option", "a --map without '='", [*CONVERT, "--map", "prompt"],
          "--map 'prompt' must be CANONICAL=COLUMN, for example --map prompt=question", {"in.jsonl": GOOD_ROW}),
+    Case("convert-map-unknown", "option", "a --map onto a column no format reads", [*CONVERT, "--map", "bogus=prompt"],
+         "--map 'bogus=prompt': 'bogus' is not a column any format reads", {"in.jsonl": GOOD_ROW}),
+    Case("convert-rejects-is-output", "option", "convert-data --rejects naming the --output file",
+         [*CONVERT, "--skip-invalid", "--rejects", "{tmp}/out.jsonl"],
+         "{tmp}/out.jsonl is named for two outputs (--output, its .eval split, --rejects); each needs a file of its "
+         "own", {"in.jsonl": GOOD_ROW}),
+    Case("data-gzip-truncated", "data", "a .jsonl.gz cut short", ["convert-data", "{tmp}/in.jsonl.gz", "-o", "{tmp}/o.jsonl"],
+         "{tmp}/in.jsonl.gz:*: the gzip stream is damaged or cut short after line * (Compressed file ended before the "
+         "end-of-stream marker was reached)", {"in.jsonl.gz": gzip.compress(GOOD_ROW.encode() * 5000, mtime=0)[:600]}),
+    Case("data-gzip-not-gzip", "data", "a .jsonl.gz that is not gzip", ["convert-data", "{tmp}/in.jsonl.gz", "-o",
+                                                                        "{tmp}/o.jsonl"],
+         "{tmp}/in.jsonl.gz: not a gzip file, though its name ends in .gz", {"in.jsonl.gz": GOOD_ROW}),
+    Case("data-json-too-deep", "data", "a .json nested 100,000 levels deep", ["convert-data", "{tmp}/in.json", "-o",
+                                                                              "{tmp}/o.jsonl"],
+         "{tmp}/in.json: JSON nested too deeply to read", {"in.json": "[" * 100_000 + "]" * 100_000}),
+    Case("data-arrow-missing", "data", "a save_to_disk folder without its arrow file",
+         ["convert-data", "{tmp}/ds", "-o", "{tmp}/o.jsonl"],
+         "{tmp}/ds: its state.json lists data-00000-of-00001.arrow, which is not in the directory (a copy that left "
+         "the data behind?)", {"ds/dataset_info.json": "{}",
+                               "ds/state.json": '{"_data_files": [{"filename": "data-00000-of-00001.arrow"}]}'}),
+    *[Case(f"where-too-deep-{name}", "option", f"a --where nested {what} 5000 levels deep", [*CONVERT, "--where", where],
+           "--where: the expression nests parentheses, lists or 'not' more than 100 levels deep",
+           {"in.jsonl": GOOD_ROW})
+      for name, what, where in [("parentheses", "in parentheses", "(" * 5000 + "prompt == 'Q'" + ")" * 5000),
+                                ("not", "in 'not'", "not " * 5000 + "prompt == 'Q'")]],
+    Case("inspect-empty", "data", "inspect-data on a file with no rows", ["inspect-data", "{tmp}/in.jsonl"],
+         "{tmp}/in.jsonl: no rows: the files hold nothing to inspect or train on", {"in.jsonl": ""}),
 ]

@@ -59,7 +59,9 @@ def test_skip_invalid_keeps_the_good_row_and_counts_the_bad(name):
                           on_reject=lambda error, row: rejected.append((error, row)))
     assert len(rows) == 1
     assert pipeline.stats.dropped == {check: 1}
-    assert pipeline.stats.dropped_at[check] == [f"{BAD / name}.jsonl:2"]
+    # the summaries name file, line, field and reason, as the error without --skip-invalid does
+    assert pipeline.stats.dropped_at[check] == [str(rejected[0][0])]
+    assert str(rejected[0][0]).startswith(f"{BAD / name}.jsonl:2: ")
     assert len(rejected) == 1 and rejected[0][0].line == 2
 
 

@@ -57,7 +57,9 @@ def test_forced_format_gives_the_same_rows(name):
 
 
 def test_every_registered_format_has_a_fixture_or_kind_test():
-    covered = {fmt for fmt, _ in CASES.values()} | {"conversation", "prompt-completion"}
+    from test_data_real import REAL  # real files and files in other tools' public schemas
+
+    covered = {fmt for fmt, _ in CASES.values()} | set(REAL.values()) | {"prompt-completion"}
     assert covered == set(FORMATS)
 
 
@@ -89,7 +91,8 @@ def test_ultrafeedback_scores_in_the_wrong_order_are_reported_not_dropped():
     rows, pipeline = convert_rows(FIXTURES / "messages.jsonl")
     assert len(rows) == 4
     assert pipeline.stats.warned == {"score-order": 1}
-    assert pipeline.stats.warned_at["score-order"] == [f"{FIXTURES / 'messages.jsonl'}:3"]
+    assert pipeline.stats.warned_at["score-order"] == [
+        f"{FIXTURES / 'messages.jsonl'}:3: field 'score_chosen': score_chosen 5.0 is not above score_rejected 5.0"]
 
 
 def test_to_kto_unpairs_chosen_true_rejected_false():

@@ -287,3 +287,27 @@ def test_an_error_never_echoes_a_secret(tmp_path, capsys, write_recipe):
     recipe = write_recipe(RECIPE.format(train=data, out=tmp_path / "o"))
     err = _train_error(capsys, recipe, "env.MY_TOKEN=12345678901234")
     assert "12345678901234" not in err and "<redacted>" in err
+
+
+@pytest.mark.slow
+def test_sigterm_during_convert_data_leaves_no_temporary_file(tmp_path):
+    import signal
+    import time
+
+    source = tmp_path / "in.jsonl"
+    with open(source, "w", encoding="utf-8") as f:
+        for i in range(200_000):
+            f.write(json.dumps({"prompt": f"question {i}", "chosen": "a good answer", "rejected": "a bad one"}) + "\n")
+    before = snapshot(source)
+    process = subprocess.Popen([sys.executable, "-m", "dpo_cli", "convert-data", str(source), "-o",
+                                str(tmp_path / "out.jsonl"), "--shuffle", "--eval-split", "0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".dpo-cli-spool.*")):
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 143 and "stopped by SIGTERM" in err, err[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]  # no spool, no .tmp, no partial output
+    assert snapshot(source) == before

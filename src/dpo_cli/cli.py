@@ -222,12 +222,15 @@ def report(
 
 @app.command("convert-data")
 def convert_data(
-    inputs: Annotated[list[str], typer.Argument(help="Input files, directories or globs.", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Input files, directories or globs.",
+                                                          show_default=False)] = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Output .jsonl, .jsonl.gz, .json or .parquet.",
-                                         show_default=False)],
+                                         show_default=False)] = ...,
     format: Annotated[Optional[str], typer.Option(help="Input format (default: detected per file).")] = None,
-    to: Annotated[str, typer.Option(help="Output shape: trl, text, alpaca, sharegpt, kto, prompt-only.")] = "trl",
-    map_: Annotated[Optional[list[str]], typer.Option("--map", help="Rename: CANONICAL=COLUMN, repeatable.")] = None,
+    to: Annotated[str, typer.Option(help="Output shape: trl (TRL's rows of the data's own type), messages, "
+                                         "prompt-completion, text, alpaca, sharegpt, kto, prompt-only.")] = "trl",
+    map_: Annotated[Optional[list[str]], typer.Option("--map", help="Rename: CANONICAL=COLUMN (COLUMN may be a "
+                                                      "dotted path), repeatable.")] = None,
     keep: Annotated[Optional[list[str]], typer.Option(help="Extra column to keep, repeatable.")] = None,
     where: Annotated[Optional[str], typer.Option(help="Filter, e.g. \"language == 'zh'\".")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Write the first N rows after filtering.")] = None,
@@ -238,43 +241,76 @@ def convert_data(
     skip_invalid: Annotated[bool, typer.Option(help="Drop bad rows instead of stopping.")] = False,
     rejects: Annotated[Optional[Path], typer.Option(help="With --skip-invalid, write bad rows here.")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
-    preference: Annotated[str, typer.Option(help="pku-saferlhf: better or safer.")] = "better",
-    pairs: Annotated[str, typer.Option(help="ranked: best-worst, all or threshold=X.")] = "best-worst",
+    allow_empty: Annotated[bool, typer.Option(help="Write the output even when no row is left (else exit 2).")
+                           ] = False,
+    preference: Annotated[Optional[str], typer.Option(help="pku-saferlhf: better (default), safer or safe-only.",
+                                                      show_default=False)] = None,
+    pairs: Annotated[Optional[str], typer.Option(help="ranked: best-worst (default), all or threshold=X.",
+                                                 show_default=False)] = None,
+    registry: Annotated[Optional[str], typer.Option(help="A LLaMA-Factory dataset_info.json; with --name, read "
+                                                    "that entry instead of INPUTS.", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="The registry entry to read.", show_default=False)] = None,
 ):
-    """Convert preference data to TRL's rows: dpo-cli convert-data in.parquet -o out.jsonl."""
+    """Convert data to TRL's rows: dpo-cli convert-data in.parquet -o out.jsonl."""
     from dpo_cli.data.convert import ConvertOptions, convert, parse_map, print_summary
 
     summary = convert(ConvertOptions(
-        inputs=inputs, output=output, format=format, to=to, columns=parse_map(map_ or []), keep=keep or [],
+        inputs=inputs or [], output=output, format=format, to=to, columns=parse_map(map_ or []), keep=keep or [],
         where=where, limit=limit, shuffle=shuffle, seed=seed, dedupe=dedupe, eval_split=eval_split,
-        skip_invalid=skip_invalid, rejects=rejects, force=force, preference=preference, pairs=pairs))
+        skip_invalid=skip_invalid, rejects=rejects, force=force, preference=preference, pairs=pairs,
+        allow_empty=allow_empty, registry=registry, name=name))
     print_summary(console.stdout, summary)
 
 
 @app.command("inspect-data")
 def inspect_data(
-    inputs: Annotated[list[str], typer.Argument(help="Data files, directories or globs.", show_default=False)],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Data files, directories or globs.",
+                                                          show_default=False)] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Tokenizer for token lengths and samples.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Report rows longer than this (tokens).")] = None,
     format: Annotated[Optional[str], typer.Option(help="Input format (default: detected per file).")] = None,
     map_: Annotated[Optional[list[str]], typer.Option("--map", help="Rename: CANONICAL=COLUMN, repeatable.")] = None,
+    registry: Annotated[Optional[str], typer.Option(help="A LLaMA-Factory dataset_info.json (with --name).",
+                                                    show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option(help="The registry entry to read.", show_default=False)] = None,
 ):
     """Check a data file and show its format, problems, languages and lengths; exit 2 if any row fails a check."""
+    from dpo_cli.core.errors import InputError
     from dpo_cli.data.convert import parse_map
     from dpo_cli.data.inspection import inspect, print_report
 
     if max_length is not None and tokenizer is None:
         raise typer.BadParameter("--max-length counts tokens; give --tokenizer too", param_hint="--max-length")
+    if bool(inputs) == (registry is not None) or (registry is None) != (name is None):
+        raise InputError("name the input files, or one registry entry with --registry FILE --name NAME")
     if tokenizer is not None:
         from dpo_cli.recipe.schema import ModelSection
         from dpo_cli.train.models import load_tokenizer
 
         tokenizer = load_tokenizer(ModelSection(name_or_path=tokenizer))
-    report = inspect(inputs, format=format, columns=parse_map(map_ or []), tokenizer=tokenizer,
-                     max_length=max_length)
+    report = inspect(inputs or [], format=format, columns=parse_map(map_ or []), tokenizer=tokenizer,
+                     max_length=max_length, registry=registry, name=name)
     print_report(console.stdout, report)
     if not report.clean:
         raise typer.Exit(2)
+
+
+@app.command("import-recipe")
+def import_recipe(
+    source: Annotated[Path, typer.Argument(help="A LLaMA-Factory training YAML (llamafactory-cli train FILE).",
+                                           show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The dpo-cli recipe to write.", show_default=False)],
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+):
+    """Translate a LLaMA-Factory training YAML into a dpo-cli recipe, with a comment on every key."""
+    from dpo_cli.recipe.llamafactory import import_recipe as translate
+
+    imported = translate(source, output, force=force)
+    for key, value, why in imported.unmapped:
+        console.warn(f"{source}: {key}: {value} is not mapped: {why}")
+    console.stdout.print(f"wrote {output}: {len(imported.values)} keys translated, {len(imported.dropped)} dropped, "
+                         f"{len(imported.unmapped)} not mapped (each has a comment); check it with "
+                         f"dpo-cli train {output} --dry-run")
 
 
 @app.command("merge-lora")

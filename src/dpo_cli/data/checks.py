@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from dpo_cli.core.errors import DataError
@@ -23,12 +24,16 @@ CHECKS = {
     "prompt-mismatch": "chosen and rejected do not share the same prompt turns",
     "mixed-format": "the row is in a different format from the rest of its file",
     "bad-value": "a field has a value outside what the format allows",
+    "non-text": "a content part is not text (an image, audio or video)",
+    "bad-tool-call": "a tool call or tool list is not valid JSON of the expected shape",
     "filter": "the --where expression could not be evaluated on this row",
 }
 
 # checks that are reported but do not stop a row
 WARNINGS = {
     "score-order": "score_chosen is not above score_rejected",
+    "unsafe-chosen": "the chosen response is marked unsafe (is_response_N_safe: false)",
+    "loss-weight": "an assistant turn TRL trains on has a weight of 0 (loss_weight, weight), which TRL cannot honour",
 }
 
 ROLES = frozenset({"system", "user", "assistant", "tool"})
@@ -56,6 +61,28 @@ def check_of(error: DataError) -> str:
     if reason.startswith("expected a JSON object"):
         return "not-object"
     return "unreadable"
+
+
+def reject_record(error: DataError, row: dict | None) -> dict:
+    """A bad row as a rejects file keeps it: where, which check, which field, why, and the row itself."""
+    return {"file": str(error.file), "line": error.line, "check": check_of(error), "field": error.field,
+            "message": error.reason, "row": row}
+
+
+class Omitted(Exception):
+    """A valid row that gives no output for the shape asked for (for SFT, a KTO row labelled undesirable); counted
+    under ``reason`` (a key of OMISSIONS), never an error."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# reason -> what it means; rows left out on purpose are counted and said, never silently lost
+OMISSIONS = {
+    "undesirable": "rows labelled undesirable (label false), which supervised fine-tuning does not imitate",
+    "not-safe-vs-unsafe": "pairs that are not one safe and one unsafe response (--preference safe-only)",
+}
 
 
 class Where:
@@ -111,8 +138,9 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def message(value: Any, at: Where, field: str) -> dict[str, str]:
-    """One ``{role, content}`` message, checked; other keys are dropped."""
+def message(value: Any, at: Where, field: str) -> dict[str, Any]:
+    """One ``{role, content}`` message, checked; tool calls, content parts and reasoning are normalised, other keys
+    (``loss_weight``, ``weight``, ...) dropped."""
     if type(value) is not dict:
         raise at.error("wrong-type", f"expected a message object with 'role' and 'content', found {_kind(value)}",
                        field)
@@ -123,12 +151,127 @@ def message(value: Any, at: Where, field: str) -> dict[str, str]:
     if type(role) is not str or role not in ROLES:
         raise at.error("bad-role", f"unknown role {role!r} (expected one of {', '.join(sorted(ROLES))})", field)
     content = value.get("content")
+    if type(content) is str and len(value) == 2:  # the common case, kept cheap
+        return {"role": role, "content": content}
+    return _rich_message(value, role, content, at, field)
+
+
+def _rich_message(value: dict, role: str, content: Any, at: Where, field: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": role}
+    reasoning = value.get("reasoning_content")
+    calls: list[dict] = []
+    if type(content) is list:
+        content, part_reasoning, calls = content_parts(content, at, field)
+        if part_reasoning:
+            reasoning = (reasoning or "") + part_reasoning
+    raw_calls = value.get("tool_calls")
+    if raw_calls is not None:
+        calls += tool_calls(raw_calls, at, f"{field}.tool_calls")
     if content is None:
-        raise at.error("missing-field" if "content" not in value else "null-field",
-                       "message has no 'content'", field)
-    if type(content) is not str:
+        if not calls:
+            raise at.error("missing-field" if "content" not in value else "null-field",
+                           "message has no 'content'", field)
+        content = ""  # OpenAI leaves content null on a tool call; chat templates expect text
+    elif type(content) is not str:
         raise at.error("wrong-type", f"message content must be text, found {_kind(content)}", field)
-    return {"role": role, "content": content}
+    out["content"] = content
+    if calls:
+        if role != "assistant":
+            raise at.error("bad-role", f"only an assistant turn can call tools, not {role}", field)
+        out["tool_calls"] = calls
+    if reasoning:
+        out["reasoning_content"] = text(reasoning, at, f"{field}.reasoning_content")
+    if role == "tool":  # some templates name the tool or the call a result answers
+        for key in ("name", "tool_call_id"):
+            if type(value.get(key)) is str:
+                out[key] = value[key]
+    return out
+
+
+def content_parts(parts: list, at: Where, field: str) -> tuple[str, str, list[dict]]:
+    """``[{"type": "text", "text"|"value": ...}, ...]`` -> (joined text, reasoning, tool calls).
+
+    Text parts are joined without a separator, as LLaMA-Factory renders them; ``reasoning`` and ``tool_call`` parts
+    (LLaMA-Factory v1) become reasoning_content and tool_calls; anything else (images, audio) is refused by name.
+    """
+    texts, reasoning, calls = [], [], []
+    for i, part in enumerate(parts):
+        where = f"{field}.content[{i}]"
+        if type(part) is str:
+            texts.append(part)
+            continue
+        if type(part) is not dict:
+            raise at.error("wrong-type", f"a content part must be an object with a type, found {_kind(part)}",
+                           where)
+        kind = part.get("type")
+        body = part.get("text", part.get("value"))
+        if kind in ("text", "input_text", "output_text", "reasoning", "tool_call"):
+            if type(body) is not str:
+                raise at.error("wrong-type", f"a {kind} part needs its text under 'text' or 'value'", where)
+            if kind == "reasoning":
+                reasoning.append(body)
+            elif kind == "tool_call":
+                calls += tool_calls(_json_value(body, at, where), at, where)
+            else:
+                texts.append(body)
+        else:
+            raise at.error("non-text", f"content part type {kind!r} is not text; dpo-cli trains on text only "
+                           "(drop the part, or keep its text in a text part)", where)
+    return "".join(texts), "".join(reasoning), calls
+
+
+def _json_value(value: Any, at: Where, field: str) -> Any:
+    if type(value) is not str:
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as exc:
+        raise at.error("bad-tool-call", f"not valid JSON ({exc.args[0].split(':')[0]})", field) from None
+
+
+def tool_calls(value: Any, at: Where, field: str) -> list[dict]:
+    """OpenAI ``[{"type": "function", "function": {"name", "arguments"}}]`` or bare ``{"name", "arguments"}`` objects
+    (LLaMA-Factory's function_call turns), one or a list -> the OpenAI shape with arguments as an object, which is
+    what transformers' chat templates render."""
+    value = _json_value(value, at, field)
+    calls = value if type(value) is list else [value]
+    out = []
+    for i, call in enumerate(calls):
+        if type(call) is not dict:
+            raise at.error("bad-tool-call", f"tool call {i} must be an object, found {_kind(call)}", field)
+        function = call.get("function", call) if call.get("type", "function") == "function" else None
+        if type(function) is not dict or type(function.get("name")) is not str:
+            raise at.error("bad-tool-call", f"tool call {i} must have a function name and arguments", field)
+        arguments = _json_value(function.get("arguments", {}), at, field)
+        if type(arguments) is not dict:
+            raise at.error("bad-tool-call", f"the arguments of tool call {i} ({function['name']}) must be a JSON "
+                           f"object, found {_kind(arguments)}", field)
+        canonical: dict[str, Any] = {"id": call["id"]} if type(call.get("id")) is str else {}
+        canonical.update(type="function", function={"name": function["name"], "arguments": arguments})
+        out.append(canonical)
+    return out
+
+
+def tools(value: Any, at: Where, field: str = "tools") -> list[dict] | None:
+    """A tools column (a JSON string, as LLaMA-Factory stores it, or a list) -> a list of OpenAI function schemas;
+    None when there are none. Bare ``{name, description, parameters}`` schemas are wrapped as
+    ``{"type": "function", "function": ...}``, the form transformers and OpenAI document."""
+    if value is None or value == "":
+        return None
+    value = _json_value(value, at, field)
+    items = [value] if type(value) is dict else value
+    if type(items) is not list:
+        raise at.error("bad-tool-call", f"tools must be a list of function schemas, found {_kind(value)}", field)
+    out = []
+    for i, item in enumerate(items):
+        if type(item) is not dict:
+            raise at.error("bad-tool-call", f"tool {i} must be an object, found {_kind(item)}", field)
+        if item.get("type") != "function":
+            item = {"type": "function", "function": item}
+        if type(item.get("function")) is not dict or type(item["function"].get("name")) is not str:
+            raise at.error("bad-tool-call", f"tool {i} has no function name", field)
+        out.append(item)
+    return out or None
 
 
 def messages(value: Any, at: Where, field: str) -> list[dict[str, str]]:
@@ -167,11 +310,11 @@ def check_prompt(prompt: list[dict[str, str]], at: Where, field: str = "prompt")
                        field)
 
 
-def check_response(turn: dict[str, str], at: Where, field: str) -> None:
+def check_response(turn: dict[str, Any], at: Where, field: str) -> None:
     if turn["role"] != "assistant":
         raise at.error("last-not-assistant", f"the response must be an assistant turn, not {turn['role']}", field)
     content = turn["content"]
-    if not content or content.isspace():
+    if (not content or content.isspace()) and "tool_calls" not in turn:
         raise at.error("empty-response", "response is empty or whitespace only", field)
 
 
@@ -181,7 +324,7 @@ def check_pair(prompt: list[dict[str, str]], chosen: dict[str, str], rejected: d
     check_prompt(prompt, at)
     check_response(chosen, at, "chosen")
     check_response(rejected, at, "rejected")
-    if chosen["content"] == rejected["content"]:
+    if chosen == rejected:
         raise at.error("identical", "chosen and rejected are identical", "rejected")
     return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
 

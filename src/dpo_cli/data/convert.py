@@ -15,8 +15,8 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, InputError, did_you_mean
-from dpo_cli.data.checks import CHECKS, WARNINGS, check_of
-from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.checks import reject_record
+from dpo_cli.data.formats import FORMATS, AdapterOptions
 from dpo_cli.data.readers import expand_paths
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import TARGETS
@@ -25,7 +25,7 @@ from dpo_cli.data.writers import dumps, open_writer, output_kind
 
 @dataclass
 class ConvertOptions:
-    inputs: list[str]
+    inputs: list[str]  # files, directories or globs; empty with a registry entry
     output: Path
     format: str | None = None
     to: str = "trl"
@@ -40,8 +40,17 @@ class ConvertOptions:
     skip_invalid: bool = False
     rejects: Path | None = None
     force: bool = False
-    preference: str = "better"
-    pairs: str = "best-worst"
+    preference: str | None = None  # None: the format's default, and no error on other formats
+    pairs: str | None = None
+    allow_empty: bool = False
+    registry: str | None = None  # a LLaMA-Factory dataset_info.json, with name: read that entry
+    name: str | None = None
+
+    def sources(self) -> list[Source]:
+        common = {"where": self.where}
+        if self.registry is None:
+            return [Source(path=spec, format=self.format, columns=self.columns, **common) for spec in self.inputs]
+        return [Source.of({"registry": self.registry, "name": self.name, **common})]
 
 
 @dataclass
@@ -63,10 +72,14 @@ class ConvertSummary:
 def parse_map(items: list[str]) -> dict[str, str]:
     """``--map prompt=question`` -> {"prompt": "question"}."""
     out = {}
+    known = {column for fmt in FORMATS.values() for column in fmt.columns}
     for item in items:
         target, sep, column = item.partition("=")
         if not sep or not target.strip() or not column.strip():
             raise InputError(f"--map '{item}' must be CANONICAL=COLUMN, for example --map prompt=question")
+        if target.strip() not in known:
+            raise InputError(f"--map '{item}': '{target.strip()}' is not a column any format reads"
+                             f"{did_you_mean(target.strip(), known)}")
         out[target.strip()] = column.strip()
     return out
 
@@ -84,14 +97,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _check_outputs(options: ConvertOptions, outputs: list[Path]) -> None:
-    inputs = [p for spec in options.inputs for p in expand_paths(spec)]
+def _check_outputs(sources: list[Source], outputs: list[Path], force: bool) -> None:
+    for i, out in enumerate(outputs):
+        for other in outputs[:i]:
+            if out.resolve() == other.resolve():
+                raise InputError(f"{out} is named for two outputs (--output, its .eval split, --rejects); each "
+                                 f"needs a file of its own")
+    inputs = [p for source in sources for p in expand_paths(source.path)]
     for out in outputs:
         for path in inputs:
             if out.resolve() == path.resolve() or _same_file(out, path) or path.resolve() in out.resolve().parents:
                 raise InputError(f"the output {out} is the input {path} (or a link to it); inputs are never "
                                  "written to, choose another --output")
-        if out.exists() and not options.force:
+        if out.exists() and not force:
             raise InputError(f"{out} exists; pass --force to replace it")
         if out.is_dir():
             raise InputError(f"{out} is a directory; --output must be a file")
@@ -106,6 +124,13 @@ def _validate(options: ConvertOptions) -> None:
         raise InputError("--eval-split must be a fraction between 0 and 1, such as 0.05")
     if options.rejects is not None and not options.skip_invalid:
         raise InputError("--rejects only applies with --skip-invalid (without it the first bad row stops)")
+    if (options.registry is None) != (options.name is None):
+        raise InputError("--registry and --name go together: the dataset_info.json and the entry to read")
+    if options.registry is not None and (options.inputs or options.format or options.columns):
+        raise InputError("with --registry the entry names the file, its format and its columns; drop the INPUT "
+                         "paths, --format and --map")
+    if options.registry is None and not options.inputs:
+        raise InputError("name the input files, or a LLaMA-Factory registry entry with --registry FILE --name NAME")
 
 
 class _Spool:
@@ -153,7 +178,8 @@ def convert(options: ConvertOptions) -> ConvertSummary:
     kind = output_kind(output)
     eval_output = eval_path_for(output) if options.eval_split else None
     outputs = [output] + ([eval_output] if eval_output else []) + ([options.rejects] if options.rejects else [])
-    _check_outputs(options, outputs)
+    sources = options.sources()
+    _check_outputs(sources, outputs, options.force)
 
     with contextlib.ExitStack() as stack:
         rejects_writer = None
@@ -164,8 +190,7 @@ def convert(options: ConvertOptions) -> ConvertSummary:
 
         def on_reject(error: DataError, row: dict | None) -> None:
             if rejects_writer is not None:
-                rejects_writer.write(dumps({"file": str(error.file), "line": error.line, "check": check_of(error),
-                                            "field": error.field, "message": error.reason, "row": row}))
+                rejects_writer.write(dumps(reject_record(error, row)))
 
         pipeline = RowPipeline(TARGETS[options.to], AdapterOptions(preference=options.preference, pairs=options.pairs),
                             keep=options.keep, skip_invalid=options.skip_invalid, on_reject=on_reject,
@@ -181,8 +206,7 @@ def convert(options: ConvertOptions) -> ConvertSummary:
         seen: set[bytes] | None = set() if options.dedupe else None
         duplicates = written = 0
         limit = options.limit
-        for spec in options.inputs:
-            source = Source(path=spec, format=options.format, columns=options.columns, where=options.where)
+        for source in sources:
             for _record, row in pipeline.rows(source):
                 line = dumps(row)
                 if seen is not None:
@@ -197,6 +221,8 @@ def convert(options: ConvertOptions) -> ConvertSummary:
                     break
             if limit is not None and written >= limit:
                 break
+        if written == 0 and not options.allow_empty:  # raised inside the stack: no output file is left behind
+            raise InputError(_nothing_written(pipeline.stats, duplicates))
         eval_written = 0
         if spooled:
             eval_written, written = _write_spooled(spool, options, tmp, kind, eval_output, stack)
@@ -205,6 +231,16 @@ def convert(options: ConvertOptions) -> ConvertSummary:
     return ConvertSummary(output=output, eval_output=eval_output, written=written, eval_written=eval_written,
                           duplicates=duplicates, seconds=time.perf_counter() - started, stats=pipeline.stats,
                           rejects=options.rejects)
+
+
+def _nothing_written(stats: Stats, duplicates: int) -> str:
+    reasons = [f"{stats.read:,} rows read"]
+    if stats.filtered:
+        reasons.append(f"{stats.filtered:,} filtered out by --where")
+    reasons += [f"{n:,} {what}" for what, n, _, _ in stats.findings() if what.startswith(("dropped", "left out"))]
+    if duplicates:
+        reasons.append(f"{duplicates:,} duplicates")
+    return f"no rows to write ({'; '.join(reasons)}); pass --allow-empty to write an empty file anyway"
 
 
 def _write_spooled(spool: _Spool, options: ConvertOptions, tmp: Path, kind: str, eval_output: Path | None,
@@ -236,7 +272,8 @@ def _write_spooled(spool: _Spool, options: ConvertOptions, tmp: Path, kind: str,
 
 
 def print_summary(console, summary: ConvertSummary) -> None:
-    """The end-of-run summary: rows read, written, dropped by reason, languages, time."""
+    """The end-of-run summary: rows read, written, dropped, warned and left out with their first places, unused
+    columns, languages, time."""
     from rich.table import Table
 
     stats = summary.stats
@@ -253,16 +290,22 @@ def print_summary(console, summary: ConvertSummary) -> None:
         table.add_row("eval split", f"{summary.eval_written:,} -> {summary.eval_output}")
     if summary.duplicates:
         table.add_row("duplicates removed", f"{summary.duplicates:,}")
-    for check, count in stats.dropped.most_common():
-        places = ", ".join(stats.dropped_at.get(check, []))
-        table.add_row(f"dropped: {check}", f"{count:,} ({CHECKS.get(check, check)}; first at {places})")
+    print_findings(table, stats)
     if summary.rejects is not None and stats.dropped:
         table.add_row("rejected rows", str(summary.rejects))
-    for check, count in stats.warned.most_common():
-        places = ", ".join(stats.warned_at.get(check, []))
-        table.add_row(f"warning: {check}", f"{count:,} ({WARNINGS.get(check, check)}; first at {places})")
     if stats.languages:
         mix = ", ".join(f"{lang} {n:,}" for lang, n in stats.languages.most_common(8))
         table.add_row("languages", mix + (" (guessed from the script)" if stats.languages_guessed else ""))
     table.add_row("time", f"{summary.seconds:.2f} s, {summary.rows_per_second:,.0f} rows/s")
     console.print(table)
+
+
+def print_findings(table, stats: Stats) -> None:
+    """One row per finding, then its first places (``file:line: field 'x': reason``), as inspect-data prints them.
+    Plain text, never markup: a reason may hold brackets."""
+    from rich.text import Text
+
+    for what, count, meaning, places in stats.findings():
+        table.add_row(what, Text(f"{count:,} ({meaning})"))
+        for place in places:
+            table.add_row("", Text(f"  {place}"))

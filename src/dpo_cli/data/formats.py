@@ -6,7 +6,11 @@ An adapter returns a list of canonical examples (usually one; ``ranked`` may mak
   standard form: three strings),
 - an unpaired example ``{"prompt", "completion", "label"}``,
 - a prompt-only example ``{"prompt"}``,
-- a conversation ``{"messages"}``, or a prompt-completion example ``{"prompt", "completion"}``.
+- a conversation ``{"messages"}``, or a prompt-completion example ``{"prompt", "completion"}``;
+
+each with a ``tools`` list when the row declares tools (TRL's SFT and DPO trainers hand it to the chat template).
+Messages are ``{role, content}``, with ``tool_calls`` on an assistant turn that calls tools (OpenAI's shape, the
+arguments an object) and ``reasoning_content`` where the data has reasoning apart from the answer.
 
 Every failure is a RowError (a DataError) naming the file, line and field; an adapter never returns None.
 """
@@ -20,31 +24,54 @@ from typing import Any
 
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data import checks as c
-from dpo_cli.data.checks import RowError, Where
+from dpo_cli.data.checks import Omitted, RowError, Where
+
+
+@dataclass(frozen=True)
+class Tags:
+    """How a ShareGPT-style message names its speaker and text (a LLaMA-Factory registry entry's ``tags``)."""
+
+    role: str = "from"
+    content: str = "value"
+    roles: tuple[tuple[str, str], ...] = ()  # (tag value, role): role is user, assistant, system, tool or a call
 
 
 @dataclass
 class AdapterOptions:
-    """Choices some formats need: which PKU-SafeRLHF id decides, how ranked responses become pairs."""
+    """Choices some formats need: which PKU-SafeRLHF answer is chosen, how ranked responses become pairs, and the
+    message tags of a registry entry. None means not asked for: the format's default applies."""
 
-    preference: str = "better"  # pku-saferlhf: better | safer
-    pairs: str = "best-worst"  # ranked: best-worst | all | threshold=X
+    preference: str | None = None  # pku-saferlhf: better (default) | safer | safe-only
+    pairs: str | None = None  # ranked: best-worst (default) | all | threshold=X
     warn: Callable[[RowError], None] | None = None  # rows that convert but deserve a mention
+    tags: Tags | None = None  # sharegpt: set per source from a registry entry
 
     def __post_init__(self) -> None:
-        if self.preference not in ("better", "safer"):
-            raise DataError(f"--preference must be 'better' or 'safer', not {self.preference!r}")
+        if self.preference not in (None, "better", "safer", "safe-only"):
+            raise DataError(f"--preference must be 'better', 'safer' or 'safe-only', not {self.preference!r}")
         self.threshold = None
-        if self.pairs.startswith("threshold="):
+        pairs = self.pairs or "best-worst"
+        if pairs.startswith("threshold="):
             try:
-                self.threshold = float(self.pairs.split("=", 1)[1])
+                self.threshold = float(pairs.split("=", 1)[1])
             except ValueError:
-                raise DataError(f"--pairs threshold=X needs a number, got {self.pairs!r}") from None
-        elif self.pairs not in ("best-worst", "all"):
-            raise DataError(f"--pairs must be best-worst, all or threshold=X, not {self.pairs!r}")
+                raise DataError(f"--pairs threshold=X needs a number, got {pairs!r}") from None
+        elif pairs not in ("best-worst", "all"):
+            raise DataError(f"--pairs must be best-worst, all or threshold=X, not {pairs!r}")
+
+    def check_applies(self, fmt: str, file: str) -> None:
+        """An option for one format given for a file in another would be silently ignored: refuse it."""
+        for option, value, owner in (("--preference", self.preference, "pku-saferlhf"),
+                                     ("--pairs", self.pairs, "ranked")):
+            if value is not None and fmt != owner:
+                raise DataError(f"{option} {value} applies to {owner} data only, but this file was read as {fmt}; "
+                                f"drop {option}, or convert the {owner} files on their own", file=file)
 
 
 USER, ASSISTANT, SYSTEM = "user", "assistant", "system"
+
+
+FUNCTION_CALL = "function_call"  # a ShareGPT turn whose text is a JSON tool call
 
 
 def _user(content: str) -> dict[str, str]:
@@ -60,6 +87,65 @@ def _system_prefix(row: dict, at: Where, name: str = "system") -> list[dict[str,
     if system is None or system == "":
         return []
     return [{"role": SYSTEM, "content": c.text(system, at, name)}]
+
+
+def _with_tools(example: dict, tools: list | None) -> dict:
+    if tools:
+        example["tools"] = tools
+    return example
+
+
+def _label_of(row: dict, at: Where) -> bool | None:
+    """A KTO label (``label``, or LLaMA-Factory's ``kto_tag``) as a bool; None when the row has neither."""
+    name = "label" if "label" in row else "kto_tag" if "kto_tag" in row else None
+    if name is None:
+        return None
+    label = row[name]
+    if type(label) is bool:
+        return label
+    if type(label) is int and label in (0, 1):
+        return bool(label)
+    if type(label) is str and label.lower() in ("true", "false"):
+        return label.lower() == "true"
+    raise at.error("wrong-type", f"must be true or false, found {label!r}", name)
+
+
+def _unpaired(turns: list[dict], label: bool, at: Where, field: str) -> dict:
+    """A labelled conversation as a KTO row: the last (assistant) turn is the completion, the turns before it the
+    prompt."""
+    c.check_order(turns, at, field)
+    c.check_response(turns[-1], at, field)
+    if len(turns) < 2:
+        raise at.error("missing-field", "holds only the response; a KTO row needs the prompt turns before it", field)
+    c.check_prompt(turns[:-1], at, field)
+    return {"prompt": turns[:-1], "completion": turns[-1:], "label": label}
+
+
+def _conversation(turns: list[dict], at: Where, field: str) -> dict:
+    c.check_order(turns, at, field)
+    c.check_response(turns[-1], at, field)
+    return {"messages": turns}
+
+
+def _warn_loss_weights(raw: list, trained: list[int], at: Where, field: str, options: AdapterOptions) -> None:
+    """A per-turn weight (LLaMA-Factory's loss_weight, OpenAI's weight) of 0 on a turn TRL trains on: TRL has no
+    such knob, so the turn is trained all the same, and that is worth a word."""
+    if options.warn is None:
+        return
+    for i in trained:
+        turn = raw[i] if type(raw[i]) is dict else {}
+        if turn.get("loss_weight", turn.get("weight")) == 0:
+            options.warn(at.error("loss-weight", f"turn {i} has weight 0, but TRL trains on it", field))
+            return
+
+
+def _name_fields(error: RowError, at: Where, names: dict[str, str]) -> RowError:
+    """Name the user's column in an error raised on a canonical field (``chosen[0]`` -> ``preferred_output[0]``)."""
+    field = error.field or ""
+    for canonical, column in names.items():
+        if field == canonical or field.startswith(canonical + "["):
+            return at.error(error.check, error.reason, column + field[len(canonical):])
+    return error
 
 
 def _prompt_value(value: Any, at: Where, field: str = "prompt") -> str | list[dict[str, str]]:
@@ -119,13 +205,7 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
                 raise at.error("bad-value", f"with an explicit prompt, {name} must be one assistant message "
                                f"(found {len(turns)}; for full conversations use --format messages)", name)
         chosen_turn, rejected_turn = chosen_turns[0], rejected_turns[0]
-    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), row)]
-
-
-def _with_tools(pair: dict, row: dict) -> dict:
-    if "tools" in row:  # TRL's DPO hands a tools column to the chat template
-        pair["tools"] = row["tools"]
-    return pair
+    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), c.tools(row.get("tools"), at))]
 
 
 # --- messages (OpenAI-style full conversations; DPO-En-Zh-20k, UltraFeedback-binarized) -----------------------------
@@ -157,7 +237,7 @@ def messages(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
         if _is_number(sc) and _is_number(sr) and sc <= sr:
             options.warn(at.error("score-order", f"score_chosen {sc} is not above score_rejected {sr}",
                                   "score_chosen"))
-    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), row)]
+    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), c.tools(row.get("tools"), at))]
 
 
 def _is_number(value: Any) -> bool:
@@ -167,22 +247,24 @@ def _is_number(value: Any) -> bool:
 # --- alpaca ------------------------------------------------------------------------------------------------------
 
 def alpaca(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """instruction, input, chosen, rejected, optional system and history; or ranked ``output: [chosen, rejected]``."""
+    """instruction, input, optional system and history, then chosen/rejected (pairs), ``output: [chosen, rejected]``
+    (LLaMA-Factory ranking), or an ``output`` string: SFT, or KTO with a label."""
     # The common row, checked inline (this adapter is the benchmark's hot path); anything else, valid or not, takes
     # the full path below, which gives the same result or the precise error.
     instruction, extra = row.get("instruction"), row.get("input")
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if (type(instruction) is str and type(chosen) is str and type(rejected) is str
-            and (extra is None or type(extra) is str) and "system" not in row and "history" not in row):
+            and (extra is None or type(extra) is str) and "system" not in row and "history" not in row
+            and "tools" not in row):
         user = f"{instruction}\n{extra}" if extra else instruction
         if (user and not user.isspace() and chosen and not chosen.isspace() and rejected
                 and not rejected.isspace() and chosen != rejected):
             return [{"prompt": [{"role": USER, "content": user}], "chosen": [{"role": ASSISTANT, "content": chosen}],
                      "rejected": [{"role": ASSISTANT, "content": rejected}]}]
-    return _alpaca_checked(row, at)
+    return [_with_tools(_alpaca_checked(row, at), c.tools(row.get("tools"), at))]
 
 
-def _alpaca_checked(row: dict, at: Where) -> list[dict]:
+def _alpaca_checked(row: dict, at: Where) -> dict:
     instruction = c.text(c.require(row, "instruction", at), at, "instruction")
     extra = row.get("input")
     extra = "" if extra is None else c.text(extra, at, "input")
@@ -200,57 +282,90 @@ def _alpaca_checked(row: dict, at: Where) -> list[dict]:
             prompt.append(_user(c.text(turn[0], at, f"history[{i}][0]")))
             prompt.append(_assistant(c.text(turn[1], at, f"history[{i}][1]")))
     prompt.append(_user(user))
-    if "chosen" in row or "rejected" in row or "output" not in row:
-        chosen, rejected = c.require(row, "chosen", at), c.require(row, "rejected", at)
-    else:
-        output = row["output"]
-        if type(output) is not list or len(output) != 2:
-            raise at.error("wrong-type", "output must be a list [chosen, rejected] for preference data", "output")
-        chosen, rejected = output
-    return [_pair(prompt, chosen, rejected, at)]
+    if "chosen" in row or "rejected" in row:
+        return _pair(prompt, c.require(row, "chosen", at), c.require(row, "rejected", at), at)
+    if "output" not in row:
+        found = ", ".join(sorted(map(str, row)))
+        raise at.error("missing-field", f"missing: alpaca rows need an output (SFT) or chosen and rejected (pairs) "
+                       f"(columns found: {found})", "output")
+    output = c.require(row, "output", at)
+    if type(output) is list:
+        if len(output) != 2:
+            raise at.error("wrong-type", "output must be a string (SFT) or a list [chosen, rejected] (pairs)",
+                           "output")
+        return _pair(prompt, output[0], output[1], at)
+    response = _assistant(c.response_text(output, at, "output"))
+    label = _label_of(row, at)
+    if label is not None:
+        return {"prompt": prompt, "completion": [response], "label": label}
+    return {"messages": prompt + [response]}
 
 
 # --- sharegpt ----------------------------------------------------------------------------------------------------
 
 SHAREGPT_ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "system": SYSTEM,
-                  "observation": "tool", "tool": "tool", "function_call": ASSISTANT}
+                  "observation": "tool", "tool": "tool", FUNCTION_CALL: FUNCTION_CALL}
 
 
-def _sharegpt_message(value: Any, at: Where, field: str) -> dict[str, str]:
+def registry_tags(tags: dict[str, str]) -> Tags:
+    """A LLaMA-Factory registry entry's ``tags`` (role_tag, user_tag, ...) over its documented defaults."""
+    get = {**{"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+              "observation_tag": "observation", "function_tag": FUNCTION_CALL, "system_tag": "system"}, **tags}.get
+    return Tags(get("role_tag"), get("content_tag"),
+                ((get("user_tag"), USER), (get("assistant_tag"), ASSISTANT), (get("observation_tag"), "tool"),
+                 (get("function_tag"), FUNCTION_CALL), (get("system_tag"), SYSTEM)))
+
+
+def _sharegpt_message(value: Any, at: Where, field: str, tags: Tags | None) -> dict[str, Any]:
     if type(value) is str:
         return _assistant(value)
     if type(value) is not dict:
         raise at.error("wrong-type", "expected a message object ({from, value} or {role, content})", field)
-    if "from" in value or "value" in value:
-        tag, content = value.get("from"), value.get("value")
-        tag_name, content_name = "from", "value"
+    if tags is not None:
+        tag_name, content_name, roles = tags.role, tags.content, dict(tags.roles)
+    elif "from" in value or "value" in value:
+        tag_name, content_name, roles = "from", "value", SHAREGPT_ROLES
     else:
-        tag, content = value.get("role"), value.get("content")
-        tag_name, content_name = "role", "content"
+        tag_name, content_name, roles = "role", "content", SHAREGPT_ROLES
+    tag = value.get(tag_name)
     if tag is None:
         raise at.error("missing-field", f"message has no '{tag_name}'", field)
-    role = SHAREGPT_ROLES.get(tag) if type(tag) is str else None
+    role = roles.get(tag) if type(tag) is str else None
     if role is None:
-        raise at.error("bad-role", f"unknown {tag_name} {tag!r} (expected one of "
-                       f"{', '.join(sorted(SHAREGPT_ROLES))})", field)
-    if content is None:
+        raise at.error("bad-role", f"unknown {tag_name} {tag!r} (expected one of {', '.join(sorted(roles))})", field)
+    content = value.get(content_name)
+    if role == FUNCTION_CALL:  # the turn's text is the call: {"name", "arguments"}, or a list of them
+        if content is None:
+            raise at.error("missing-field", f"message has no '{content_name}'", field)
+        return {"role": ASSISTANT, "content": "", "tool_calls": c.tool_calls(content, at, field)}
+    if content is None and "tool_calls" not in value:
         raise at.error("missing-field", f"message has no '{content_name}'", field)
-    if type(content) is not str:
-        raise at.error("wrong-type", f"message {content_name} must be text", field)
-    return {"role": role, "content": content}
+    if type(content) is str and len(value) == 2:
+        return {"role": role, "content": content}
+    # OpenAI-style extras inside a ShareGPT list: content parts, tool_calls, names of tools
+    rest = {k: v for k, v in value.items() if k not in (tag_name, content_name)}
+    return c.message({**rest, "role": role, "content": content}, at, field)
 
 
 def sharegpt(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """conversations (from/value or role/content) plus one chosen and one rejected message (LLaMA-Factory ranking)."""
+    """``conversations`` (from/value or role/content, with function_call and observation turns) plus one chosen and
+    one rejected message (pairs), a label or kto_tag (KTO), or neither (SFT); optional ``system`` and ``tools``."""
     conversation = c.require(row, "conversations", at)
     if type(conversation) is not list or not conversation:
         raise at.error("wrong-type", "conversations must be a non-empty list of messages", "conversations")
-    turns = [_sharegpt_message(m, at, f"conversations[{i}]") for i, m in enumerate(conversation)]
-    prompt = turns if turns[0]["role"] == SYSTEM else _system_prefix(row, at) + turns
-    c.check_prompt(prompt, at, "conversations")
-    chosen = _sharegpt_message(c.require(row, "chosen", at), at, "chosen")
-    rejected = _sharegpt_message(c.require(row, "rejected", at), at, "rejected")
-    return [_with_tools(c.check_pair(prompt, chosen, rejected, at), row)]
+    turns = [_sharegpt_message(m, at, f"conversations[{i}]", options.tags) for i, m in enumerate(conversation)]
+    if turns[0]["role"] != SYSTEM:
+        turns = _system_prefix(row, at) + turns
+    tools = c.tools(row.get("tools"), at)
+    if "chosen" in row or "rejected" in row:
+        c.check_prompt(turns, at, "conversations")
+        chosen = _sharegpt_message(c.require(row, "chosen", at), at, "chosen", options.tags)
+        rejected = _sharegpt_message(c.require(row, "rejected", at), at, "rejected", options.tags)
+        return [_with_tools(c.check_pair(turns, chosen, rejected, at), tools)]
+    label = _label_of(row, at)
+    if label is not None:
+        return [_with_tools(_unpaired(turns, label, at, "conversations"), tools)]
+    return [_with_tools(_conversation(turns, at, "conversations"), tools)]
 
 
 # --- hh-rlhf -----------------------------------------------------------------------------------------------------
@@ -283,23 +398,39 @@ def hh_rlhf(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
 # --- pku-saferlhf ------------------------------------------------------------------------------------------------
 
 def pku_saferlhf(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """prompt, response_0, response_1 and better_response_id / safer_response_id (0 or 1)."""
+    """prompt, response_0, response_1 and better_response_id / safer_response_id (0 or 1), is_response_N_safe.
+
+    ``safe-only`` keeps the pairs of one safe and one unsafe answer, the safe one chosen; with ``better`` or ``safer``
+    a chosen answer marked unsafe is kept and counted as a warning.
+    """
     prompt = _prompt_value(c.require(row, "prompt", at), at)
-    key = f"{options.preference}_response_id"
-    choice = c.require(row, key, at)
-    if type(choice) is str and choice in ("0", "1"):
-        choice = int(choice)
-    if type(choice) is not int or choice not in (0, 1):
-        raise at.error("bad-value", f"must be 0 or 1, found {choice!r}", key)
+    preference = options.preference or "better"
+    safe = [row.get("is_response_0_safe"), row.get("is_response_1_safe")]
+    if preference == "safe-only":
+        for i, flag in enumerate(safe):
+            if type(flag) is not bool:
+                name = f"is_response_{i}_safe"
+                c.require(row, name, at)
+                raise at.error("wrong-type", f"must be true or false, found {flag!r}", name)
+        if safe[0] == safe[1]:
+            raise Omitted("not-safe-vs-unsafe")
+        choice = 0 if safe[0] else 1
+    else:
+        key = f"{preference}_response_id"
+        choice = c.require(row, key, at)
+        if type(choice) is str and choice in ("0", "1"):
+            choice = int(choice)
+        if type(choice) is not int or choice not in (0, 1):
+            raise at.error("bad-value", f"must be 0 or 1, found {choice!r}", key)
     responses = (c.require(row, "response_0", at), c.require(row, "response_1", at))
-    chosen, rejected = responses[choice], responses[1 - choice]
-    at_chosen = f"response_{choice}"
     try:
-        return [_pair(prompt, chosen, rejected, at)]
+        pair = _pair(prompt, responses[choice], responses[1 - choice], at)
     except RowError as exc:  # name the source column, not the canonical one
-        if exc.field in ("chosen", "rejected"):
-            exc = at.error(exc.check, exc.reason, at_chosen if exc.field == "chosen" else f"response_{1 - choice}")
-        raise exc from None
+        raise _name_fields(exc, at, {"chosen": f"response_{choice}", "rejected": f"response_{1 - choice}"}) from None
+    if safe[choice] is False and options.warn is not None:
+        options.warn(at.error("unsafe-chosen", f"the chosen response_{choice} is marked unsafe",
+                              f"is_response_{choice}_safe"))
+    return [pair]
 
 
 # --- orca-dpo ----------------------------------------------------------------------------------------------------
@@ -343,7 +474,7 @@ def ranked(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
         scores.append(sign * value)
     order = sorted(range(len(texts)), key=lambda i: -scores[i])
     pairs: list[tuple[int, int]] = []
-    if options.pairs == "best-worst":
+    if (options.pairs or "best-worst") == "best-worst":
         best, worst = order[0], order[-1]
         if scores[best] == scores[worst]:
             raise at.error("bad-value", "all responses have the same score, so none is preferred", name)
@@ -362,6 +493,49 @@ def ranked(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     return examples
 
 
+# --- llamafactory-v1, openai-dpo ----------------------------------------------------------------------------------
+
+def llamafactory_v1(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """LLaMA-Factory v1 pairs: chosen_messages and rejected_messages, whole conversations of content parts with a
+    loss_weight per turn; the shared leading turns are the prompt."""
+    raw_chosen, raw_rejected = c.require(row, "chosen_messages", at), c.require(row, "rejected_messages", at)
+    names = {"chosen": "chosen_messages", "rejected": "rejected_messages", "prompt": "chosen_messages"}
+    try:
+        chosen = c.messages(raw_chosen, at, "chosen")
+        rejected = c.messages(raw_rejected, at, "rejected")
+        pair = c.check_pair(*c.split_implicit(chosen, rejected, at), at)
+    except RowError as exc:
+        raise _name_fields(exc, at, names) from None
+    for name, raw in (("chosen_messages", raw_chosen), ("rejected_messages", raw_rejected)):
+        _warn_loss_weights(raw, [len(raw) - 1], at, name, options)
+    return [_with_tools(pair, c.tools(row.get("tools"), at))]
+
+
+def _one_response(value: Any, at: Where, field: str) -> dict:
+    if type(value) is list:
+        if len(value) != 1:
+            raise at.error("bad-value", f"must hold exactly one assistant message (found {len(value)})", field)
+        return c.message(value[0], at, f"{field}[0]")
+    return c.message(value, at, field)
+
+
+def openai_dpo(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """OpenAI's (and Azure OpenAI's) DPO fine-tuning rows: ``input: {messages, tools}``, ``preferred_output`` and
+    ``non_preferred_output`` (each a list holding one assistant message)."""
+    source = c.require(row, "input", at)
+    if type(source) is not dict:
+        raise at.error("wrong-type", "input must be an object with messages (and optionally tools)", "input")
+    try:
+        prompt = c.messages(c.require(source, "messages", at, field="input.messages"), at, "input.messages")
+        c.check_prompt(prompt, at, "input.messages")
+        pair = c.check_pair(prompt, _one_response(c.require(row, "preferred_output", at), at, "chosen"),
+                            _one_response(c.require(row, "non_preferred_output", at), at, "rejected"), at)
+    except RowError as exc:
+        raise _name_fields(exc, at, {"chosen": "preferred_output", "rejected": "non_preferred_output",
+                                     "prompt": "input.messages"}) from None
+    return [_with_tools(pair, c.tools(source.get("tools"), at, "input.tools"))]
+
+
 # --- kto, prompt-only, conversation, prompt-completion -----------------------------------------------------------
 
 def _completion(value: Any, at: Where, prompt_is_text: bool) -> str | list[dict[str, str]]:
@@ -376,38 +550,41 @@ def _completion(value: Any, at: Where, prompt_is_text: bool) -> str | list[dict[
 
 
 def kto(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """Unpaired rows: prompt, completion and a boolean label (true = desirable)."""
+    """Unpaired rows: prompt, completion and a boolean label (true = desirable); or a whole conversation in
+    ``messages`` with a label (LLaMA-Factory's kto_tag), its last turn the completion."""
+    label = _label_of(row, at)
+    if label is None:
+        c.require(row, "label", at)
+    tools = c.tools(row.get("tools"), at)
+    if "prompt" not in row and "messages" in row:
+        turns = c.messages(c.require(row, "messages", at), at, "messages")
+        return [_with_tools(_unpaired(turns, label, at, "messages"), tools)]
     prompt = _prompt_value(c.require(row, "prompt", at), at)
     completion = _completion(c.require(row, "completion", at), at, type(prompt) is str)
-    label = c.require(row, "label", at)
-    if type(label) is not bool:
-        if label in (0, 1) and type(label) is int:
-            label = bool(label)
-        elif type(label) is str and label.lower() in ("true", "false"):
-            label = label.lower() == "true"
-        else:
-            raise at.error("wrong-type", f"label must be true or false, found {label!r}", "label")
-    return [{"prompt": prompt, "completion": completion, "label": label}]
+    return [_with_tools({"prompt": prompt, "completion": completion, "label": label}, tools)]
 
 
 def prompt_only(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """A prompt (text or messages) for online methods (GRPO, PPO); extra columns travel with it."""
-    return [{"prompt": _prompt_value(c.require(row, "prompt", at), at)}]
+    """A prompt (text or messages), or ``messages`` ending on a user turn, for online methods (GRPO, RLOO, online
+    DPO, PPO); extra columns travel with it."""
+    field = "messages" if "prompt" not in row and "messages" in row else "prompt"
+    prompt = _prompt_value(c.require(row, field, at), at, field)
+    return [_with_tools({"prompt": prompt}, c.tools(row.get("tools"), at))]
 
 
 def conversation(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """A whole conversation in ``messages`` (supervised fine-tuning data)."""
-    turns = c.messages(c.require(row, "messages", at), at, "messages")
-    c.check_order(turns, at, "messages")
-    c.check_response(turns[-1], at, "messages")
-    return [{"messages": turns}]
+    """A whole conversation in ``messages`` (supervised fine-tuning data), tool calls and content parts included."""
+    raw = c.require(row, "messages", at)
+    turns = c.messages(raw, at, "messages")
+    _warn_loss_weights(raw, [i for i, turn in enumerate(turns) if turn["role"] == ASSISTANT], at, "messages", options)
+    return [_with_tools(_conversation(turns, at, "messages"), c.tools(row.get("tools"), at))]
 
 
 def prompt_completion(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """A prompt and one completion without a label (supervised fine-tuning data)."""
     prompt = _prompt_value(c.require(row, "prompt", at), at)
-    return [{"prompt": prompt, "completion": _completion(c.require(row, "completion", at), at,
-                                                          type(prompt) is str)}]
+    completion = _completion(c.require(row, "completion", at), at, type(prompt) is str)
+    return [_with_tools({"prompt": prompt, "completion": completion}, c.tools(row.get("tools"), at))]
 
 
 # --- registry and detection --------------------------------------------------------------------------------------
@@ -439,6 +616,33 @@ def _detect_messages(row: dict) -> bool:
     return type(prompt) is str or (type(prompt) is list and row["chosen"][0].get("role") != ASSISTANT)
 
 
+LABELS = ("label", "kto_tag")
+PAIR_KEYS = ("chosen", "rejected", "response_0", "responses", "completion", "messages", "conversations",
+             "chosen_messages", "preferred_output", *LABELS)
+
+
+def _detect_kto(row: dict) -> bool:
+    return any(k in row for k in LABELS) and (("prompt" in row and "completion" in row)
+                                             or ("prompt" not in row and _is_messages(row.get("messages"))))
+
+
+def _ends_with_user(row: dict) -> bool:
+    """``messages`` that stop on a user turn: a prompt waiting for an answer, not a conversation to imitate."""
+    messages = row.get("messages")
+    return _is_messages(messages) and type(messages[-1]) is dict and messages[-1].get("role") == USER
+
+
+def _detect_prompt_only(row: dict) -> bool:
+    if "prompt" in row:
+        return not any(k in row for k in PAIR_KEYS)
+    return _ends_with_user(row) and not any(k in row for k in PAIR_KEYS if k != "messages")
+
+
+def _detect_conversation(row: dict) -> bool:
+    return (_is_messages(row.get("messages")) and not _ends_with_user(row)
+            and not any(k in row for k in ("chosen", "prompt", *LABELS)))
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -446,15 +650,12 @@ class Format:
     detect: Callable[[dict], bool]
     columns: frozenset[str]  # the columns the adapter reads; the rest are extra
     description: str = ""
-    shape: str = "pair"  # what its examples are: pair, unpaired, prompt, conversation, prompt-completion
     keeps_extra: bool = False
 
 
 def _has(*names: str) -> Callable[[dict], bool]:
     return lambda row: all(n in row for n in names)
 
-
-PAIR_KEYS = ("chosen", "rejected", "response_0", "responses", "completion", "messages", "conversations")
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected", "tools"}),
@@ -464,18 +665,22 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "full OpenAI-style conversations in chosen/rejected, optional prompt (DPO-En-Zh-20k, UltraFeedback)"),
     Format("alpaca", alpaca,
            lambda row: "instruction" in row and (("chosen" in row and "rejected" in row) or "output" in row),
-           frozenset({"instruction", "input", "chosen", "rejected", "output", "system", "history"}),
-           "instruction, input, chosen, rejected, optional system and history (LLaMA-Factory alpaca)"),
-    Format("sharegpt", sharegpt, _has("conversations", "chosen", "rejected"),
-           frozenset({"conversations", "chosen", "rejected", "system", "tools"}),
-           "conversations + one chosen and one rejected message (LLaMA-Factory sharegpt ranking)"),
+           frozenset({"instruction", "input", "chosen", "rejected", "output", "system", "history", "tools",
+                      *LABELS}),
+           "instruction, input, optional system and history, then chosen/rejected (pairs) or output (SFT; KTO "
+           "with a label) (LLaMA-Factory alpaca)"),
+    Format("sharegpt", sharegpt, lambda row: "conversations" in row,
+           frozenset({"conversations", "chosen", "rejected", "system", "tools", *LABELS}),
+           "conversations (from/value, function_call and observation turns), optional system and tools, plus "
+           "chosen/rejected (pairs), a kto_tag (KTO) or neither (SFT) (LLaMA-Factory sharegpt)"),
     Format("hh-rlhf", hh_rlhf,
            lambda row: "prompt" not in row and _is_hh(row.get("chosen")) and _is_hh(row.get("rejected")),
            frozenset({"chosen", "rejected"}), "Human:/Assistant: transcripts in chosen and rejected (Anthropic HH)"),
     Format("pku-saferlhf", pku_saferlhf,
            lambda row: all(k in row for k in ("prompt", "response_0", "response_1"))
            and ("better_response_id" in row or "safer_response_id" in row),
-           frozenset({"prompt", "response_0", "response_1", "better_response_id", "safer_response_id"}),
+           frozenset({"prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
+                      "is_response_0_safe", "is_response_1_safe"}),
            "prompt, response_0, response_1, better_response_id, safer_response_id (PKU-SafeRLHF)"),
     Format("orca-dpo", orca_dpo, _has("question", "chosen", "rejected"),
            frozenset({"system", "question", "chosen", "rejected"}), "system, question, chosen, rejected"),
@@ -483,19 +688,22 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
                                                                                      or "ranks" in row),
            frozenset({"prompt", "responses", "scores", "ranks"}),
            "prompt, responses and their scores or ranks; --pairs chooses which pairs"),
-    Format("kto", kto, _has("prompt", "completion", "label"), frozenset({"prompt", "completion", "label"}),
-           "unpaired prompt, completion, label (true = desirable)", shape="unpaired"),
-    Format("prompt-only", prompt_only,
-           lambda row: "prompt" in row and not any(k in row for k in PAIR_KEYS),
-           frozenset({"prompt"}), "a prompt (text or messages) with extra columns kept, for GRPO and PPO",
-           shape="prompt", keeps_extra=True),
-    Format("conversation", conversation,
-           lambda row: _is_messages(row.get("messages")) and not any(k in row for k in ("chosen", "prompt")),
-           frozenset({"messages"}), "whole conversations in messages (SFT data)", shape="conversation"),
+    Format("llamafactory-v1", llamafactory_v1, _has("chosen_messages", "rejected_messages"),
+           frozenset({"chosen_messages", "rejected_messages", "tools"}),
+           "chosen_messages and rejected_messages, content parts and loss_weight per turn (LLaMA-Factory v1)"),
+    Format("openai-dpo", openai_dpo, _has("preferred_output", "non_preferred_output"),
+           frozenset({"input", "preferred_output", "non_preferred_output"}),
+           "input.messages, preferred_output, non_preferred_output (OpenAI and Azure OpenAI DPO fine-tuning)"),
+    Format("kto", kto, _detect_kto, frozenset({"prompt", "completion", "messages", "tools", *LABELS}),
+           "unpaired prompt, completion, label (true = desirable); or messages with a label or kto_tag"),
+    Format("prompt-only", prompt_only, _detect_prompt_only, frozenset({"prompt", "messages", "tools"}),
+           "a prompt (text or messages), or messages ending on a user turn, with extra columns kept, for GRPO, "
+           "RLOO, online DPO and PPO", keeps_extra=True),
+    Format("conversation", conversation, _detect_conversation, frozenset({"messages", "tools"}),
+           "whole conversations in messages, tool calls and content parts included (SFT data)"),
     Format("prompt-completion", prompt_completion,
-           lambda row: "prompt" in row and "completion" in row and "label" not in row,
-           frozenset({"prompt", "completion"}), "prompt and completion without a label (SFT data)",
-           shape="prompt-completion"),
+           lambda row: "prompt" in row and "completion" in row and not any(k in row for k in LABELS),
+           frozenset({"prompt", "completion", "tools"}), "prompt and completion without a label (SFT data)"),
 )}
 
 

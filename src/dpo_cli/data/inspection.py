@@ -9,7 +9,9 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from dpo_cli.data.checks import CHECKS, WARNINGS
+from dpo_cli.core.errors import DataError
+from dpo_cli.data.checks import CHECKS
+from dpo_cli.data.convert import print_findings
 from dpo_cli.data.formats import AdapterOptions
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.writers import dumps
@@ -54,8 +56,8 @@ def _responses(example: dict) -> dict[str, Any]:
 
 
 def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, str] | None = None,
-            tokenizer=None, max_length: int | None = None, preference: str = "better",
-            pairs: str = "best-worst") -> InspectReport:
+            tokenizer=None, max_length: int | None = None, preference: str | None = None,
+            pairs: str | None = None, registry: str | None = None, name: str | None = None) -> InspectReport:
     """Read every row with every check on (bad rows are counted, not fatal) and gather the statistics; a tokenizer
     (a transformers tokenizer object) adds token lengths as the trainer will see them."""
     started = time.perf_counter()
@@ -65,8 +67,9 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
     duplicates = rows = 0
     chars: dict[str, array] = {}
     samples: list[dict] = []
-    for spec in inputs:
-        for _record, example in pipeline.rows(Source(path=spec, format=format, columns=columns or {})):
+    sources = _sources(inputs, format, columns, registry, name)
+    for source in sources:
+        for _record, example in pipeline.rows(source):
             rows += 1
             key = hashlib.blake2b(dumps(example), digest_size=16).digest()
             if key in seen:
@@ -77,34 +80,44 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
                 chars.setdefault(name, array("l")).append(len(_response(value)))
             if len(samples) < SAMPLES:
                 samples.append(example)
+    if pipeline.stats.read == 0:
+        raise DataError("no rows: the files hold nothing to inspect or train on", file=", ".join(map(str, inputs)))
     report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
                            char_lengths=chars, max_length=max_length, samples=samples)
     if tokenizer is not None:
-        _token_statistics(report, inputs, tokenizer, format, columns, preference, pairs)
+        _token_statistics(report, sources, tokenizer, preference, pairs)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _token_statistics(report: InspectReport, inputs: list[str], tok, format: str | None,
-                      columns: dict[str, str] | None, preference: str, pairs: str) -> None:
+def _sources(inputs: list[str], format: str | None, columns: dict[str, str] | None, registry: str | None,
+             name: str | None) -> list[Source]:
+    if registry is not None:
+        return [Source.of({"registry": registry, "name": name})]
+    return [Source(path=spec, format=format, columns=columns or {}) for spec in inputs]
+
+
+def _token_statistics(report: InspectReport, sources: list[Source], tok, preference: str | None,
+                      pairs: str | None) -> None:
     """Token lengths as the trainer will see them: the prompt through the chat template, each response after it."""
     report.chat_template = bool(getattr(tok, "chat_template", None))
 
     def count(text: str) -> int:
         return len(tok(text, add_special_tokens=False)["input_ids"])
 
-    def render(turns: list[dict], generation: bool) -> str:
-        return tok.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation)
+    def render(turns: list[dict], generation: bool, tools=None) -> str:
+        return tok.apply_chat_template(turns, tools=tools, tokenize=False, add_generation_prompt=generation)
 
     lengths: dict[str, array] = {}
     pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
                         skip_invalid=True)
-    for spec in inputs:
-        for _record, example in pipeline.rows(Source(path=spec, format=format, columns=columns or {})):
-            prompt = example.get("prompt")
+    for source in sources:
+        for _record, example in pipeline.rows(source):
+            prompt, tools = example.get("prompt"), example.get("tools")
             if prompt is None:  # a whole conversation: all of it is trained on
                 turns = example["messages"]
-                text = render(turns, False) if report.chat_template else "\n".join(t["content"] for t in turns)
+                text = render(turns, False, tools) if report.chat_template else \
+                    "\n".join(t["content"] for t in turns)
                 lengths.setdefault("prompt", array("l")).append(count(text))
                 continue
             if type(prompt) is str or not report.chat_template:
@@ -114,20 +127,20 @@ def _token_statistics(report: InspectReport, inputs: list[str], tok, format: str
                 for name, value in _responses(example).items():
                     lengths.setdefault(name, array("l")).append(count(_response(value)))
                 continue
-            rendered_prompt = render(prompt, True)
+            rendered_prompt = render(prompt, True, tools)
             prompt_tokens = count(rendered_prompt)
             lengths.setdefault("prompt", array("l")).append(prompt_tokens)
             for name, value in _responses(example).items():
-                full = render(prompt + value, False) if type(value) is list else rendered_prompt + value
+                full = render(prompt + value, False, tools) if type(value) is list else rendered_prompt + value
                 lengths.setdefault(name, array("l")).append(max(0, count(full) - prompt_tokens))
     report.token_lengths = lengths
     for example in report.samples:
         if report.chat_template and type(example.get("prompt")) is list:
             first = next(iter(_responses(example).values()), None)
             turns = example["prompt"] + (first if type(first) is list else [])
-            report.rendered.append(render(turns, False))
+            report.rendered.append(render(turns, False, example.get("tools")))
         elif report.chat_template and "messages" in example:
-            report.rendered.append(render(example["messages"], False))
+            report.rendered.append(render(example["messages"], False, example.get("tools")))
 
 
 def _quantiles(values: array) -> tuple[int, int, int, int, float]:
@@ -176,16 +189,19 @@ def print_report(console, report: InspectReport) -> None:
     checks = Table(title="checks", title_justify="left")
     checks.add_column("check")
     checks.add_column("rows", justify="right")
-    checks.add_column("first at")
     for name in CHECKS:
         count = stats.dropped.get(name, 0)
         if count or name in ("missing-field", "empty-response", "identical", "bad-role", "prompt-mismatch"):
-            checks.add_row(name if count == 0 else f"[red]{name}[/red]", f"{count:,}",
-                           ", ".join(stats.dropped_at.get(name, [])))
+            checks.add_row(name if count == 0 else f"[red]{name}[/red]", f"{count:,}")
     for name, count in stats.warned.items():
-        checks.add_row(f"[yellow]{name}[/yellow] (warning: {WARNINGS.get(name, name)})", f"{count:,}",
-                       ", ".join(stats.warned_at.get(name, [])))
+        checks.add_row(f"[yellow]{name}[/yellow] (warning)", f"{count:,}")
     console.print(checks)
+    findings = Table(show_header=False, box=None, pad_edge=False)
+    findings.add_column(style="bold")
+    findings.add_column()
+    print_findings(findings, stats)
+    if findings.row_count:
+        console.print(findings)
 
     for unit, lengths in (("characters", report.char_lengths), ("tokens", report.token_lengths)):
         if not lengths:

@@ -2,51 +2,152 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from dpo_cli.core import console
+from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, did_you_mean
-from dpo_cli.data.rows import RowPipeline, Source
+from dpo_cli.data.checks import reject_record
+from dpo_cli.data.readers import Record
+from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import KINDS
+from dpo_cli.data.writers import dumps, open_writer, output_kind
+
+# columns that hold messages, whose turns may carry tool calls or reasoning besides role and content
+MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")
+OPTIONAL_COLUMNS = ("tools",)  # a row without tools reads them as none
+
+
+def _as_sources(sources: Any) -> list[Source]:
+    if isinstance(sources, (str, Source)) or hasattr(sources, "keys"):
+        sources = [sources]
+    return [Source.of(s) for s in sources]
+
+
+@contextlib.contextmanager
+def _rejects_writer(source: Source, write: bool) -> Iterator[Any]:
+    """The on_reject callback of a source: its bad rows, with check, field and reason, go to its rejects file."""
+    if source.rejects is None or not write:
+        yield None
+        return
+    with atomic_path(source.rejects) as tmp:
+        writer = open_writer(tmp, output_kind(Path(source.rejects)))
+        try:
+            yield lambda error, row: writer.write(dumps(reject_record(error, row)))
+        finally:
+            writer.close()
+
+
+def _pipeline(kind: str) -> RowPipeline:
+    if kind not in KINDS:
+        raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
+    return RowPipeline(KINDS[kind])
+
+
+def _stream(pipeline: RowPipeline, sources: Any, write_rejects: bool = True) -> Iterator[tuple[Record, dict]]:
+    """Every canonical row of the sources, streamed, each source with its own skip_invalid and rejects file; what
+    happened to the rows is in ``pipeline.stats`` afterwards."""
+    for source in _as_sources(sources):
+        with _rejects_writer(source, write_rejects) as on_reject:
+            pipeline.skip_invalid, pipeline.on_reject = source.skip_invalid, on_reject
+            yield from pipeline.rows(source)
+
+
+def _no_rows(kind: str, where: str) -> DataError:
+    return DataError(f"no {kind} rows (every row was filtered out, dropped or left out, or the files are empty)",
+                     file=where)
+
+
+def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
+    pipeline = _pipeline(kind)
+    digest = hashlib.sha256()
+    rows: list[dict] = []
+    columns: set | None = None
+    for record, row in _stream(pipeline, sources):
+        keys = set(row).difference(OPTIONAL_COLUMNS)
+        if columns is None:
+            columns = keys
+        elif keys != columns:
+            raise DataError(f"this row has columns ({', '.join(sorted(keys))}) but earlier rows have "
+                            f"({', '.join(sorted(columns))}); one dataset cannot mix them",
+                            file=record.file, line=record.line)
+        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
+        rows.append(row)
+    if not rows:
+        raise _no_rows(kind, ", ".join(str(s.path) for s in _as_sources(sources)))
+    return rows, digest.hexdigest(), pipeline.stats
+
+
+def _has_extras(value: Any) -> bool:
+    return type(value) is list and any(type(m) is dict and len(m) != 2 for m in value)
+
+
+def to_dataset(rows: list[dict]):
+    """A datasets.Dataset of the rows, every column any row has (a row without tools reads them as none). Turns with
+    tool calls and the tools column are stored as JSON: Arrow would merge every row's tool arguments into one struct
+    and fill the keys a row lacks with nulls, changing what the chat template renders."""
+    from datasets import Dataset
+
+    order = list(dict.fromkeys(key for row in rows for key in row))
+    columns = {key: [row.get(key) for row in rows] for key in order}
+    rich = [name for name in order if name in OPTIONAL_COLUMNS
+            or name in MESSAGE_COLUMNS and any(_has_extras(value) for value in columns[name])]
+    if not rich:
+        return Dataset.from_dict(columns)
+    try:
+        from datasets import Features, Json, List
+    except ImportError:
+        raise DataError("rows with tool calls or tools need a datasets release with datasets.Json; upgrade it with "
+                        "pip install -U datasets") from None
+    features = dict(Dataset.from_dict({k: v for k, v in columns.items() if k not in rich}).features)
+    for name in rich:
+        features[name] = Json() if name in OPTIONAL_COLUMNS else List(Json())
+    return Dataset.from_dict(columns, features=Features({k: features[k] for k in order}))
 
 
 def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference"):
     """Read, check and convert every row; return ``(dataset, fingerprint)``.
 
     ``sources`` are paths (files, directories, globs, ``builtin:`` names) or objects
-    ``{path, format, columns, where, limit}``. ``kind`` is what the stage needs: ``preference`` (TRL pairs), ``kto``
-    (unpaired; pairs are split), ``prompt`` (prompt-only plus extra columns) or ``sft`` (conversations).
-    The fingerprint is a SHA-256 over the canonical rows, so it names the data the trainer saw whatever the source
-    format was.
+    ``{path, format, columns, where, limit, skip_invalid, rejects}`` or ``{registry, name, ...}``. ``kind`` is what
+    the stage needs: ``preference`` (TRL pairs), ``kto`` (unpaired; pairs are split), ``prompt`` (prompt-only plus
+    extra columns) or ``sft`` (conversations). The fingerprint is a SHA-256 over the canonical rows, so it names the
+    data the trainer saw whatever the source format was.
     """
-    if kind not in KINDS:
-        raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
-    if isinstance(sources, (str, Source)) or hasattr(sources, "keys"):
-        sources = [sources]
-    pipeline = RowPipeline(KINDS[kind])
-    digest = hashlib.sha256()
-    rows: list[dict] = []
-    columns: tuple | None = None
-    for source in map(Source.of, sources):
-        for record, row in pipeline.rows(source):
-            keys = tuple(row)
-            if columns is None:
-                columns = keys
-            elif keys != columns and set(keys) != set(columns):
-                raise DataError(f"this row has columns ({', '.join(keys)}) but earlier rows have "
-                                f"({', '.join(columns)}); one dataset cannot mix them",
-                                file=record.file, line=record.line)
-            digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
-            rows.append(row)
-    if not rows:
-        names = ", ".join(str(Source.of(s).path) for s in sources)
-        raise DataError(f"no {kind} rows (every row was filtered out, or the files are empty)", file=names)
-    from datasets import Dataset
+    rows, fingerprint, _ = _read(sources, kind)
+    return to_dataset(rows), fingerprint
 
-    return Dataset.from_list(rows), digest.hexdigest()
+
+def findings(stats: Stats) -> dict[str, dict[str, int]]:
+    """What run.json records about rows and columns that did not reach the trainer as they were."""
+    out = {"dropped": dict(stats.dropped), "left_out": dict(stats.omitted), "warnings": dict(stats.warned),
+           "unused_columns": dict(stats.unused)}
+    return {k: v for k, v in out.items() if v}
+
+
+def say(split: str, stats: Stats) -> None:
+    """Dropped rows, rows left out, warnings and unused columns, said once each: silence would lose them."""
+    for what, count, meaning, places in stats.findings():
+        where = ", ".join(places) if what == "columns not used" else f"first: {places[0]}" if places else ""
+        message = f"{split} data: {what}: {count:,} ({meaning})" + (f"; {where}" if where else "")
+        if what.startswith(("left out", "columns")):  # by design (SFT reading KTO rows, metadata): worth a note
+            console.note(message)
+        else:
+            console.warn(message)
+
+
+def _split_info(sources: list, kind: str) -> tuple[Any, dict, Stats]:
+    rows, fingerprint, stats = _read(sources, kind)
+    info: dict[str, Any] = {"files": sources, "rows": len(rows), "fingerprint": fingerprint, **findings(stats)}
+    rejects = [s.rejects for s in _as_sources(sources) if s.rejects and s.skip_invalid]
+    if rejects:
+        info["rejects"] = rejects
+    return to_dataset(rows), info, stats
 
 
 def load_splits(data, seed: int, kind: str):
@@ -55,18 +156,34 @@ def load_splits(data, seed: int, kind: str):
     The eval split is data.eval's files, or data.eval_split of the training rows drawn with ``seed`` (the same split
     again for a later ``dpo-cli eval`` of the run).
     """
-    train, train_fp = load_training_data(data.train, kind)
-    info = {"train": {"files": data.train, "rows": len(train), "fingerprint": train_fp}}
+    train, train_info, stats = _split_info(data.train, kind)
+    say("train", stats)
+    info = {"train": train_info}
     evaluation = None
     if data.eval:
-        evaluation, eval_fp = load_training_data(data.eval, kind)
-        if eval_fp == train_fp:
+        evaluation, info["eval"], stats = _split_info(data.eval, kind)
+        say("eval", stats)
+        if info["eval"]["fingerprint"] == train_info["fingerprint"]:
             console.warn("data.eval holds the same rows as data.train: the held-out figures will measure how well "
                          "the training pairs were learned, not how the model does on pairs it has not seen")
-        info["eval"] = {"files": data.eval, "rows": len(evaluation), "fingerprint": eval_fp}
     elif data.eval_split:
         parts = train.train_test_split(test_size=data.eval_split, seed=seed)
         train, evaluation = parts["train"], parts["test"]
         info["eval"] = {"split_of_train": data.eval_split, "rows": len(evaluation)}
         info["train"]["rows"] = len(train)
     return train, evaluation, info
+
+
+def check_data(data, kind: str) -> dict[str, dict]:
+    """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
+    no rejects file (what --dry-run reports): rows per split and what was dropped, left out or unused."""
+    out = {}
+    for split, sources in (("train", data.train), ("eval", data.eval)):
+        if not sources:
+            continue
+        pipeline = _pipeline(kind)
+        rows = sum(1 for _ in _stream(pipeline, sources, write_rejects=False))
+        if rows == 0:
+            raise _no_rows(kind, f"data.{split}")
+        out[split] = {"rows": rows, **findings(pipeline.stats)}
+    return out

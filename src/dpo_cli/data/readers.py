@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import gzip
 import json
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,13 +51,26 @@ def _parse_line(raw: bytes, file: str, number: int, offset: int) -> Any:
         raise DataError("JSON nested too deeply", file=file, line=number) from None
 
 
+def _lines(f, file: str) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of an open (maybe gzip) file; a damaged gzip stream is a DataError at the line it stops."""
+    number = 0
+    try:
+        for number, raw in enumerate(f, start=1):  # noqa: B007 - number is read after the loop
+            yield number, raw
+    except gzip.BadGzipFile:
+        raise DataError("not a gzip file, though its name ends in .gz", file=file) from None
+    except (EOFError, zlib.error) as exc:
+        raise DataError(f"the gzip stream is damaged or cut short after line {number} ({exc})", file=file,
+                        line=number + 1) from None
+
+
 def _jsonl(path: Path, on_error: OnError) -> Iterator[Record]:
     file = str(path)
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     loads = _fast_loads
     offset = 0
     with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
+        for number, raw in _lines(f, file):
             start, offset = offset, offset + len(raw)
             if number == 1 and raw.startswith(BOM):
                 raw = raw[3:]
@@ -97,6 +111,8 @@ def _json(path: Path, on_error: OnError) -> Iterator[Record]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON at column {exc.colno}: {exc.msg}", file=path, line=exc.lineno) from None
+    except RecursionError:
+        raise DataError("JSON nested too deeply to read", file=path) from None
     if isinstance(data, dict):
         raise DataError("a .json data file must hold a top-level array of objects, found one object "
                         "(for one object per line, name the file .jsonl)", file=path, line=1)
@@ -164,6 +180,10 @@ def _arrow_dir(path: Path, on_error: OnError) -> Iterator[Record]:
     if not files:
         raise DataError("no .arrow files in this directory (expected one written by datasets' save_to_disk)",
                         file=path)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"its state.json lists {', '.join(missing)}, which is not in the directory (a copy that "
+                        f"left the data behind?)", file=path)
     index = 0
     for arrow_file in files:
         try:

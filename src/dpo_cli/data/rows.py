@@ -9,12 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dpo_cli.core.errors import DataError, did_you_mean
-from dpo_cli.data.checks import RowError, Where, check_of
-from dpo_cli.data.formats import AdapterOptions, Format, candidates, detect, get_format
+from dpo_cli.data.checks import CHECKS, OMISSIONS, WARNINGS, Omitted, RowError, Where, check_of
+from dpo_cli.data.formats import AdapterOptions, Format, Tags, candidates, detect, get_format
 from dpo_cli.data.readers import Record, expand_paths, iter_records
+from dpo_cli.data.registry import registry_source
+from dpo_cli.data.targets import SHAPE_WORDS, shape_of
 from dpo_cli.data.where import FilterError, columns_of, compile_where
 
-EXAMPLES_KEPT = 5  # locations remembered per check, for the summary
+EXAMPLES_KEPT = 3  # messages remembered per check, for the summaries
+SOURCE_KEYS = ("path", "registry", "name", "format", "columns", "where", "limit", "skip_invalid", "rejects")
 
 
 @dataclass
@@ -23,9 +26,14 @@ class Source:
 
     path: str
     format: str | None = None
-    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> column in the file
+    columns: dict[str, str] = field(default_factory=dict)  # canonical name -> column (a dotted path for nesting)
     where: str | None = None
     limit: int | None = None
+    tags: Tags | None = None  # message tags of a LLaMA-Factory registry entry
+    skip_invalid: bool = False  # drop bad rows (counted) instead of stopping
+    rejects: str | None = None  # with skip_invalid: keep the bad rows and their reasons here
+    registry: str | None = None  # where path, format, columns and tags came from
+    name: str | None = None
 
     @classmethod
     def of(cls, value: Any) -> Source:
@@ -34,48 +42,73 @@ class Source:
         if isinstance(value, str):
             return cls(path=value)
         if isinstance(value, Mapping):
-            unknown = set(value) - {"path", "format", "columns", "where", "limit"}
-            if unknown or "path" not in value:
-                raise DataError(f"a data source needs 'path' and may have format, columns, where, limit "
-                                f"(got {', '.join(sorted(map(str, value)))})")
-            return cls(path=str(value["path"]), format=value.get("format"),
-                       columns=dict(value.get("columns") or {}), where=value.get("where"),
-                       limit=value.get("limit"))
+            unknown = set(value) - set(SOURCE_KEYS)
+            if unknown or ("path" in value) == ("registry" in value) or ("registry" in value) != ("name" in value):
+                raise DataError(f"a data source needs 'path', or 'registry' and 'name', and may have format, "
+                                f"columns, where, limit, skip_invalid, rejects (got "
+                                f"{', '.join(sorted(map(str, value)))})")
+            common = {"where": value.get("where"), "skip_invalid": bool(value.get("skip_invalid")),
+                      "rejects": value.get("rejects")}
+            if "registry" in value:
+                if "format" in value or "columns" in value:
+                    raise DataError("a registry source takes its format and columns from the registry entry; "
+                                    "give path instead to set them", file=value["registry"])
+                entry = registry_source(str(value["registry"]), str(value["name"]))
+                limit = value.get("limit", entry.pop("limit"))
+                return cls(**entry, **common, limit=limit, registry=str(value["registry"]), name=str(value["name"]))
+            return cls(path=str(value["path"]), format=value.get("format"), columns=dict(value.get("columns") or {}),
+                       limit=value.get("limit"), **common)
         raise DataError(f"a data source must be a path or an object with a path, not {type(value).__name__}")
-
-    def label(self) -> str | dict:
-        if self.format is None and not self.columns and self.where is None and self.limit is None:
-            return self.path
-        return {k: v for k, v in (("path", self.path), ("format", self.format), ("columns", self.columns or None),
-                                  ("where", self.where), ("limit", self.limit)) if v is not None}
 
 
 @dataclass
 class Stats:
-    """What happened to the rows: read, filtered out, dropped per check, warned, languages seen."""
+    """What happened to the rows: read, filtered out, dropped per check, warned, left out, unused columns."""
 
     read: int = 0
     filtered: int = 0
     produced: int = 0
     dropped: Counter = field(default_factory=Counter)
-    dropped_at: dict[str, list[str]] = field(default_factory=dict)
+    dropped_at: dict[str, list[str]] = field(default_factory=dict)  # check -> first "file:line: field: reason"
     warned: Counter = field(default_factory=Counter)
     warned_at: dict[str, list[str]] = field(default_factory=dict)
+    omitted: Counter = field(default_factory=Counter)
+    omitted_at: dict[str, list[str]] = field(default_factory=dict)
+    unused: Counter = field(default_factory=Counter)  # column -> rows where it held a value no output kept
     languages: Counter = field(default_factory=Counter)
     languages_guessed: bool = False
     formats: dict[str, str] = field(default_factory=dict)
 
-    def _note(self, counter: Counter, where: dict, check: str, error: DataError) -> None:
-        counter[check] += 1
-        places = where.setdefault(check, [])
+    @staticmethod
+    def _note(counter: Counter, where: dict, key: str, message: str) -> None:
+        counter[key] += 1
+        places = where.setdefault(key, [])
         if len(places) < EXAMPLES_KEPT:
-            places.append(f"{error.file}:{error.line}" if error.line is not None else str(error.file))
+            places.append(message)
 
     def drop(self, error: DataError) -> None:
-        self._note(self.dropped, self.dropped_at, check_of(error), error)
+        self._note(self.dropped, self.dropped_at, check_of(error), str(error))
 
     def warn(self, error: DataError) -> None:
-        self._note(self.warned, self.warned_at, check_of(error), error)
+        self._note(self.warned, self.warned_at, check_of(error), str(error))
+
+    def omit(self, reason: str, at: Where) -> None:
+        self._note(self.omitted, self.omitted_at, reason, f"{at.file}:{at.line}")
+
+    def findings(self) -> list[tuple[str, int, str, list[str]]]:
+        """(what, rows, meaning, first places) for each check that dropped or warned, each reason rows were left
+        out, and each column whose values no output kept: the lines both data commands print."""
+        out = [(f"dropped: {k}", n, CHECKS.get(k, k), self.dropped_at.get(k, [])) for k, n in
+               self.dropped.most_common()]
+        out += [(f"warning: {k}", n, WARNINGS.get(k, k), self.warned_at.get(k, [])) for k, n in
+                self.warned.most_common()]
+        out += [(f"left out: {k}", n, OMISSIONS.get(k, k), self.omitted_at.get(k, [])) for k, n in
+                self.omitted.most_common()]
+        if self.unused:
+            out.append(("columns not used", len(self.unused), "they held values the output has no place for: keep "
+                        "one with --keep COLUMN, or rename it with --map", [f"{k} ({n:,} rows)" for k, n in
+                                                                            self.unused.most_common()]))
+        return out
 
 
 _CJK = re.compile(r"[\u4e00-\u9fff\u3400-\u4dbf]")
@@ -114,6 +147,26 @@ def prompt_text(example: dict) -> str:
     return ""
 
 
+_MISSING = object()
+
+
+def _take(row: dict, path: str) -> Any:
+    """Remove and return the value at a dotted path (``input.messages``), copying the objects on the way so the
+    source row is untouched; an object left empty goes too, so it is not reported as an unused column."""
+    head, _, rest = path.partition(".")
+    inner = row.get(head)
+    if type(inner) is not dict:
+        return _MISSING
+    inner = dict(inner)
+    value = inner.pop(rest, _MISSING) if rest in inner or "." not in rest else _take(inner, rest)
+    if value is not _MISSING:
+        if inner:
+            row[head] = inner
+        else:
+            del row[head]
+    return value
+
+
 def _check_where_columns(names: set[str], row: dict, at: Where) -> None:
     """A --where column missing from the first row of a file is almost always a typo: say so before filtering."""
     for name in sorted(names):
@@ -137,7 +190,8 @@ class RowPipeline:
         self.on_reject = on_reject
         self.count_languages = count_languages
         self.stats = Stats()
-        self._text_prompts: bool | None = None  # standard (text) or conversational, fixed by the first row
+        self._kind: tuple[str, bool] | None = None  # (shape, text prompt) of the first output row
+        self._keys: set[str] = set()  # its columns
 
     def _warn(self, error: RowError) -> None:
         self.stats.warn(error)
@@ -152,6 +206,7 @@ class RowPipeline:
     def rows(self, source: Source) -> Iterator[tuple[Record, dict]]:
         """Yield ``(record, output row)`` for every good row of the source, in file order."""
         forced = get_format(source.format) if source.format else None
+        self.options.tags = source.tags
         predicate = compile_where(source.where) if source.where else None
         where_columns = {name.split(".")[0] for name in columns_of(source.where)} if source.where else set()
         renames = tuple(source.columns.items())
@@ -165,12 +220,13 @@ class RowPipeline:
                 row = record.row
                 at.line = record.line
                 if renames:
-                    row = self._rename(row, renames, at)
+                    row = self._rename(row, renames, at, strict=source.registry is None)
                     if row is None:
                         continue
                 if at.file not in self.stats.formats:  # the first readable row of this file
                     _check_where_columns(where_columns, row, at)
                     fmt = forced or detect(row, at.file, at.line)
+                    self.options.check_applies(fmt.name, at.file)
                     self.stats.formats[at.file] = fmt.name
                 if predicate is not None:
                     try:
@@ -187,6 +243,9 @@ class RowPipeline:
                         exc = self._mixed(exc, row, fmt, at)
                     self._reject(exc, row)
                     continue
+                except Omitted as omitted:
+                    self.stats.omit(omitted.reason, at)
+                    continue
                 for out in outputs:
                     yield record, out
                     produced += 1
@@ -201,15 +260,7 @@ class RowPipeline:
             outputs = [out for example in examples for out in self.target(example, at)]
         if not outputs:
             return outputs
-        prompt = outputs[0].get("prompt")
-        if prompt is not None:
-            is_text = type(prompt) is str
-            if self._text_prompts is None:
-                self._text_prompts = is_text
-            elif is_text != self._text_prompts:
-                kind = ("plain text", "conversational") if is_text else ("conversational", "plain text")
-                raise at.error("mixed-format", f"this row is {kind[0]} but earlier rows are {kind[1]}; "
-                               "one output cannot mix both", "prompt")
+        self._check_kind(outputs[0], at)
         if self.keep or fmt.keeps_extra:
             extra = {k: v for k, v in row.items() if k not in fmt.columns} if fmt.keeps_extra else {}
             for name in self.keep:
@@ -218,6 +269,11 @@ class RowPipeline:
                 extra[name] = row[name]
             for out in outputs:
                 out.update(extra)
+        if not fmt.keeps_extra and not row.keys() <= fmt.columns:  # the subset test keeps the common row cheap
+            for name, value in row.items():
+                if name not in fmt.columns and value is not None and value != "" and value != [] \
+                        and value != {} and name not in self.keep:
+                    self.stats.unused[name] += 1
         if self.count_languages:
             language = row.get("language")
             if language is None:
@@ -229,14 +285,36 @@ class RowPipeline:
         self.stats.produced += len(outputs)
         return outputs
 
-    def _rename(self, row: dict, renames: tuple, at: Where) -> dict | None:
+    def _check_kind(self, output: dict, at: Where) -> None:
+        """One output holds one kind of row: one shape (pairs, conversations, ...), all text or all messages."""
+        text = type(output.get("prompt")) is str
+        if output.keys() == self._keys and text == self._kind[1]:  # the common case: a row like the first
+            return
+        kind = (shape_of(output), text)
+        if self._kind is None:
+            self._keys = set(output)
+            self._kind = kind
+        elif kind != self._kind:
+            if kind[0] != self._kind[0]:
+                raise at.error("mixed-format", f"this row holds {SHAPE_WORDS[kind[0]]} but earlier rows hold "
+                               f"{SHAPE_WORDS[self._kind[0]]}; one output cannot mix both", None)
+            words = ("plain text", "conversational") if kind[1] else ("conversational", "plain text")
+            raise at.error("mixed-format", f"this row is {words[0]} but earlier rows are {words[1]}; "
+                           "one output cannot mix both", "prompt")
+
+    def _rename(self, row: dict, renames: tuple, at: Where, strict: bool) -> dict | None:
+        """Apply ``canonical: column`` renames. A --map column a row lacks is a mistake; a registry entry's column a
+        row lacks is an optional one (LLaMA-Factory reads it as empty), and the adapter names any it needs."""
         row = dict(row)
         for canonical, column in renames:
-            if column not in row:
+            value = row.pop(column, _MISSING) if column in row or "." not in column else _take(row, column)
+            if value is _MISSING and not strict:
+                continue
+            if value is _MISSING:
                 self._reject(at.error("missing-field", f"column '{column}' (named by --map {canonical}={column}) "
                                       "is missing", column), row)
                 return None
-            row[canonical] = row.pop(column)
+            row[canonical] = value
         return row
 
     @staticmethod

@@ -68,10 +68,20 @@ def _unquote(token: str) -> str:
     return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), body)
 
 
+MAX_DEPTH = 100  # nesting of parentheses, lists and nots: no filter a person writes goes deeper
+
+
 class _Parser:
     def __init__(self, text: str):
         self.text, self.tokens, self.i = text, _tokens(text), 0
         self.columns: set[str] = set()
+        self.depth = 0
+
+    def deeper(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise DataError(f"--where: the expression nests parentheses, lists or 'not' more than {MAX_DEPTH} levels "
+                            f"deep")
 
     def peek(self) -> tuple[str, str, int]:
         return self.tokens[self.i]
@@ -122,7 +132,9 @@ class _Parser:
     def not_(self) -> Predicate:
         if self.word("not"):
             self.take()
+            self.deeper()
             inner = self.not_()
+            self.depth -= 1
             return lambda row: not inner(row)
         return self.comparison()
 
@@ -175,12 +187,15 @@ class _Parser:
             return lambda row: string
         if kind == "op" and text == "(":
             self.take()
+            self.deeper()
             inner = self.or_()
             self.expect(")")
+            self.depth -= 1
             return inner
         if kind == "op" and text == "[":
             self.take()
             items = []
+            self.deeper()
             while not (self.peek()[0] == "op" and self.peek()[1] == "]"):
                 items.append(self.value())
                 if self.peek()[1] == ",":
@@ -188,6 +203,7 @@ class _Parser:
                 elif self.peek()[1] != "]":
                     raise self.fail("',' or ']'")
             self.take()
+            self.depth -= 1
             return lambda row: [item(row) for item in items]
         if kind == "name":
             if text in ("true", "True"):

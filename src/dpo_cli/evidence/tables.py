@@ -29,6 +29,11 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     console.print(f"[bold]safety[/]     {plan['safety']}")
     if plan.get("memory") is not None:
         print_memory_plan(console, plan["memory"])
+    for split, found in plan.get("data", {}).items():
+        details = "; ".join(f"{what.replace('_', ' ')}: {', '.join(f'{k} {n:,}' for k, n in counts.items())}"
+                            for what, counts in found.items() if what != "rows")
+        console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows read and checked"
+                      + (f" ({details})" if details else ""), highlight=False)
     console.print("dry run: no weights loaded, nothing written")
 
 

@@ -74,17 +74,34 @@ class DataSource(TypedDict):
     """A data source given as an object; stays a plain dict so run.json can record it as written."""
 
     __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
-    path: str
+    path: NotRequired[str]
+    registry: NotRequired[str]  # a LLaMA-Factory dataset_info.json, with name: the entry to read
+    name: NotRequired[str]
     format: NotRequired[Annotated[str, AfterValidator(_known_format)]]
-    columns: NotRequired[dict[str, str]]  # canonical name -> column in the file
+    columns: NotRequired[dict[str, str]]  # canonical name -> column in the file (a dotted path for nesting)
     where: NotRequired[Annotated[str, AfterValidator(_valid_where)]]
     limit: NotRequired[Annotated[int, Field(gt=0)]]
+    skip_invalid: NotRequired[bool]  # drop bad rows (counted in run.json) instead of stopping at the first
+    rejects: NotRequired[str]  # with skip_invalid: write the bad rows and their reasons here
+
+
+def _one_kind_of_source(source: DataSource) -> DataSource:
+    if ("path" in source) == ("registry" in source):
+        raise ValueError("a data source needs either path, or registry and name")
+    if ("registry" in source) != ("name" in source):
+        raise ValueError("registry and name go together: the dataset_info.json and the entry to read")
+    if "registry" in source and ("format" in source or "columns" in source):
+        raise ValueError("a registry source takes format and columns from its entry; give path to set them")
+    if "rejects" in source and not source.get("skip_invalid"):
+        raise ValueError("rejects only applies with skip_invalid: true (without it the first bad row stops)")
+    return source
 
 
 # pydantic puts a tagged union's tag into error locations; these are dropped again when naming the recipe key
 SOURCE_TAGS = ("path-string", "source-object")
 SourceItem = Annotated[
-    Annotated[str, Tag(SOURCE_TAGS[0])] | Annotated[DataSource, Tag(SOURCE_TAGS[1])],
+    Annotated[str, Tag(SOURCE_TAGS[0])]
+    | Annotated[DataSource, AfterValidator(_one_kind_of_source), Tag(SOURCE_TAGS[1])],
     Discriminator(lambda v: SOURCE_TAGS[0] if isinstance(v, str) else SOURCE_TAGS[1]),
 ]
 
@@ -97,7 +114,8 @@ SourceList = Annotated[list[SourceItem], BeforeValidator(_as_source_list)]
 
 
 class DataSection(_Section):
-    """Each of train/eval is a path, an object {path, format, columns, where, limit}, or a list of either."""
+    """Each of train/eval is a path, an object {path, format, columns, where, limit, skip_invalid, rejects} or
+    {registry, name, ...}, or a list of either."""
 
     train: SourceList
     eval: SourceList | None = None
@@ -217,9 +235,11 @@ class Recipe(_Section):
         return value
 
     def local_inputs(self) -> list[Path]:
-        """Every local file or directory the run reads: data sources (a glob by the folder it searches), models,
+        """Every local file or directory the run reads: data sources (a glob by the folder it searches, a registry by
+        its dataset_info.json), models,
         tokenizer, chat template, reference, adapter, reward models and reward-function files."""
-        named = [s if isinstance(s, str) else s["path"] for s in [*self.data.train, *(self.data.eval or [])]]
+        named = [s if isinstance(s, str) else s.get("path") or s.get("registry")
+                 for s in [*self.data.train, *(self.data.eval or [])]]
         named += [self.model.name_or_path, self.model.tokenizer, self.model.chat_template,
                   self.ref_model.name_or_path, self.ref_model.adapter]
         if self.reward is not None:

@@ -20,10 +20,11 @@ from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadErr
 from dpo_cli.core.paths import check_output, replaceable_directory, run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.data.load import load_splits
+from dpo_cli.data.load import check_data, load_splits
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
@@ -64,6 +65,7 @@ def describe(recipe: Recipe) -> dict[str, Any]:
         "reference": stage.reference(recipe).description,
         "safety": _safety(stage),
         "memory": memory,
+        "data": _checked_data(recipe, stage),
     }
 
 
@@ -147,8 +149,21 @@ def _wait_for_everyone() -> None:
 
 
 def _load_data(recipe: Recipe, stage: Stage):
-    try:
+    with _for_stage(recipe, stage):
         return load_splits(recipe.data, recipe.seed, stage.data_kind)
+
+
+def _checked_data(recipe: Recipe, stage: Stage) -> dict:
+    """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
+    with _for_stage(recipe, stage):
+        return check_data(recipe.data, stage.data_kind)
+
+
+@contextlib.contextmanager
+def _for_stage(recipe: Recipe, stage: Stage):
+    """A bad row is said beside what the stage reads."""
+    try:
+        yield
     except DataError as exc:
         if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
             raise
@@ -231,6 +246,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 3. tokenizer and models
         tokenizer = load_tokenizer(recipe.model)
+        if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
+            console.warn(warning)
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
         ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" \
