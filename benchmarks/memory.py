@@ -68,13 +68,14 @@ def child(name: str, workdir: Path, model_dir: Path, data: Path) -> dict:
     import torch  # noqa: F401  imported before the baseline so every configuration pays the same
     import trl  # noqa: F401
 
+    from trl import DPOTrainer
+
     from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.refcache import cached_dpo_trainer_class
     from dpo_cli.train.run import train
 
     # Peak RSS of the training steps alone: Linux resets the high-water mark (VmHWM) when 5 is written to clear_refs,
     # so loading transients (state dicts read before they land in the model) do not mask what the steps hold.
-    trainer_class = cached_dpo_trainer_class()
+    trainer_class = DPOTrainer  # dpo-cli's trainer is TRL's, or a subclass of it (the reference-cache hook)
     inherited_train = trainer_class.train
     steps = {}
 
