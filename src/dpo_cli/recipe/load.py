@@ -106,7 +106,7 @@ def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
             import trl
 
             console.warn(str(error(("trainer", key), f"TRL {trl.__version__} ignores it for stage {recipe.stage}: "
-                                                     f"{why} The run goes on as if it were false")))
+                                                     f"{why} The run goes on as if it were false.")))
 
 
 def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:

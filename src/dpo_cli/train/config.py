@@ -56,11 +56,11 @@ def build_config(recipe: Recipe, plan: DevicePlan, error: ErrorAt | None = None)
     check_trackers(recipe.trainer.get("report_to"))
     config_class = get_stage(recipe.stage).config_class()
     kwargs = trainer_kwargs(recipe, plan)
-    if plan.assumed and plan.device == "cuda":
+    if plan.device == "cuda":
         import torch
 
-        if not torch.cuda.is_available():  # planning for a GPU from a machine without one: TRL checks as on a CPU
-            kwargs.update(bf16=False, fp16=False, use_cpu=True)
+        if not torch.cuda.is_available():  # planning for a GPU (--gpu-memory) from a machine without one
+            kwargs.update(bf16=False, fp16=False, use_cpu=True)  # TRL's checks then run as on this machine
     try:
         return config_class(**kwargs)
     except (ValueError, TypeError) as exc:

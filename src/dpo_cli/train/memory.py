@@ -299,6 +299,8 @@ def device_memory(plan: DevicePlan) -> tuple[int | None, str]:
     if plan.device == "cuda":
         import torch
 
+        if not torch.cuda.is_available():
+            return None, "unknown"
         props = torch.cuda.get_device_properties(0)
         return props.total_memory, f"{props.name} (GPU 0)"
     try:
