@@ -82,7 +82,7 @@ def test_an_explicit_key_or_what_trl_cannot_do_wins_over_auto(tiny_model, write_
 def test_on_a_cpu_auto_keeps_the_per_step_reference_and_liger_off(tiny_model, write_recipe):
     recipe, defaults = settled(write_recipe, device=CPU)
     assert recipe.ref_model.precompute is False and "GPU only" in defaults["ref_model.precompute"].reason
-    assert recipe.trainer["use_liger_kernel"] is False
+    assert "use_liger_kernel" not in recipe.trainer
 
 
 def test_liger_is_on_where_it_is_installed_and_the_model_is_on_cuda(tiny_model, write_recipe, monkeypatch):
@@ -91,11 +91,11 @@ def test_liger_is_on_where_it_is_installed_and_the_model_is_on_cuda(tiny_model, 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "liger_kernel" else real(name, *a))
     recipe, defaults = settled(write_recipe)
-    assert recipe.trainer["use_liger_kernel"] is False and "dpo-cli[fast]" in defaults["trainer.use_liger_kernel"].reason
+    assert recipe.trainer.get("use_liger_kernel") is None and "dpo-cli[fast]" in defaults["trainer.use_liger_kernel"].reason
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "liger_kernel" else real(name, *a))
     recipe, defaults = settled(write_recipe, name="again.yaml")
     # TRL 1.16 runs Liger's layer kernels beside its fused LM head; TRL 1.0's fused Liger DPO loss cannot precompute
-    assert recipe.trainer["use_liger_kernel"] is (not dpo_liger_is_fused_loss())
+    assert recipe.trainer.get("use_liger_kernel", False) is (not dpo_liger_is_fused_loss())
     recipe, defaults = settled(write_recipe, "trainer: {use_liger_kernel: false}\n", name="off.yaml")
     assert recipe.trainer["use_liger_kernel"] is False and defaults["trainer.use_liger_kernel"].explicit
 

@@ -31,6 +31,8 @@ def settle_defaults(recipe: Recipe, run: PlannedRun) -> tuple[Recipe, list[Defau
         if default.explicit:
             continue
         section, key = default.key.split(".", 1)
+        if section == "trainer" and not default.value:
+            continue  # off is TRL's own default: the recipe and recipe.resolved.yaml stay as written
         if section == "trainer":
             recipe = recipe.model_copy(update={"trainer": {**recipe.trainer, key: default.value}})
         else:
