@@ -47,8 +47,8 @@ def defaults_record(defaults: list[Default]) -> dict[str, Any]:
 
 
 def defaults_note(defaults: list[Default]) -> str | None:
-    """One line for the console naming what dpo-cli chose for this run, and why."""
-    chosen = [f"{d.key}={str(d.value).lower()} ({d.reason})" for d in defaults if not d.explicit]
+    """One line for the console naming what dpo-cli turned on for this run, and why (--dry-run shows every choice)."""
+    chosen = [f"{d.key}=true ({d.reason})" for d in defaults if not d.explicit and d.value is True]
     return "chosen for this run: " + "; ".join(chosen) if chosen else None
 
 

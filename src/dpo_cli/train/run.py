@@ -55,11 +55,11 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, An
     data: dict[str, Any] = {}
 
     def train_data() -> dict | None:  # read only when a default needs it (max_steps against the row count)
-        if not data:
+        if "info" not in data:
             try:
                 data["info"] = _load_data(recipe, stage)[2]["train"]
-            except (DataError, InputError, OSError) as exc:
-                data["info"], data["why"] = None, str(exc)
+            except (DataError, InputError, OSError):
+                data["info"] = None  # not on this machine: the default says it could not count the rows
         return data["info"]
 
     settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, train_data))
@@ -197,12 +197,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
     if checkpoint:
         manifest["resumed_from"] = str(checkpoint)
-    # the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data is known
-    recipe, defaults = settle_defaults(recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"]))
-    args = build_config(recipe, plan)
-    manifest["defaults"] = defaults_record(defaults)
-    if is_main and (note := defaults_note(defaults)):
-        console.note(note)
 
     def record(**fields) -> None:
         """run.json, rewritten whole (atomically) as the run moves on; the main process alone writes."""
@@ -214,6 +208,13 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_recipe(recipe.resolved_yaml())
     record()
+    # the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data is known;
+    # recipe.resolved.yaml keeps the recipe as given (auto), run.json what auto became and why
+    recipe, defaults = settle_defaults(recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"]))
+    args = build_config(recipe, plan)
+    record(defaults=defaults_record(defaults))
+    if is_main and (note := defaults_note(defaults)):
+        console.note(note)
 
     # 3. tokenizer and models
     tokenizer = load_tokenizer(recipe.model)
