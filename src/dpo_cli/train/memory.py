@@ -173,7 +173,7 @@ def _per_token_layer(x: _Inputs) -> int:
 
 def _head_bytes(x: _Inputs, tokens: int) -> tuple[int, str]:
     s = x.shape
-    residual, compute, _ = _dtypes(x)
+    residual, compute, _ = _dtypes(x)  # the head's weight and its input hidden states are in the residual's dtype
     if x.head_tile is None:  # no fused LM head in this TRL: the logits exist whole, upcast for the log-softmax
         return tokens * s.vocab * 4, f"{tokens} positions x {s.vocab} vocabulary x 4 bytes (whole logits)"
     positions, columns = min(tokens, x.head_tile[0]), min(s.vocab, x.head_tile[1])
@@ -182,14 +182,14 @@ def _head_bytes(x: _Inputs, tokens: int) -> tuple[int, str]:
     if x.lora_trainable is None:  # the head's own gradient, accumulated in float32 and cast to the weights' dtype
         size += s.vocab * s.hidden * (4 + x.weight_bytes)
         how += ", float32 gradient of the head"
-    if (4 if x.upcast else x.weight_bytes) != compute:
-        size += columns * s.hidden * compute + positions * s.hidden * compute  # casts of a weight slice and inputs
+    if residual != compute:  # each tile casts a slice of the head and of the hidden states to the compute dtype
+        size += (columns + positions) * s.hidden * compute
     return size, how
 
 
 def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
     s = x.shape
-    residual, compute, linear = _dtypes(x)
+    residual, _, linear = _dtypes(x)
     rows = []
     if x.bits:
         unquantized = (x.params - x.quantizable) * (4 if x.upcast else x.weight_bytes)
@@ -239,7 +239,7 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
         rows.append(("reference forward (estimate)", 0, f"{x.reference}: no reference forward during training"))
     head, how = _head_bytes(x, tokens)
     rows.append(("LM head (estimate)", head, how))
-    transient = sum(size for what, size, _ in rows[4:])
+    transient = sum(size for what, size, _ in rows if "(estimate)" in what)
     rows.append(("allocator overhead (estimate)", int(transient * ALLOCATOR_SHARE),
                  f"{ALLOCATOR_SHARE:.0%} of the memory that comes and goes within a step (block rounding, "
                  f"fragmentation)"))
