@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def cpu_only(monkeypatch):
+    """Plan as on a machine without a GPU, for tests that assert CPU behaviour (use_cpu, torchrun, device cpu) and
+    must pass on GPU machines too. A subprocess the test starts sees no GPU either (CUDA_VISIBLE_DEVICES="")."""
+    from dpo_cli.train import device
+
+    monkeypatch.setattr(device, "detect_hardware", lambda: device.CPU)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    return device.CPU
+
+
 @pytest.fixture(scope="session", autouse=True)
 def dpo_cli_home(tmp_path_factory) -> Path:
     """Build the tiny model once per session into a private home, so tests never touch the user's cache."""

@@ -34,7 +34,7 @@ def test_debug_shows_the_traceback(capsys, tmp_path):
         run_cli(capsys, "--debug", "train", str(tmp_path / "missing.yaml"))
 
 
-def test_dry_run_prints_plan_and_writes_nothing(capsys, tmp_path, write_recipe):
+def test_dry_run_prints_plan_and_writes_nothing(capsys, tmp_path, write_recipe, cpu_only):
     out = tmp_path / "run"
     recipe = write_recipe(f"stage: dpo\nmodel: {{name_or_path: builtin:tiny-chat}}\n"
                           f"data: {{train: builtin:demo/train.jsonl}}\noutput_dir: {out}\n")

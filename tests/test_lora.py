@@ -32,7 +32,8 @@ def test_sections_parse_with_defaults(tiny_model, write_recipe):
     recipe = load_recipe(write_recipe(BASE + "lora: {}\nquantization:\n  bits: 4\nref_model: auto\n"))
     assert (recipe.lora.r, recipe.lora.alpha, recipe.lora.target_modules) == (16, 32, "all-linear")
     assert (recipe.quantization.quant_type, recipe.quantization.double_quant) == ("nf4", True)
-    assert not recipe.ref_model.explicit and not recipe.ref_model.precompute
+    assert not recipe.ref_model.explicit and recipe.ref_model.precompute == "auto"
+    assert recipe.quantization.upcast is False  # unquantized weights stay in the model's dtype
 
 
 def test_lora_fields_map_onto_peft(tiny_model, write_recipe):
@@ -132,6 +133,23 @@ def test_separate_quantized_reference_loads_frozen_4bit(tiny_model, write_recipe
     assert getattr(models.reference, "is_loaded_in_4bit", False)
     assert not any(p.requires_grad for p in models.reference.parameters())
     assert not getattr(models.policy, "is_loaded_in_4bit", False) and models.peft_config.r == 16
+
+
+@pytest.mark.parametrize("upcast", [False, True])
+def test_qlora_casts_unquantized_weights_to_float32_only_when_asked(tiny_model, write_recipe, upcast):
+    import torch
+
+    from dpo_cli.train.models import load_models
+    from dpo_cli.train.stages import get_stage
+
+    recipe = load_recipe(write_recipe(BASE + f"lora: {{}}\nquantization: {{bits: 4, upcast: {str(upcast).lower()}}}\n"),
+                         ["model.dtype=bfloat16"])
+    policy = load_models(recipe, get_stage("dpo")).policy
+    assert getattr(policy, "is_loaded_in_4bit", False)
+    expected = torch.float32 if upcast else torch.bfloat16
+    assert policy.get_input_embeddings().weight.dtype == expected
+    assert policy.model.norm.weight.dtype == expected
+    assert not any(p.requires_grad for p in policy.parameters())  # the adapter, added by TRL, is what trains
 
 
 @pytest.mark.slow

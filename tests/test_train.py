@@ -35,7 +35,8 @@ def _weights(path):
     return load_file(str(path / "model.safetensors"))
 
 
-def test_dpo_smoke_run_logs_loss_changes_weights_and_saves_a_loadable_model(tiny_model, write_recipe, tmp_path):
+def test_dpo_smoke_run_logs_loss_changes_weights_and_saves_a_loadable_model(tiny_model, write_recipe, tmp_path,
+                                                                          cpu_only):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "run"

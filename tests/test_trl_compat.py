@@ -7,7 +7,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dpo_cli.train.trl_compat import dpo_trainer_with_precompute_hook, field_choices, fused_lm_head_tokens
+from dpo_cli.train.trl_compat import (
+    dpo_liger_is_fused_loss,
+    dpo_trainer_with_precompute_hook,
+    field_choices,
+    fused_lm_head_tokens,
+    fused_lm_head_vocab_chunk,
+    ignored_field,
+)
 
 
 def test_dpo_and_grpo_loss_types_are_read_from_the_config_fields():
@@ -34,6 +41,30 @@ def test_fused_lm_head_size_is_known_exactly_when_trl_has_the_kernel():
     tokens = fused_lm_head_tokens()
     assert (tokens is not None) == has_kernel
     assert tokens is None or tokens > 0
+
+
+def test_the_fused_lm_head_tile_is_read_where_trl_has_one():
+    tokens, columns = fused_lm_head_tokens(), fused_lm_head_vocab_chunk()
+    assert tokens is None or columns is None or 0 < columns <= 1 << 20
+
+
+def test_dpo_liger_route_is_read_from_the_trainer():
+    """TRL 1.0 runs Liger as a fused DPO loss (which refuses a precomputed reference); TRL 1.16 runs its kernels."""
+    import inspect
+
+    from trl import DPOTrainer
+
+    # read another way: the fused-loss route builds Liger's DPO loss in the trainer's constructor
+    builds_fused_loss = "LigerFusedLinearDPOLoss" in inspect.getsource(DPOTrainer.__init__)
+    assert dpo_liger_is_fused_loss() == builds_fused_loss
+
+
+def test_an_option_the_trainer_ignores_is_found_from_trl_itself():
+    from trl import DPOConfig, KTOConfig, SFTConfig
+
+    assert ignored_field(DPOConfig, "padding_free")  # TRL 1.0 to 1.16: DPO warns and pads as usual
+    assert ignored_field(SFTConfig, "padding_free") is None  # SFT honours it
+    assert ignored_field(DPOConfig, "beta") is None and ignored_field(KTOConfig, "no_such_field") is None
 
 
 @pytest.mark.slow

@@ -50,38 +50,57 @@ def train(
         show_default=False)] = None,
     resume_force: Annotated[bool, typer.Option(
         "--resume-force", help="Resume even if the recipe or data changed since the checkpoint.")] = False,
+    gpu_memory: Annotated[Optional[str], typer.Option(
+        "--gpu-memory", help="With --dry-run: plan as on one CUDA GPU of this size (24GiB, 80GB), from any machine.",
+        show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --dry-run: print the whole plan as one JSON object.")
+                       ] = False,
+    share_gpus: Annotated[bool, typer.Option(
+        "--share-gpus", help="Let --nproc start more processes than there are GPUs (they share GPUs).")] = False,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
+    from dpo_cli.core.errors import InputError
     from dpo_cli.recipe.load import load_recipe
     from dpo_cli.recipe.pipeline import is_pipeline
+    from dpo_cli.train.device import assumed_gpu, parse_size
 
+    if (gpu_memory or as_json) and not dry_run:
+        raise InputError("--gpu-memory and --json describe a plan: use them with --dry-run")
+    hardware = assumed_gpu(parse_size(gpu_memory)) if gpu_memory else None
     if is_pipeline(recipe):
         _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
-                        resume_force=resume_force, several=bool(nproc or accelerate_config))
+                        resume_force=resume_force, several=bool(nproc or accelerate_config), hardware=hardware,
+                        as_json=as_json)
         return
     resolved = load_recipe(recipe, overrides or [])
     if nproc or accelerate_config or dry_run:
         from dpo_cli.train import launch
         from dpo_cli.train.device import plan_device
 
-        device = plan_device(resolved.trainer).device
+        plan = plan_device(resolved.trainer, hardware)
+        device = plan.device
         config = launch.accelerate_config_path(accelerate_config) if accelerate_config else None
         for warning in launch.config_warnings(launch.load_accelerate_config(config), resolved, device) \
                 if config else []:
             console.warn(warning)
         if nproc and not launch.inside_launcher():
+            launch.check_processes(nproc, plan, share_gpus)
             recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else []),
                            *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else [])]
             command = launch.launch_command(recipe_args, nproc, config, device)
-            if dry_run:
+            if dry_run and not as_json:
                 console.stdout.print("would run: " + " ".join(command))
-            else:
+            elif not dry_run:
                 raise typer.Exit(launch.relaunch(command))
     if dry_run:
-        from dpo_cli.evidence.tables import print_dry_run
+        from dpo_cli.evidence.tables import plan_json, print_dry_run
         from dpo_cli.train.run import describe
 
-        print_dry_run(console.stdout, resolved, describe(resolved))
+        plan = describe(resolved, hardware)
+        if as_json:
+            console.stdout.out(plan_json(resolved, plan), highlight=False)
+        else:
+            print_dry_run(console.stdout, resolved, plan)
         return
     from dpo_cli.evidence.tables import print_run_summary
     from dpo_cli.train.run import train as run_training
@@ -92,7 +111,7 @@ def train(
 
 
 def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrite: bool, resume: Optional[str],
-                    resume_force: bool, several: bool) -> None:
+                    resume_force: bool, several: bool, hardware=None, as_json: bool = False) -> None:
     """A recipe with stages: each stage in order, complete ones skipped."""
     from dpo_cli.core.errors import InputError
     from dpo_cli.recipe.pipeline import load_pipeline
@@ -103,12 +122,17 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
                          "yourself: torchrun --nproc_per_node N -m dpo_cli train " + str(path))
     out = console.stdout
     if dry_run:
-        from dpo_cli.evidence.tables import print_dry_run
+        from dpo_cli.evidence.tables import plan_json, print_dry_run
         from dpo_cli.train.run import describe
 
+        if as_json:
+            plans = [f'"{stage.name}": {plan_json(stage.recipe, describe(stage.recipe, hardware))}'
+                     for stage in pipeline.stages]
+            out.out('{"stages": {' + ", ".join(plans) + "}}", highlight=False)
+            return
         for stage in pipeline.stages:
             out.rule(f"stage {stage.name} ({stage.recipe.stage})")
-            print_dry_run(out, stage.recipe, describe(stage.recipe))
+            print_dry_run(out, stage.recipe, describe(stage.recipe, hardware))
         return
     from dpo_cli.evidence.tables import print_run_summary
     from dpo_cli.train.pipeline import run_pipeline

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
@@ -25,6 +28,9 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     device = plan["device"]
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
+    for default in plan.get("defaults", []):
+        how = "set by the recipe" if default.explicit else f"chosen: {default.reason}"
+        console.print(f"[bold]{default.key}[/] {str(default.value).lower()} ({escape(how)})")
     console.print(f"[bold]reference[/]  {plan['reference']}")
     console.print(f"[bold]safety[/]     {plan['safety']}")
     if plan.get("memory") is not None:
@@ -53,9 +59,40 @@ def print_memory_plan(console: Console, memory) -> None:
         console.print("[bold]device memory[/] unknown")
         return
     verdict = "[bold red]over[/]" if memory.over else "[green]fits[/]"
-    console.print(f"[bold]device memory[/] {human(memory.device_bytes)} ({memory.device_label}): {verdict}")
-    for rank, (change, saving) in enumerate(memory.suggestions, 1):
-        console.print(f"  {rank}. {change}: saves about {human(saving)}")
+    context = f", keeping {human(memory.reserve)} for the CUDA context" if memory.reserve else ""
+    console.print(f"[bold]device memory[/] {human(memory.device_bytes)} ({memory.device_label}{context}): {verdict}")
+    if memory.over:
+        what, size = memory.largest
+        console.print(f"largest item: {what}, {human(size)}. Cheapest fixes first (each alone):")
+    for rank, (change, saving, fits) in enumerate(memory.suggestions, 1):
+        console.print(f"  {rank}. {change}: saves about {human(saving)}{' (then fits)' if fits else ''}",
+                      markup=False)
+
+
+def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
+    """The whole dry-run plan as one JSON object, for scripts: bytes as integers."""
+    memory = plan.get("memory")
+    document = {
+        "recipe": redact(recipe.model_dump(mode="json")),
+        "config_class": plan["config_class"],
+        "config_fields": redact(plan["config_fields"]),
+        "device": dataclasses.asdict(plan["device"]),
+        "defaults": [dataclasses.asdict(d) for d in plan.get("defaults", [])],
+        "reference": plan["reference"],
+        "safety": plan["safety"],
+        "memory": memory.to_json() if hasattr(memory, "to_json") else {"unavailable": memory},
+    }
+    return json.dumps(document, indent=2, default=str)
+
+
+def throughput_line(throughput: dict | None) -> str | None:
+    """Tokens per second and MFU of a run, as the end-of-run table shows them."""
+    if not throughput or throughput.get("tokens_per_second") is None:
+        return None
+    mfu = throughput.get("mfu")
+    share = f"{mfu:.1%} of the {throughput['device']}'s bf16 peak ({throughput['peak_bf16_flops'] / 1e12:.0f} " \
+            f"TFLOP/s)" if mfu is not None else f"unknown (no bf16 peak known for {throughput['device']})"
+    return f"throughput: {throughput['tokens_per_second']:,.0f} tokens/s; estimated MFU {share}"
 
 
 METRIC_ROWS = (
@@ -102,6 +139,9 @@ def print_run_summary(console: Console, result) -> None:
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
+    line = throughput_line(manifest.get("throughput"))
+    if line:
+        console.print(line, markup=False)
     if manifest.get("plots"):
         console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
                       f"report")

@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from dpo_cli.core import console
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
 from dpo_cli.recipe.schema import SOURCE_TAGS, Recipe, RefModelSection
@@ -19,6 +20,7 @@ from dpo_cli.train.device import plan_device
 from dpo_cli.train.models import check_lora_targets
 from dpo_cli.train.stages import STAGES, get_stage, stage_names
 from dpo_cli.train.stages.base import Stage
+from dpo_cli.train.trl_compat import ignored_field
 
 
 def _describe(err: dict, model: type[BaseModel] | None, located: Located, loc: tuple,
@@ -87,6 +89,7 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
         raise _first_error(exc, Recipe, located, prefix) from None
     stage = get_stage(recipe.stage)
     recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
+    warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     if recipe.lora is not None:
         check_lora_targets(recipe, error)
@@ -94,6 +97,18 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
         stage.validate(recipe, error)
     build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now rather than later
     return recipe
+
+
+def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
+    """A trainer: option turned on that the installed TRL's trainer for this stage ignores (DPO's padding_free): the
+    run would go on as if it were off, so say so now, where the key is."""
+    config_class = stage.config_class()
+    for key, value in recipe.trainer.items():
+        if value is True and (why := ignored_field(config_class, key)):
+            import trl
+
+            console.warn(str(error(("trainer", key), f"TRL {trl.__version__} ignores it for stage {recipe.stage}: "
+                                                     f"{why} The run goes on as if it were false.")))
 
 
 def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:

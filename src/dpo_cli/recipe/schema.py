@@ -174,6 +174,9 @@ class QuantizationSection(_Section):
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
     compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # peft's prepare_model_for_kbit_training casts every weight left unquantized (embeddings, LM head, norms) to
+    # float32; that makes the activations float32 too, and QLoRA heavier than LoRA on small models. Off by default.
+    upcast: bool = False
 
     @model_validator(mode="after")
     def _four_bit_options(self) -> QuantizationSection:
@@ -194,7 +197,8 @@ class RefModelSection(_Section):
     name_or_path: str | None = None
     adapter: str | None = None
     quantization: QuantizationSection | None = None
-    precompute: bool = False
+    # auto: decided per run from the device and the planned steps (train/stages/dpo.py says how)
+    precompute: bool | Literal["auto"] = "auto"
     cache: bool = True
     cache_dir: str | None = None
 

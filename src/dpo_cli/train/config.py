@@ -10,6 +10,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
 from dpo_cli.train.stages import get_stage
+from dpo_cli.train.stages.base import Default, PlannedRun
 from dpo_cli.train.trackers import check_trackers
 
 _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -22,13 +23,48 @@ def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
             "output_dir": recipe.output_dir, "seed": recipe.seed}
 
 
+def settle_defaults(recipe: Recipe, run: PlannedRun) -> tuple[Recipe, list[Default]]:
+    """The recipe with the keys its stage decides per run written in (a precomputed reference, Liger kernels), and
+    each decision with its reason. A key the recipe set itself is never changed."""
+    defaults = get_stage(recipe.stage).settle(recipe, run)
+    for default in defaults:
+        if default.explicit:
+            continue
+        section, key = default.key.split(".", 1)
+        if section == "trainer" and not default.value:
+            continue  # off is TRL's own default: the recipe and recipe.resolved.yaml stay as written
+        if section == "trainer":
+            recipe = recipe.model_copy(update={"trainer": {**recipe.trainer, key: default.value}})
+        else:
+            part = getattr(recipe, section)
+            recipe = recipe.model_copy(update={section: part.model_copy(update={key: default.value})})
+    return recipe, defaults
+
+
+def defaults_record(defaults: list[Default]) -> dict[str, Any]:
+    """What run.json keeps of the run's defaults."""
+    return {d.key: {"value": d.value, "reason": d.reason, "set_by_recipe": d.explicit} for d in defaults}
+
+
+def defaults_note(defaults: list[Default]) -> str | None:
+    """One line for the console naming what dpo-cli turned on for this run, and why (--dry-run shows every choice)."""
+    chosen = [f"{d.key}=true ({d.reason})" for d in defaults if not d.explicit and d.value is True]
+    return "chosen for this run: " + "; ".join(chosen) if chosen else None
+
+
 def build_config(recipe: Recipe, plan: DevicePlan, error: ErrorAt | None = None):
     """The stage's TRL config. TRL's own cross-field checks (loss_weights against loss_type, ...) that fail are the
     recipe's fault: with ``error`` they point at the trainer key TRL names, else at the trainer: section."""
     check_trackers(recipe.trainer.get("report_to"))
     config_class = get_stage(recipe.stage).config_class()
+    kwargs = trainer_kwargs(recipe, plan)
+    if plan.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # planning for a GPU (--gpu-memory) from a machine without one
+            kwargs.update(bf16=False, fp16=False, use_cpu=True)  # TRL's checks then run as on this machine
     try:
-        return config_class(**trainer_kwargs(recipe, plan))
+        return config_class(**kwargs)
     except (ValueError, TypeError) as exc:
         message = f"{config_class.__name__} rejected the trainer: section: {exc}"
         named = next((name for name in _NAMED.findall(str(exc)) if name in recipe.trainer), None)

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Any
+
+from dpo_cli.core.errors import InputError
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -14,6 +19,12 @@ class DevicePlan:
     gpus: int
     precision: str  # "bf16", "fp16" or "fp32"
     reason: str
+    memory: int | None = None  # bytes of one device when planned for one that is not here (--gpu-memory)
+
+    @property
+    def assumed(self) -> bool:
+        """Planned for a GPU this machine may not have: TRL's own checks still run as on this machine."""
+        return self.memory is not None
 
     def trainer_fields(self) -> dict[str, Any]:
         fields = {"bf16": self.precision == "bf16", "fp16": self.precision == "fp16"}
@@ -22,23 +33,47 @@ class DevicePlan:
         return fields
 
 
-def plan_device(trainer: dict[str, Any]) -> DevicePlan:
-    """Pick device and mixed precision from the hardware; explicit ``trainer.bf16``/``fp16`` win."""
+CPU = DevicePlan("cpu", 0, "fp32", "no GPU found: CPU, float32")
+
+
+def detect_hardware() -> DevicePlan:
+    """The device and precision this machine offers, before the recipe has a say."""
     import torch
 
-    if torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
-        name = torch.cuda.get_device_name(0)
-        if torch.cuda.is_bf16_supported():
-            plan = DevicePlan("cuda", gpus, "bf16", f"{gpus} x {name}, bf16 supported")
-        else:
-            plan = DevicePlan("cuda", gpus, "fp16", f"{gpus} x {name}, no bf16 support: fp16 with loss scaling")
-    else:
-        plan = DevicePlan("cpu", 0, "fp32", "no GPU found: CPU, float32")
+    if not torch.cuda.is_available():
+        return CPU
+    gpus = torch.cuda.device_count()
+    name = torch.cuda.get_device_name(0)
+    if torch.cuda.is_bf16_supported():
+        return DevicePlan("cuda", gpus, "bf16", f"{gpus} x {name}, bf16 supported")
+    return DevicePlan("cuda", gpus, "fp16", f"{gpus} x {name}, no bf16 support: fp16 with loss scaling")
+
+
+def assumed_gpu(memory: int) -> DevicePlan:
+    """One CUDA GPU with bf16 and ``memory`` bytes, as --gpu-memory plans a run from any machine."""
+    return DevicePlan("cuda", 1, "bf16", f"planned as one CUDA GPU with {memory / 2**30:.2f} GiB (--gpu-memory), "
+                                         "bf16", memory=memory)
+
+
+def plan_device(trainer: dict[str, Any], hardware: DevicePlan | None = None) -> DevicePlan:
+    """Pick device and mixed precision from the hardware (or an assumed GPU); explicit ``bf16``/``fp16`` win."""
+    plan = hardware or detect_hardware()
     if trainer.get("bf16"):
-        return DevicePlan(plan.device, plan.gpus, "bf16", plan.reason + "; bf16 set by the recipe")
+        return replace(plan, precision="bf16", reason=plan.reason + "; bf16 set by the recipe")
     if trainer.get("fp16"):
-        return DevicePlan(plan.device, plan.gpus, "fp16", plan.reason + "; fp16 set by the recipe")
+        return replace(plan, precision="fp16", reason=plan.reason + "; fp16 set by the recipe")
     if trainer.get("bf16") is False and plan.precision == "bf16":
-        return DevicePlan(plan.device, plan.gpus, "fp32", plan.reason + "; bf16 turned off by the recipe")
+        return replace(plan, precision="fp32", reason=plan.reason + "; bf16 turned off by the recipe")
     return plan
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '24GiB', '80GB', '24G' or '512MiB' (GB and G read as GiB: GPU makers' GB are GiB)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise InputError(f"--gpu-memory '{text}' is not a size; write it like 24GiB, 80GB or 40960MiB")
+    number, unit, _ = match.groups()
+    size = int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
+    if size <= 0:
+        raise InputError(f"--gpu-memory '{text}' must be more than zero")
+    return size

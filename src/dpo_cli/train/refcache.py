@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core import console
-from dpo_cli.core.atomic import atomic_path
+from dpo_cli.core.atomic import atomic_path, atomic_write_text
 
 FORMAT = 1
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -89,12 +89,28 @@ def _payload_digest(chosen, rejected) -> str:
 class RefLogpCache:
     """One safetensors file per key holding the two log-prob columns, the key's parts and a checksum."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, hint: str | None = None):
         self.directory = Path(directory)
+        self.hint = hint  # stages/dpo.py's cache_hint of the run, recorded beside the train split's file
         self.events: list[tuple[str, str, Path]] = []  # (hit|miss|corrupt, split name, file)
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.safetensors"
+
+    def _hint_file(self, hint: str) -> Path:
+        return self.directory / "hints" / hint
+
+    def holds(self, hint: str) -> bool:
+        """A run with this hint stored (or found) its training log-probs here, and the file is still there."""
+        try:
+            key = self._hint_file(hint).read_text(encoding="utf-8").strip()
+        except OSError:
+            return False
+        return bool(key) and self.path(key).is_file()
+
+    def remember(self, key: str) -> None:
+        if self.hint:
+            atomic_write_text(self._hint_file(self.hint), key)
 
     def load(self, key: str, rows: int, name: str = ""):
         """The cached ``(chosen, rejected)`` tensors, or None when absent; a damaged file is reported and ignored."""
@@ -190,6 +206,8 @@ class CachedPrecompute:
         found = cache.load(key, len(dataset), name)
         if found is not None:
             cache.events.append(("hit", name, cache.path(key)))
+            if name == "train" and trainer.accelerator.is_main_process:
+                cache.remember(key)
             if trainer.accelerator.is_main_process:
                 console.note(f"reference log-probs for {name} ({len(dataset)} pairs) loaded from cache "
                              f"{cache.path(key)}")
@@ -198,6 +216,8 @@ class CachedPrecompute:
         if trainer.accelerator.is_main_process:
             path = cache.store(key, components, result[COLUMNS[0]], result[COLUMNS[1]])
             cache.events.append(("miss", name, path))
+            if name == "train":
+                cache.remember(key)
             console.note(f"reference log-probs for {name} ({len(dataset)} pairs) computed and cached in {path}")
         trainer.accelerator.wait_for_everyone()
         return result

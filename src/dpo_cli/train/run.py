@@ -28,15 +28,15 @@ from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
-from dpo_cli.train.config import build_config, trainer_kwargs
-from dpo_cli.train.device import plan_device
+from dpo_cli.train.config import build_config, defaults_note, defaults_record, settle_defaults, trainer_kwargs
+from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
-from dpo_cli.train.refcache import RefLogpCache
 from dpo_cli.train.stages import get_stage
-from dpo_cli.train.stages.base import Stage, StageInputs
-from dpo_cli.train.stages.dpo import ref_cache_dir
+from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
+from dpo_cli.train.stages.dpo import ref_logp_cache
+from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 PACKAGES = ("dpo-cli", "trl", "transformers", "peft", "accelerate", "datasets", "torch")
@@ -49,20 +49,35 @@ class RunResult:
     is_main: bool = True  # under torchrun/accelerate, only the main process reports
 
 
-def describe(recipe: Recipe) -> dict[str, Any]:
-    """What --dry-run prints: device decision, the TRL config fields we set, the reference, the memory plan."""
+def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, Any]:
+    """What --dry-run prints: device decision, the defaults this run gets, the TRL config fields we set, the
+    reference, the memory plan. ``hardware`` plans for a device this machine may not have (--gpu-memory)."""
     stage = get_stage(recipe.stage)
-    plan = plan_device(recipe.trainer)
-    config = build_config(recipe, plan)
+    plan = plan_device(recipe.trainer, hardware)
+    data: dict[str, Any] = {}
+
+    def train_data() -> dict | None:  # read only when a default needs it (max_steps against the row count)
+        if "info" not in data:
+            try:
+                data["info"] = _load_data(recipe, stage)[2]["train"]
+            except (DataError, InputError, OSError):
+                data["info"] = None  # not on this machine: the default says it could not count the rows
+        return data["info"]
+
+    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, train_data))
+    config = build_config(settled, plan)
+    kwargs = trainer_kwargs(settled, plan)
+    device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
     try:
-        memory = estimate_memory(recipe, plan, config)
+        memory = estimate_memory(settled, plan, config)
     except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
         memory = f"unavailable: {exc}"
     return {
         "config_class": type(config).__name__,
-        "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
+        "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
         "device": plan,
-        "reference": stage.reference(recipe).description,
+        "defaults": defaults,
+        "reference": stage.reference(settled).description,
         "safety": _safety(stage),
         "memory": memory,
         "data": _checked_data(recipe, stage),
@@ -243,6 +258,13 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         if is_main:
             run.write_recipe(recipe.resolved_yaml())
         record.update()
+        # the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data is known;
+        # recipe.resolved.yaml keeps the recipe as given (auto), run.json what auto became and why
+        recipe, defaults = settle_defaults(recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"]))
+        args = build_config(recipe, plan)
+        record.update(defaults=defaults_record(defaults))
+        if is_main and (note := defaults_note(defaults)):
+            console.note(note)
 
         # 3. tokenizer and models
         tokenizer = load_tokenizer(recipe.model)
@@ -250,13 +272,13 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             console.warn(warning)
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
-        ref_cache = RefLogpCache(ref_cache_dir(recipe)) if reference.kind == "precomputed" \
-            and recipe.ref_model.cache and stage.uses_ref_model else None
+        ref_cache = ref_logp_cache(recipe, manifest["data"], plan.precision) if stage.uses_ref_model else None
 
         # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
         resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
-        callbacks = [MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(), stopper,
-                     checkpoints.CompleteCheckpoints(args, identity)]
+        throughput = Throughput.for_run(models.policy, reference.kind, plan, args.world_size)
+        callbacks = [throughput, MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(),
+                     stopper, checkpoints.CompleteCheckpoints(args, identity)]
         watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
         early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
         callbacks += [c for c in (watchdog, early_stop) if c is not None]
@@ -318,5 +340,5 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                               + ("" if "evaluation" in manifest or held_out is None else
                                  " (the held-out figures were left out)"), stopper.signum)
         record.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
-                      reference=reference.description)
+                      reference=reference.description, throughput=throughput.summary())
     return RunResult(run.path, manifest, is_main)

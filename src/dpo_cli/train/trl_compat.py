@@ -7,6 +7,7 @@ small and named, and tests/test_trl_compat.py fails on the TRL release that brea
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,25 @@ def fused_lm_head_tokens() -> int | None:
     return int(TOKEN_CHUNK_SIZE)
 
 
+def fused_lm_head_vocab_chunk() -> int | None:
+    """Vocabulary columns of one tile of TRL's fused LM head (a private constant of trl.trainer.utils), else None:
+    the memory plan then counts the whole vocabulary per tile, which over-counts but never under-counts."""
+    try:
+        from trl.trainer import utils
+    except ImportError:
+        return None
+    chunk = getattr(utils, "_CHUNKED_LOGPROB_CHUNK_SIZE", None)
+    return int(chunk) if chunk else None
+
+
+def dpo_liger_is_fused_loss() -> bool:
+    """TRL's DPO with use_liger_kernel runs Liger's fused DPO loss (TRL up to about 1.12: it cannot precompute the
+    reference nor mix loss types) rather than Liger's layer kernels beside TRL's own fused LM head (TRL 1.16)."""
+    from trl import DPOTrainer
+
+    return hasattr(DPOTrainer, "_compute_loss_liger")
+
+
 def dpo_trainer_with_precompute_hook(trainer_class: type, hook: Callable[..., Any]) -> type:
     """A subclass of TRL's DPOTrainer whose reference precompute goes through ``hook``.
 
@@ -57,3 +77,32 @@ def dpo_trainer_with_precompute_hook(trainer_class: type, hook: Callable[..., An
     PrecomputeHookDPOTrainer.__name__ = PrecomputeHookDPOTrainer.__qualname__ = trainer_class.__name__
     return PrecomputeHookDPOTrainer
 
+
+
+# TRL documents an option its trainer no longer applies in the field's help: "Temporarily unavailable: ... falls back"
+_UNAVAILABLE = re.compile(r"[^.]*\b(?:temporarily unavailable|currently disabled)\b[^.]*\.", re.IGNORECASE)
+
+
+def ignored_field(config_class: type, name: str) -> str | None:
+    """Why TRL's trainer for ``config_class`` ignores the boolean field ``name`` set to true, or None.
+
+    Read from the installed TRL, not from a version list: the field's help says the option is unavailable (TRL 1.16's
+    DPOConfig.padding_free), or the trainer's constructor sets it back to False (TRL 1.0's DPOTrainer, whose help
+    still describes the option).
+    """
+    field = next((f for f in dataclasses.fields(config_class) if f.name == name), None)
+    if field is None:
+        return None
+    match = _UNAVAILABLE.search(" ".join(field.metadata.get("help", "").split()))
+    if match:
+        return match.group(0).strip()
+    import trl
+
+    trainer = getattr(trl, config_class.__name__.removesuffix("Config") + "Trainer", None)
+    try:
+        source = inspect.getsource(trainer.__init__) if trainer is not None else ""
+    except (OSError, TypeError):
+        return None
+    if re.search(rf"^\s*self\.{re.escape(name)}\s*=\s*False\s*$", source, re.MULTILINE):
+        return f"{trainer.__name__} sets {name} back to False when it starts"
+    return None

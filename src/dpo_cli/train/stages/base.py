@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
+from dpo_cli.train.device import DevicePlan
 
 ReferenceKind = Literal["none", "shared", "copy", "separate", "precomputed", "trainer-copy"]
 
@@ -33,6 +34,27 @@ class ReferencePlan:
 
 
 NO_REFERENCE = ReferencePlan("none", "none")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """What a stage's run-dependent defaults are decided from: the device, the processes, the training data."""
+
+    device: DevicePlan
+    processes: int
+    # load_splits' record of the training data ({"rows", "fingerprint", ...}), read on first need; None when the
+    # data cannot be read here (a dry run on a machine without it)
+    train_data: Callable[[], dict | None]
+
+
+@dataclass(frozen=True)
+class Default:
+    """One recipe key decided for a run: its value, whether the recipe set it, and why (the dry-run prints it)."""
+
+    key: str  # dotted recipe key: "ref_model.precompute", "trainer.use_liger_kernel"
+    value: Any
+    reason: str
+    explicit: bool = False  # the recipe set the key itself; it is never changed
 
 
 @dataclass
@@ -74,6 +96,8 @@ class Stage:
     validate: Callable[[Recipe, ErrorAt], None] | None = None  # stage rules beyond the schema, raised with a line
     trainer_fields: Callable[[Recipe], dict[str, Any]] = lambda recipe: {}  # config fields set from our sections
     unavailable: Callable[[], str | None] = lambda: None  # why the installed TRL cannot run it
+    # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
+    settle: Callable[[Recipe, PlannedRun], list[Default]] = lambda recipe, run: []
 
     @property
     def peft_task(self) -> str:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
-from dpo_cli.core.builtins import cache_home
+from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.refcache import RefLogpCache, cache_key
+from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_loss_types
+from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss
 
 
 def config_class() -> type:
@@ -19,8 +23,9 @@ def config_class() -> type:
 
 
 def precompute_enabled(recipe: Recipe) -> bool:
-    """Reference log-probs computed once before training, from ref_model.precompute or TRL's own key."""
-    return bool(recipe.ref_model.precompute or recipe.trainer.get("precompute_ref_log_probs"))
+    """Reference log-probs computed once before training, from ref_model.precompute or TRL's own key (``auto``
+    counts as off until the run settles it)."""
+    return recipe.ref_model.precompute is True or bool(recipe.trainer.get("precompute_ref_log_probs"))
 
 
 def ref_cache_dir(recipe: Recipe) -> Path:
@@ -52,12 +57,12 @@ def reference(recipe: Recipe) -> ReferencePlan:
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
     check_loss_types(recipe, error, config_class())
-    if recipe.ref_model.precompute and recipe.trainer.get("precompute_ref_log_probs") is False:
+    if recipe.ref_model.precompute is True and recipe.trainer.get("precompute_ref_log_probs") is False:
         raise error(("trainer", "precompute_ref_log_probs"), "contradicts ref_model.precompute: true; remove one of "
                                                              "them")
     if recipe.trainer.get("sync_ref_model"):
         if precompute_enabled(recipe):
-            where = ("ref_model", "precompute") if recipe.ref_model.precompute \
+            where = ("ref_model", "precompute") if recipe.ref_model.precompute is True \
                 else ("trainer", "precompute_ref_log_probs")
             raise error(where, "precomputed reference log-probs assume a fixed reference, but trainer.sync_ref_model "
                                "updates it during training; use one or the other")
@@ -70,13 +75,108 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
 
 def trainer_fields(recipe: Recipe) -> dict[str, Any]:
     """DPOConfig fields that follow from our own sections rather than from trainer:."""
-    return {"precompute_ref_log_probs": True} if recipe.ref_model.precompute else {}
+    return {"precompute_ref_log_probs": True} if recipe.ref_model.precompute is True else {}
+
+
+def cache_hint(recipe: Recipe, train_data: dict, precision: str) -> str:
+    """A key for "the cache holds this run's reference log-probs", from what is known before any weight is loaded.
+
+    The real cache key (refcache.py) hashes the weights and TRL's token ids, which exist only once the trainer is
+    built; this one names the same things by their sources (model files by size and time, data by its canonical
+    fingerprint). A wrong hint costs one precompute pass, never a wrong number: the real key is still checked.
+    """
+    ref = recipe.ref_model
+    source = resolve_builtin(ref.name_or_path or recipe.model.name_or_path)
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(source).iterdir() if p.is_file()) \
+        if Path(source).is_dir() else []
+    trainer = recipe.trainer
+    quantization = ref.quantization or (None if ref.explicit else recipe.quantization)
+    return cache_key({
+        "reference": [source, files, ref.adapter, recipe.model.dtype,
+                      quantization.model_dump() if quantization else None],
+        "tokenizer": [recipe.model.tokenizer or recipe.model.name_or_path, recipe.model.chat_template],
+        "data": [train_data.get("fingerprint"), recipe.data.eval_split, recipe.seed],
+        "settings": [trainer.get(k) for k in ("max_length", "truncation_mode", "pad_to_multiple_of", "ld_alpha",
+                                              "disable_dropout")] + [precision],
+    })
+
+
+def ref_logp_cache(recipe: Recipe, data_info: dict, precision: str) -> RefLogpCache | None:
+    """The on-disk cache a run reads and fills, when its reference is precomputed with ref_model.cache on."""
+    if not (reference(recipe).kind == "precomputed" and recipe.ref_model.cache):
+        return None
+    return RefLogpCache(ref_cache_dir(recipe), hint=cache_hint(recipe, data_info["train"], precision))
+
+
+def _rows_seen(recipe: Recipe, run: PlannedRun) -> tuple[float | None, str]:
+    """How many times the planned run sees each training row (None when that needs data this machine lacks)."""
+    trainer = recipe.trainer
+    steps = int(trainer.get("max_steps") or -1)
+    if steps <= 0:
+        epochs = float(trainer.get("num_train_epochs", 3.0))
+        return epochs, f"{epochs:g} epoch(s)"
+    info = run.train_data()
+    if not info or not info.get("rows"):
+        return None, "its training rows could not be counted here"
+    per_step = (int(trainer.get("per_device_train_batch_size", 8)) * int(trainer.get("gradient_accumulation_steps", 1))
+                * run.processes)
+    return steps * per_step / info["rows"], f"{steps} steps x {per_step} rows over {info['rows']} training rows"
+
+
+def _precompute_default(recipe: Recipe, run: PlannedRun) -> Default:
+    key = "ref_model.precompute"
+    if recipe.ref_model.precompute != "auto":
+        return Default(key, recipe.ref_model.precompute, "set by the recipe", explicit=True)
+    if recipe.trainer.get("precompute_ref_log_probs") is not None:
+        return Default(key, bool(recipe.trainer["precompute_ref_log_probs"]),
+                       "set by the recipe (trainer.precompute_ref_log_probs)", explicit=True)
+    if recipe.trainer.get("sync_ref_model"):
+        return Default(key, False, "trainer.sync_ref_model updates the reference while training, so TRL cannot "
+                                   "precompute it: the reference runs at every step")
+    if run.device.device != "cuda":
+        return Default(key, False, "auto precomputes on a GPU only: on the CPU a whole run measured no faster (the "
+                                   "extra pass and hashing the weights for the cache cost what the steps save)")
+    passes, how = _rows_seen(recipe, run)
+    if passes is not None and passes >= 1:
+        return Default(key, True, f"the run sees every training row ({how}): the reference scores each pair once "
+                                  f"before training instead of at every step")
+    info = run.train_data() if recipe.ref_model.cache else None
+    if info and RefLogpCache(ref_cache_dir(recipe)).holds(cache_hint(recipe, info, run.device.precision)):
+        return Default(key, True, f"the cache in {ref_cache_dir(recipe)} already holds these log-probs")
+    if passes is None:
+        return Default(key, False, f"{how}, so dpo-cli cannot tell whether a precompute pass pays: the reference "
+                                   f"runs at every step (ref_model.precompute: true to precompute anyway)")
+    return Default(key, False, f"the run sees {passes:.0%} of the training rows ({how}): scoring them all first "
+                               f"would cost more than it saves (ref_model.precompute: true to precompute anyway)")
+
+
+def _liger_default(recipe: Recipe, run: PlannedRun) -> Default:
+    key = "trainer.use_liger_kernel"
+    if "use_liger_kernel" in recipe.trainer:
+        return Default(key, recipe.trainer["use_liger_kernel"], "set by the recipe", explicit=True)
+    if run.device.device != "cuda":
+        return Default(key, False, "Liger's kernels are Triton kernels for CUDA GPUs")
+    if importlib.util.find_spec("liger_kernel") is None:
+        return Default(key, False, "liger-kernel is not installed here (pip install 'dpo-cli[fast]')")
+    if dpo_liger_is_fused_loss():
+        return Default(key, False, "this TRL's DPO uses Liger as a fused loss that cannot precompute the reference "
+                                   "nor mix loss types; set trainer.use_liger_kernel: true to use it anyway")
+    return Default(key, True, "liger-kernel is installed and the model trains on CUDA: its RMSNorm, RoPE and SwiGLU "
+                              "kernels (TRL keeps its own fused LM head)")
+
+
+def settle(recipe: Recipe, run: PlannedRun) -> list[Default]:
+    """DPO's run-dependent defaults: a precomputed reference when the run sees every row, Liger on CUDA."""
+    return [_precompute_default(recipe, run), _liger_default(recipe, run)]
 
 
 def build_trainer(inputs: StageInputs):
     from trl import DPOTrainer
 
     trainer_class = DPOTrainer
+    # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
+    # liger-kernel package (offline), so TRL's notice is not news to the user
+    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
     if inputs.ref_cache is not None:
         from dpo_cli.train.refcache import CachedPrecompute
         from dpo_cli.train.trl_compat import dpo_trainer_with_precompute_hook
@@ -104,4 +204,5 @@ STAGE = Stage(
     uses_ref_model=True,
     validate=validate,
     trainer_fields=trainer_fields,
+    settle=settle,
 )
