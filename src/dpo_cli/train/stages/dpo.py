@@ -10,10 +10,10 @@ from typing import Any
 from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.refcache import RefLogpCache, cache_key
+from dpo_cli.train.refcache import CachedPrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_loss_types
-from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss
+from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
 
 
 def config_class() -> type:
@@ -178,9 +178,6 @@ def build_trainer(inputs: StageInputs):
     # liger-kernel package (offline), so TRL's notice is not news to the user
     warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
     if inputs.ref_cache is not None:
-        from dpo_cli.train.refcache import CachedPrecompute
-        from dpo_cli.train.trl_compat import dpo_trainer_with_precompute_hook
-
         trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, CachedPrecompute(inputs.ref_cache))
     trainer = trainer_class(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
                             train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
