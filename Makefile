@@ -33,9 +33,9 @@ quickstart: install
 test: install
 	$(BIN)/python -m pytest -q
 
-# Under a minute on 2 cores: every test that does not train a model.
+# Under a minute on 2 cores: every test that does not train a model, on two workers.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 # The tests that need CUDA (skipped by the others on a machine without it).
 test-gpu: install
