@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import platform
 import signal
-import subprocess
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +11,9 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TransformersProgress
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DataError, InputError, ModelLoadError
+from dpo_cli.core.errors import InputError, ModelLoadError
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.data.load import load_splits
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
@@ -29,6 +23,7 @@ from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
 from dpo_cli.train.config import build_config, trainer_kwargs
 from dpo_cli.train.device import plan_device
 from dpo_cli.train.interrupt import GracefulStop, Interrupted
+from dpo_cli.train.manifest import RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.refcache import RefLogpCache
@@ -37,28 +32,19 @@ from dpo_cli.train.stages.base import Stage, StageInputs
 from dpo_cli.train.stages.dpo import ref_cache_dir
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
-PACKAGES = ("dpo-cli", "trl", "transformers", "peft", "accelerate", "datasets", "torch")
-
-
-@dataclass
-class RunResult:
-    output_dir: Path
-    manifest: dict
-    is_main: bool = True  # under torchrun/accelerate, only the main process reports
-
 
 def describe(recipe: Recipe) -> dict[str, Any]:
     """What --dry-run prints: device decision, the TRL config fields we set, the reference, the memory plan."""
     stage = get_stage(recipe.stage)
     plan = plan_device(recipe.trainer)
-    config = build_config(recipe, plan)
+    config = build_config(recipe, plan) if stage.trains else None  # a data-making stage has no TRL config
     try:
         memory = estimate_memory(recipe, plan, config)
     except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
         memory = f"unavailable: {exc}"
     return {
-        "config_class": type(config).__name__,
-        "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)},
+        "config_class": type(config).__name__ if config is not None else None,
+        "config_fields": {k: getattr(config, k) for k in trainer_kwargs(recipe, plan)} if config is not None else {},
         "device": plan,
         "reference": stage.reference(recipe).description,
         "safety": _safety(stage),
@@ -67,55 +53,19 @@ def describe(recipe: Recipe) -> dict[str, Any]:
 
 
 def _safety(stage: Stage) -> str:
+    if not stage.trains:
+        return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
+                "processes each samples its share of the prompts and the main one writes the file")
     if stage.step_loop:
         return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
     return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
             "SIGTERM/SIGINT stop the run at the end of a step")
 
 
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def check_output_dir(run: RunDir, overwrite: bool) -> None:
-    if run.path.exists() and any(run.path.iterdir()) and not overwrite:
-        raise InputError(f"output directory {run} is not empty; pass --overwrite to write over it, "
-                         f"or choose another with output_dir=DIR")
-
-
 def _wait_for_everyone() -> None:
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
-
-
-def _load_data(recipe: Recipe, stage: Stage):
-    try:
-        return load_splits(recipe.data, recipe.seed, stage.data_kind)
-    except DataError as exc:
-        if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
-            raise
-        # a row the stage cannot use: say what this stage reads, beside what the row holds
-        raise DataError(f"stage {recipe.stage} reads {stage.data_expects}; {exc.reason}", file=exc.file,
-                        line=exc.line, field=exc.field) from None
 
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:
@@ -170,14 +120,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     if not resume:
         check_output_dir(run, overwrite)
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
-    versions = _versions()
-    manifest = {"dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
-                "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
-                "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision,
-                           "reason": plan.reason, "processes": args.world_size, "host": platform.node()}}
+    manifest = start_manifest(recipe.stage, plan, args.world_size)
 
     # 2. data, checked before any weights are loaded
-    train_dataset, eval_dataset, manifest["data"] = _load_data(recipe, stage)
+    train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)
     identity = _identity(recipe, manifest["data"])
     checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
     if checkpoint:
@@ -236,7 +182,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     if early_stop is not None:
         manifest["early_stopping"] = early_stop.summary()
     if watchdog is not None and watchdog.stopped_at is not None:
-        record(status="failed", finished_at=_now(), global_step=trainer.state.global_step, error=watchdog.message(),
+        record(status="failed", finished_at=now(), global_step=trainer.state.global_step, error=watchdog.message(),
                checkpoint=str(watchdog.checkpoint))
         raise TrainingStopped(watchdog.message())
 
@@ -253,6 +199,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         checkpoints.replace_pickled_args(run.path, args)
         if recipe.plot:
             manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
-    record(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
+    record(status="completed", finished_at=now(), global_step=trainer.state.global_step,
            reference=reference.description)
     return RunResult(run.path, manifest, is_main)

@@ -34,6 +34,19 @@ class ReferencePlan:
 
 NO_REFERENCE = ReferencePlan("none", "none")
 
+# Prompt length a memory plan assumes where a stage's config does not bound it (generation sees whole prompts).
+ASSUMED_PROMPT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What a stage that samples holds while it generates, for the memory plan: the KV cache of ``sequences``
+    sequences of up to ``tokens`` tokens (prompt and completion), and the reward models that judge them."""
+
+    sequences: int
+    tokens: int
+    reward_models: tuple[str, ...] = ()
+
 
 @dataclass
 class StageInputs:
@@ -53,13 +66,20 @@ class StageInputs:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage. run.py, models.py, memory.py and the recipe loader ask this object; none names a stage."""
+    """One stage. run.py, models.py, memory.py, the pipeline runner and the recipe loader ask this object; none names
+    a stage.
+
+    A training stage has a TRL config and trainer; a data-making stage (``make_data``) has neither and runs its own
+    short flow instead of the seven training steps.
+    """
 
     name: str
-    config_class: Callable[[], type]  # the TRL config dataclass (imported on call: TRL is heavy)
-    build_trainer: Callable[[StageInputs], Any]  # the TRL trainer call
     data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
     data_expects: str  # said beside a row the stage cannot use
+    config_class: Callable[[], type] | None = None  # the TRL config dataclass (imported on call: TRL is heavy)
+    build_trainer: Callable[[StageInputs], Any] | None = None  # the TRL trainer call
+    # a stage that makes data rather than trains: (recipe, overwrite) -> RunResult; its recipe has no trainer:
+    make_data: Callable[..., Any] | None = None
     reference: Callable[[Recipe], ReferencePlan] = lambda recipe: NO_REFERENCE
     # sequences each training row puts through the model at once (chosen and rejected: 2), for the memory plan
     sequences_per_row: Callable[[Recipe], int] = lambda recipe: 1
@@ -74,6 +94,25 @@ class Stage:
     validate: Callable[[Recipe, ErrorAt], None] | None = None  # stage rules beyond the schema, raised with a line
     trainer_fields: Callable[[Recipe], dict[str, Any]] = lambda recipe: {}  # config fields set from our sections
     unavailable: Callable[[], str | None] = lambda: None  # why the installed TRL cannot run it
+    sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
+
+    def load_data(self, recipe: Recipe):
+        """(train, eval or None, what run.json records) as this stage reads them; a row it cannot use is an error
+        that says what the stage reads beside what the row holds."""
+        from dpo_cli.core.errors import DataError
+        from dpo_cli.data.load import load_splits
+
+        try:
+            return load_splits(recipe.data, recipe.seed, self.data_kind)
+        except DataError as exc:
+            if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
+                raise
+            raise DataError(f"stage {recipe.stage} reads {self.data_expects}; {exc.reason}", file=exc.file,
+                            line=exc.line, field=exc.field) from None
+
+    @property
+    def trains(self) -> bool:
+        return self.make_data is None
 
     @property
     def peft_task(self) -> str:
