@@ -11,6 +11,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.device import DevicePlan
 from dpo_cli.train.models import lora_config, meta_model
 from dpo_cli.train.stages import get_stage
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan
 from dpo_cli.train.trl_compat import fused_lm_head_tokens
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -38,6 +39,8 @@ class _Inputs:
     hidden: int
     layers: int
     vocab: int
+    trains: bool = True  # False: a data-making stage, no gradients, optimizer state or training activations
+    sampling_rows: tuple[tuple[str, int, str], ...] = ()  # generation buffers and judges of a stage that samples
 
 
 @dataclass
@@ -99,6 +102,9 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
         rows.append(("reference", x.reference_bytes, f"{x.reference}: a second, frozen model"))
     else:
         rows.append(("reference", 0, f"{x.reference}: no second model in memory during training"))
+    rows += x.sampling_rows
+    if not x.trains:
+        return rows
     if x.lora_trainable is not None:
         trainable = x.lora_trainable
         # peft keeps adapters in fp32 over a half-precision base; TRL casts QLoRA adapters to bf16
@@ -135,6 +141,8 @@ def _total(x: _Inputs) -> int:
 
 
 def _suggestions(x: _Inputs) -> list[tuple[str, int]]:
+    if not x.trains:
+        return []
     base = _total(x)
     candidates: list[tuple[str, _Inputs]] = []
     default_r = 16
@@ -194,6 +202,23 @@ def _count(model) -> tuple[int, int, tuple[tuple[int, int], ...]]:
     return params, sum(i * o for i, o in shapes), shapes
 
 
+def _sampling_rows(sampling: SamplingPlan, recipe: Recipe, model_config, value_bytes: int,
+                   weight_bytes: int) -> tuple[tuple[str, int, str], ...]:
+    """The KV cache of the sequences generated at once, and the weights of the reward models that judge them."""
+    heads = model_config.num_attention_heads
+    width = (getattr(model_config, "num_key_value_heads", None) or heads) * \
+        (getattr(model_config, "head_dim", None) or model_config.hidden_size // heads)
+    layers = model_config.num_hidden_layers
+    rows = [("generation (KV cache)", 2 * layers * sampling.sequences * sampling.tokens * width * value_bytes,
+             f"{sampling.sequences} sequences x {sampling.tokens} tokens (prompts of up to {ASSUMED_PROMPT_TOKENS} "
+             f"assumed) x {layers} layers, keys and values")]
+    for path in sampling.reward_models:
+        params, _, _ = _count(meta_model(recipe.model.model_copy(update={"name_or_path": path})))
+        rows.append(("reward model", params * weight_bytes, f"{path}: about {params / 1e6:.1f}M parameters x "
+                                                           f"{weight_bytes} bytes"))
+    return tuple(rows)
+
+
 def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
     model = meta_model(recipe.model)
     model_config = model.config.get_text_config()
@@ -219,6 +244,8 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
                                   + (ref_params - ref_quantizable) * weight_bytes)
         else:
             reference_bytes = ref_params * weight_bytes
+    activation_bytes = 2 if plan.precision in ("bf16", "fp16") else weight_bytes
+    sampling = stage.sampling(recipe)
     trainer = recipe.trainer
     get = (lambda k, d: getattr(config, k, d)) if config is not None else (lambda k, d: trainer.get(k, d))
     max_length = get("max_length", 1024) or getattr(model_config, "max_position_embeddings", 2048)
@@ -231,9 +258,11 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
         batch=int(get("per_device_train_batch_size", 8)), sequences_per_row=stage.sequences_per_row(recipe),
         max_length=int(max_length),
         gradient_checkpointing=bool(get("gradient_checkpointing", True)),
-        activation_bytes=2 if plan.precision in ("bf16", "fp16") else weight_bytes,
+        activation_bytes=activation_bytes,
         hidden=int(model_config.hidden_size), layers=int(model_config.num_hidden_layers),
-        vocab=int(model_config.vocab_size),
+        vocab=int(model_config.vocab_size), trains=stage.trains,
+        sampling_rows=() if sampling is None else _sampling_rows(sampling, recipe, model_config, activation_bytes,
+                                                                 weight_bytes),
     )
 
 

@@ -8,6 +8,7 @@ from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import (
     check_loss_types,
     function_specs,
+    group_sampling,
     raise_at_field,
     reward_functions,
     trainer_weights,
@@ -58,4 +59,5 @@ STAGE = Stage(
     uses_reward=True,
     validate=validate,
     trainer_fields=trainer_weights,
+    sampling=lambda recipe: group_sampling(recipe, config_class()),
 )
