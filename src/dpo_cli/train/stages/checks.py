@@ -112,7 +112,7 @@ def judge_specs(recipe: Recipe, error: ErrorAt) -> list[RewardSpec]:
     reward = recipe.reward
     if reward is None or not (reward.model or reward.functions):
         raise error(("reward",), f"stage {recipe.stage} needs a judge to pick chosen and rejected: reward: {{model: "
-                    "PATH}} (a reward stage's output, ${rm.output_dir} in a pipeline) or reward: {functions: [...]}")
+                    "PATH} (a reward stage's output, ${rm.output_dir} in a pipeline) or reward: {functions: [...]}")
     if reward.value_model:
         raise error(("reward", "value_model"), "reward.value_model is for ppo")
     if reward.model and reward.functions:
