@@ -155,8 +155,9 @@ def make_pairs(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     quiet_libraries()
     os.environ.update(recipe.env)
     settings = recipe.sampling or SamplingSection()
-    state = PartialState()
     plan = plan_device(recipe.trainer)
+    # as TRL's configs do: on CPU, several processes (torchrun) join one gloo group
+    state = PartialState(cpu=plan.device == "cpu")
     run = RunDir(recipe.output_dir)
     check_output_dir(run, overwrite)
     state.wait_for_everyone()  # no process looks at output_dir once the main one writes to it
