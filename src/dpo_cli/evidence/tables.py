@@ -9,6 +9,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from dpo_cli.core.redact import redact
+from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.memory import human
 
@@ -102,8 +103,8 @@ def print_run_summary(console: Console, result) -> None:
         console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
                       f"report")
     if "pairs" in manifest:
-        console.print(f"[bold green]done[/]: {manifest['pairs']['pairs']} pairs in {result.output_dir / 'pairs.jsonl'}"
-                      f"; every sample and its reward in samples.jsonl")
+        console.print(f"[bold green]done[/]: {manifest['pairs']['pairs']} pairs in {result.output_dir / RunDir.PAIRS}"
+                      f"; every sample and its reward in {RunDir.SAMPLES}")
         return
     console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
                   f"in {result.output_dir}")

@@ -55,7 +55,8 @@ def describe(recipe: Recipe) -> dict[str, Any]:
 def _safety(stage: Stage) -> str:
     if not stage.trains:
         return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
-                "processes each samples its share of the prompts and the main one writes the file")
+                "processes each samples its share of the prompts and the main one writes the files (engine vllm: one "
+                "process)")
     if stage.step_loop:
         return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
     return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
