@@ -93,3 +93,15 @@ def test_lower_layers_never_import_higher_ones():
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_each_layer_imports_on_its_own_in_a_fresh_interpreter():
+    """The graph above sees no cycle in stages.base, but a package's __init__ runs first at import time: train.models
+    once imported the stages package, which imported train.models back half-made. Import the modules that sit under
+    the stages package first, each in a fresh process."""
+    import subprocess
+    import sys
+
+    for module in ("dpo_cli.train.models", "dpo_cli.train.memory", "dpo_cli.evidence.tables"):
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1500:]

@@ -158,6 +158,8 @@ def make_pairs(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     plan = plan_device(recipe.trainer)
     # as TRL's configs do: on CPU, several processes (torchrun) join one gloo group
     state = PartialState(cpu=plan.device == "cpu")
+    if settings.engine == "vllm" and state.num_processes > 1:
+        raise InputError("sampling.engine: vllm runs in one process (it batches on its own); run without --nproc")
     run = RunDir(recipe.output_dir)
     check_output_dir(run, overwrite)
     state.wait_for_everyone()  # no process looks at output_dir once the main one writes to it
@@ -178,8 +180,6 @@ def make_pairs(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     # 2. the model to sample from and the judge
     tokenizer = load_tokenizer(recipe.model)
     if settings.engine == "vllm":
-        if state.num_processes > 1:
-            raise InputError("sampling.engine: vllm runs in one process (it batches on its own); run without --nproc")
         path = resolve_model_path(recipe.model.name_or_path, recipe.model.trust_remote_code)
         if RunDir(path).has_adapter():
             raise InputError(f"{path} holds a LoRA adapter, which sampling.engine: vllm does not load here; merge it "
