@@ -117,7 +117,7 @@ def _num(value, fmt: str = "{:.3f}") -> str:
 def pipeline_rows(summary: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
     """A pipeline summary as text, for the console and the HTML report alike: (stage table header, rows) with one row
     per stage, and (round table header, rows) with one column per round and one row per figure."""
-    stage_head = ["stage", "kind", "this run", "made", "held-out accuracy", "log-prob accuracy", "mean reward"]
+    stage_head = ["stage", "kind", "this run", "made", "accuracy", "log-prob", "reward"]
     stage_rows = []
     for name, s in summary["stages"].items():
         done = "ran" if s["ran"] else "skipped" if s["status"] == "completed" else s["status"] or "not run"
@@ -146,9 +146,11 @@ def pipeline_rows(summary: dict) -> tuple[list[str], list[list[str]], list[str],
 
 def print_pipeline_summary(console: Console, summary: dict) -> None:
     stage_head, stage_rows, round_head, round_rows = pipeline_rows(summary)
-    for title, head, rows in (("stages", stage_head, stage_rows), ("rounds: each round's policy sampled and judged, "
-                                                                   "then trained on its pairs", round_head,
-                                                                   round_rows)):
+    for title, head, rows in (("stages: held-out accuracy (implicit reward, or the reward model's) and log-prob "
+                               "accuracy after training; mean reward of a pairs stage's samples", stage_head,
+                               stage_rows),
+                              ("rounds: each round's policy sampled and judged, then trained on its pairs", round_head,
+                               round_rows)):
         if not rows:
             continue
         table = Table(title=title, title_justify="left")

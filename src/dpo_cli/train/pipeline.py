@@ -4,6 +4,7 @@ summary of every stage's figures and of each round (pairs made, then trained on)
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any
 
 from dpo_cli.core import console
@@ -72,7 +73,7 @@ def _headline(manifest: dict) -> dict[str, Any]:
     return {key: value for key, value in figures.items() if value is not None}
 
 
-def pipeline_summary(pipeline: Pipeline, ran: set[str] = frozenset()) -> dict[str, Any]:
+def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str, Any]:
     """Every stage's status and headline figures (read from its run.json, so skipped stages count too), and one round
     per data-making stage: the policy it sampled, the mean reward of those samples, the judge's held-out accuracy, and
     the held-out accuracy of the stages that trained on its pairs."""
@@ -86,7 +87,7 @@ def pipeline_summary(pipeline: Pipeline, ran: set[str] = frozenset()) -> dict[st
     for s in pipeline.stages:
         if get_stage(s.recipe.stage).trains:
             continue
-        judges = [n for n in s.needs if stages[n]["stage"] == "reward"]
+        judges = [n for n in s.needs if get_stage(stages[n]["stage"]).evaluation == "reward"]  # a reward model
         trained = [t.name for t in pipeline.stages if s.name in t.needs and get_stage(t.recipe.stage).trains]
         figures = stages[s.name]
         rounds.append({

@@ -63,7 +63,7 @@ def sample_transformers(model, tokenizer, prompts: Sequence[Any], *, settings: S
         for row, ids in enumerate(encoded):
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids):] = 1
-        with torch.no_grad():
+        with torch.no_grad():  # top_k 0: temperature and top_p alone shape the sampling, not a checkpoint's default
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), do_sample=True,
                                  temperature=settings.temperature, top_p=settings.top_p, top_k=0,
                                  max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.num_samples,

@@ -47,8 +47,8 @@ class Judge:
 
     def __init__(self, recipe: Recipe, columns: list[str], device):
         self.functions, self.tokenizers = reward_functions(recipe, judge_specs(recipe, raise_at_field), columns)
-        for function in self.functions:
-            if hasattr(function, "to"):  # a reward model
+        for function, tokenizer in zip(self.functions, self.tokenizers):
+            if tokenizer is not None:  # a reward model comes with its tokenizer
                 function.to(device).eval()
         weights = recipe.reward.weights
         self.weights = weights if weights is not None else [1.0] * len(self.functions)
