@@ -67,7 +67,6 @@ def child(name: str, workdir: Path, model_dir: Path, data: Path) -> dict:
 
     import torch  # noqa: F401  imported before the baseline so every configuration pays the same
     import trl  # noqa: F401
-
     from trl import DPOTrainer
 
     from dpo_cli.recipe.load import load_recipe

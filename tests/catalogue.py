@@ -47,6 +47,21 @@ USER, ASSISTANT = {"role": "user", "content": "Q"}, {"role": "assistant", "conte
 HUMAN, GPT = {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}
 REGISTRY = json.dumps({"dpo_en_demo": {"file_name": "dpo_en_demo.json", "formatting": "sharegpt", "ranking": True},
                        "dpo_mix_en": {"hf_hub_url": "llamafactory/DPO-En-Zh-20k", "ranking": True}})
+PROMPT = '{"prompt": "What is 2+2?"}\n'
+PAIRS_RECIPE = """\
+stage: pairs
+model:
+  name_or_path: builtin:tiny-chat
+data:
+  train: {tmp}/train.jsonl
+reward:
+  functions: [length]
+sampling:
+  num_samples: 4
+output_dir: {tmp}/run
+"""
+ONLINE_RECIPE = PAIRS_RECIPE.replace("stage: pairs", "stage: online-dpo").replace(
+    "sampling:\n  num_samples: 4\n", "trainer:\n  max_steps: 2\n")
 CONVERT = ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"]
 GOOD_ROW = '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
 
@@ -94,6 +109,35 @@ CASES = [
          "{tmp}/r.yaml:8: field 'trainer.loss_weights': DPOConfig rejected the trainer: section: `loss_weights` must "
          "have the same length as `loss_type` when combining multiple losses. Got 1 weights for 2 loss types.",
          recipe_with("beta: 0.1", "loss_type: [sigmoid, sft]\n  loss_weights: [1.0]")),
+    Case("dpo-kto-pair", "recipe", "LLaMA-Factory's pref_loss kto_pair as a DPO loss type", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.loss_type': loss type 'kto_pair': TRL removed kto_pair from its DPO losses; "
+         "for KTO use stage: kto with unpaired rows (dpo-cli convert-data --to kto, or give it pairs: it splits "
+         "them), or loss_type: apo_zero for a paired alternative", recipe_with("beta: 0.1", "loss_type: kto_pair")),
+    Case("simpo-other-loss", "recipe", "stage simpo given another CPO loss", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.loss_type': stage simpo sets loss_type: simpo itself; for CPO's hinge loss "
+         "use stage: cpo",
+         {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: simpo").replace("beta: 0.1", "loss_type: hinge"),
+          "train.jsonl": PAIR}),
+    Case("online-dpo-no-judge", "recipe", "online-dpo without a reward model or reward functions", TRAIN,
+         "{tmp}/r.yaml: field 'reward': stage online-dpo needs a judge to pick chosen and rejected: reward: {model: "
+         "PATH} (a reward stage's output, ${rm.output_dir} in a pipeline) or reward: {functions: [...]}",
+         {"r.yaml": ONLINE_RECIPE.replace("reward:\n  functions: [length]\n", ""), "train.jsonl": PROMPT}),
+    Case("judge-model-and-functions", "recipe", "a judge given as a reward model and as functions at once", TRAIN,
+         "{tmp}/r.yaml:8: field 'reward.model': give reward.model or reward.functions, not both; to combine them, "
+         "list the model as a function: {reward_model: PATH}",
+         {"r.yaml": PAIRS_RECIPE.replace("  functions: [length]\n", "  functions: [length]\n  model: runs/rm\n"),
+          "train.jsonl": PROMPT}),
+    Case("pairs-one-sample", "recipe", "a pairs stage sampling fewer than 2 completions per prompt", TRAIN,
+         "{tmp}/r.yaml:9: field 'sampling.num_samples': sampling.num_samples is 1: a pair needs at least 2 samples "
+         "per prompt (the best and the worst); use 4 to 8",
+         {"r.yaml": PAIRS_RECIPE.replace("num_samples: 4", "num_samples: 1"), "train.jsonl": PROMPT}),
+    Case("pairs-trainer-section", "recipe", "a trainer: section in a stage that trains nothing", TRAIN,
+         "{tmp}/r.yaml:12: field 'trainer.max_steps': stage pairs makes data and trains nothing, so it has no "
+         "trainer: section; its settings go under sampling: (num_samples, temperature, max_new_tokens, batch_size)",
+         {"r.yaml": PAIRS_RECIPE + "trainer:\n  max_steps: 2\n", "train.jsonl": PROMPT}),
+    Case("sampling-in-a-training-stage", "recipe", "a sampling: section in a stage that trains", TRAIN,
+         "{tmp}/r.yaml:8: field 'sampling': stage dpo does not use a sampling: section (pairs does); a trainer's own "
+         "generation settings go under trainer:", recipe_with("output_dir:", "sampling:\n  num_samples: 4\noutput_dir:")),
     Case("eval-and-split", "recipe", "both data.eval and data.eval_split", TRAIN,
          "{tmp}/r.yaml:4: field 'data': give either data.eval or data.eval_split, not both",
          recipe_with("  train: {tmp}/train.jsonl\n",
@@ -232,6 +276,14 @@ CASES = [
          {"r.yaml": "stages:\n" + "".join(f"  - name: s{i}\n    stage: sft\n    model: {{name_or_path: "
                                            f"'${{s{(i + 1) % 1500}.output_dir}}'}}\n    data: {{train: x.jsonl}}\n"
                                            for i in range(1500))}),
+    Case("orpo-wrong-data", "data", "prompt-only rows given to a stage that reads pairs", TRAIN,
+         "{tmp}/train.jsonl:1: stage orpo reads preference pairs (prompt, chosen, rejected); the row holds "
+         "prompt-only rows, which cannot become preference pairs",
+         {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: orpo"), "train.jsonl": PROMPT}),
+    Case("pairs-wrong-data", "data", "rows without a prompt given to a stage that samples from prompts", TRAIN,
+         "{tmp}/train.jsonl:1: stage pairs reads prompts: a prompt column (text or messages), plus any columns the "
+         "reward functions read, such as an answer; *",
+         {"r.yaml": PAIRS_RECIPE, "train.jsonl": '{"chosen": "Paris.", "rejected": "No idea."}\n'}),
     Case("data-missing", "data", "a data file that does not exist", TRAIN,
          "{tmp}/train.jsonl: data file not found", {"r.yaml": GOOD_RECIPE}),
     Case("model-unreachable", "model", "a hub model that cannot be fetched (offline)", TRAIN,

@@ -93,3 +93,26 @@ def test_lower_layers_never_import_higher_ones():
 def test_the_cycle_check_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_each_layer_imports_on_its_own_in_a_fresh_interpreter():
+    """The graph above sees no cycle in stages.base, but a package's __init__ runs first at import time: train.models
+    once imported the stages package, which imported train.models back half-made. Import the modules that sit under
+    the stages package first, each in a fresh process."""
+    import subprocess
+    import sys
+
+    for module in ("dpo_cli.train.models", "dpo_cli.train.memory", "dpo_cli.evidence.tables"):
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-1500:]
+
+
+def test_reading_a_recipe_imports_no_torch():
+    """A typo in a recipe is reported in a fraction of a second: the loaders import TRL's configs only when asked."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, dpo_cli.recipe.load, dpo_cli.recipe.pipeline, dpo_cli.data.convert; "
+             "print([m for m in ('torch', 'transformers', 'trl', 'bitsandbytes') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr

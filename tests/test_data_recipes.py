@@ -212,6 +212,31 @@ def test_import_maps_the_sft_term_lists_and_says_what_it_cannot_map(tmp_path, ca
     assert [s["name"] for s in recipe["data"]["train"]] == ["a", "b"]
 
 
+@pytest.mark.parametrize("loss, extra, stage, trainer", [
+    ("orpo", "", "orpo", {"beta": 0.25}),
+    ("simpo", "simpo_gamma: 0.7\npref_ftx: 0.3\n", "simpo", {"beta": 0.25, "simpo_gamma": 0.7, "cpo_alpha": 0.3}),
+])
+def test_import_turns_orpo_and_simpo_losses_into_their_stages(tmp_path, capsys, loss, extra, stage, trainer):
+    from dpo_cli.recipe.yamlfile import load_yaml
+
+    (tmp_path / "lf.yaml").write_text(f"stage: dpo\nmodel_name_or_path: m\ndataset: a\npref_beta: 0.25\n"
+                                      f"pref_loss: {loss}\nref_model: other\n{extra}")
+    code, _, err = run_cli(capsys, "import-recipe", str(tmp_path / "lf.yaml"), "-o", str(tmp_path / "r.yaml"))
+    assert code == 0, err
+    recipe, _ = load_yaml(tmp_path / "r.yaml")
+    assert recipe["stage"] == stage and "ref_model" not in recipe
+    assert {k: recipe["trainer"][k] for k in trainer} == trainer
+    assert f"ref_model: other  -- stage {stage} has no reference model" in (tmp_path / "r.yaml").read_text()
+
+
+def test_import_says_what_replaced_kto_pair(tmp_path, capsys):
+    (tmp_path / "lf.yaml").write_text("stage: dpo\nmodel_name_or_path: m\ndataset: a\npref_loss: kto_pair\n")
+    code, _, _ = run_cli(capsys, "import-recipe", str(tmp_path / "lf.yaml"), "-o", str(tmp_path / "r.yaml"))
+    assert code == 0
+    assert "pref_loss: kto_pair  -- TRL removed kto_pair from its DPO trainer: train stage kto on unpaired rows" \
+        in (tmp_path / "r.yaml").read_text()
+
+
 def test_import_refuses_what_has_no_dpo_cli_stage(tmp_path, capsys):
     (tmp_path / "pt.yaml").write_text("stage: pt\nmodel_name_or_path: m\ndataset: c4_demo\n")
     code, _, err = run_cli(capsys, "import-recipe", str(tmp_path / "pt.yaml"), "-o", str(tmp_path / "r.yaml"))

@@ -112,3 +112,24 @@ def test_a_rank_other_than_0_can_build_the_tiny_model(tmp_path):
     models = tmp_path / "home" / "models"
     assert [p.name for p in models.iterdir()] == ["tiny-chat-v1"]  # one build kept, no temporary folder left
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (models / "tiny-chat-v1").iterdir()}
+
+
+@pytest.mark.slow
+def test_pairs_under_two_torchrun_ranks_shares_the_prompts_and_writes_once(tiny_model, tmp_path):
+    from dpo_cli.data.load import load_training_data
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "pairs"
+    done = subprocess.run([sys.executable, "-m", "dpo_cli", "train", str(REPO / "recipes" / "tiny" / "pairs.yaml"),
+                           f"output_dir={out}", "data.train={path: builtin:demo/train.jsonl, limit: 5}",
+                           "sampling.max_new_tokens=8", "--nproc", "2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["device"]["processes"] == 2
+    assert manifest["pairs"]["prompts"] == 5 and manifest["pairs"]["samples"] == 20
+    prompts, _ = load_training_data({"path": "builtin:demo/train.jsonl", "limit": 5}, "prompt")
+    written = [json.loads(line)["prompt"] for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert written == prompts["prompt"]  # both ranks' shares, back in the data's order
+    assert done.stdout.count("done:") == 1 and done.stderr.count("pairs: ") == 1  # the main process reports
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

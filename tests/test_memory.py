@@ -226,3 +226,53 @@ def test_bad_gpu_memory_is_one_line_exit_2(tiny_model, capsys, write_recipe, arg
 
     code, _, err = run_cli(capsys, "train", str(write_recipe(BASE)), *args)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def _rows(path, *overrides):
+    from dpo_cli.train.device import plan_device
+    from dpo_cli.train.memory import estimate_memory
+
+    recipe = load_recipe(path, list(overrides))
+    return {what: size for what, size, _ in estimate_memory(recipe, plan_device(recipe.trainer)).rows}
+
+
+def _kv_bytes(model_dir, sequences: int, tokens: int) -> int:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    width = config.num_key_value_heads * (config.hidden_size // config.num_attention_heads)
+    return 2 * config.num_hidden_layers * sequences * tokens * width * 4  # keys and values, float32
+
+
+def test_pairs_holds_weights_generation_buffers_and_its_judge_nothing_for_training(tiny_model):
+    from conftest import REPO
+
+    rows = _rows(REPO / "recipes" / "tiny" / "pairs.yaml", "reward.functions=[]", "reward.weights=null",
+                 f"reward.model={tiny_model}")
+    params = 210_240
+    # 16 prompts per generate call x 4 samples, each up to 512 prompt tokens (assumed) + 24 new ones
+    assert rows == {"policy weights": params * 4, "reference": 0,
+                    "generation (KV cache)": _kv_bytes(tiny_model, 64, 512 + 24), "reward model": params * 4}
+
+
+def test_reference_free_and_online_stages_count_what_they_hold(tiny_model):
+    from conftest import REPO
+    from dpo_cli.train.stages import unavailable
+
+    tiny = REPO / "recipes" / "tiny"
+    params = 210_240
+    dpo = _rows(tiny / "dpo.yaml", "trainer.gradient_checkpointing=false")
+    for stage in ("orpo", "simpo", "cpo"):
+        if unavailable(stage):
+            continue
+        rows = _rows(tiny / f"{stage}.yaml")
+        assert rows["reference"] == 0 and rows["gradients"] == params * 4
+        assert rows["activations (estimate)"] == dpo["activations (estimate)"]  # chosen and rejected, same batch
+    if not unavailable("online-dpo"):
+        online = _rows(tiny / "online-dpo.yaml")
+        assert online["reference"] == params * 4  # TRL's frozen copy
+        assert online["generation (KV cache)"] == _kv_bytes(tiny_model, 2 * 4, 512 + 24)  # two samples per prompt
+    rloo = _rows(tiny / "rloo.yaml")
+    assert rloo["reference"] == params * 4  # beta 0.05 by default
+    assert rloo["generation (KV cache)"] == _kv_bytes(tiny_model, 8, 512 + 24)
+    assert _rows(tiny / "rloo.yaml", "trainer.beta=0")["reference"] == 0

@@ -130,3 +130,56 @@ def test_sft_then_dpo_runs_and_a_second_run_skips_both(tiny_model, tmp_path, cap
     run_pipeline(changed, overwrite=True)
     notes = said()
     assert notes[0].endswith("skipped") and notes[1].startswith("stage dpo (dpo): training into")
+
+
+ITERATIVE = REPO / "recipes" / "tiny" / "pipeline-iterative-dpo.yaml"
+
+
+def test_a_reference_may_be_followed_by_a_path_and_yaml_aliases_stay_per_stage(tmp_path):
+    pipeline = load_pipeline(ITERATIVE, [f"output_dir={tmp_path}", "round2-pairs.sampling.temperature=0.5"])
+    stages = {s.name: s for s in pipeline.stages}
+    assert stages["round1-dpo"].recipe.data.train == [str(tmp_path / "round1-pairs" / "pairs.jsonl")]
+    assert stages["round1-dpo"].needs == ["sft", "round1-pairs"]
+    assert stages["round2-pairs"].needs == ["round1-dpo", "rm"]
+    # every pairs stage shares one YAML anchor for sampling:, yet an override reaches the one it names
+    assert stages["round2-pairs"].recipe.sampling.temperature == 0.5
+    assert stages["round1-pairs"].recipe.sampling.temperature == 1.0 == stages["final-samples"].recipe.sampling.temperature
+
+
+@pytest.mark.slow
+def test_iterative_dpo_runs_two_rounds_reports_each_and_reruns_only_what_changed(tiny_model, tmp_path, capsys):
+    small = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "rm.trainer.max_steps=2",
+             "rm.data.eval={path: builtin:demo/eval.jsonl, limit: 8}"]
+    for name in ("round1-pairs", "round2-pairs", "final-samples"):
+        small += [f"{name}.data.train={{path: builtin:demo/train.jsonl, limit: 6}}",
+                  f"{name}.data.eval={{path: builtin:demo/eval.jsonl, limit: 2}}", f"{name}.sampling.max_new_tokens=8"]
+    for name in ("round1-dpo", "round2-dpo"):
+        small += [f"{name}.trainer.max_steps=2", f"{name}.data.eval={{path: builtin:demo/eval.jsonl, limit: 8}}"]
+    small += [f"{name}.plot=false" for name in ("sft", "rm", "round1-dpo", "round2-dpo")]
+
+    def said() -> list[str]:
+        return [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage ")]
+
+    run_pipeline(load_pipeline(ITERATIVE, small))
+    summary = json.loads((tmp_path / "pipeline.json").read_text())
+    assert all(s["status"] == "completed" and s["ran"] for s in summary["stages"].values())
+    rounds = summary["rounds"]
+    assert [(r["pairs_stage"], r["policy"], [t["name"] for t in r["trained"]]) for r in rounds] == [
+        ("round1-pairs", "sft", ["round1-dpo"]), ("round2-pairs", "round1-dpo", ["round2-dpo"]),
+        ("final-samples", "round2-dpo", [])]
+    for r in rounds:
+        assert r["pairs"] >= 1 and isinstance(r["mean_reward"], float) and isinstance(r["heldout_mean_reward"], float)
+        assert r["judge"] == "rm" and 0.0 <= r["judge_accuracy"] <= 1.0
+        assert all(0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["logprob_accuracy"] <= 1.0 for t in r["trained"])
+    round1 = json.loads((tmp_path / "round1-dpo" / "run.json").read_text())
+    assert round1["data"]["train"]["rows"] == rounds[0]["pairs"]  # round 1's DPO trained on round 1's pairs
+
+    said()
+    run_pipeline(load_pipeline(ITERATIVE, small))
+    assert all(line.endswith("skipped") for line in said())
+    assert not any(s["ran"] for s in json.loads((tmp_path / "pipeline.json").read_text())["stages"].values())
+
+    # round 2 sampled differently: round 1 stays, round 2 and what reads its output run again
+    run_pipeline(load_pipeline(ITERATIVE, small + ["round2-pairs.sampling.temperature=0.7"]), overwrite=True)
+    ran = [line.split()[1] for line in said() if not line.endswith("skipped")]
+    assert ran == ["round2-pairs", "round2-dpo", "final-samples"]

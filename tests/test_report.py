@@ -106,3 +106,35 @@ def test_report_renders_in_headless_chromium_with_every_plot_showing(report, tmp
     assert [int(w) for w in widths.group(1).split(",")] == [640] * 6 + [320, 640]  # curves are 640 px, a grid of one 320
     for title in SECTIONS.values():
         assert f"<h2>{title}</h2>" in done.stdout
+
+
+PAIRS = {"prompts": 6, "samples_per_prompt": 4, "samples": 24, "pairs": 5, "ties": 1, "empty_samples": 0,
+         "unscored_samples": 0, "unfinished_samples": 20, "prompts_too_few_samples": 0, "mean_reward": -1.25,
+         "mean_reward_chosen": -1.0, "mean_reward_rejected": -1.5, "heldout": {"prompts": 2, "samples": 8,
+                                                                               "mean_reward": -1.3}}
+
+
+def test_pipeline_report_shows_every_stage_and_every_round(tmp_path):
+    from conftest import REPO
+    from dpo_cli.core.rundir import RunDir
+    from dpo_cli.recipe.pipeline import load_pipeline
+    from dpo_cli.train.pipeline import pipeline_summary
+
+    pipeline = load_pipeline(REPO / "recipes" / "tiny" / "pipeline-iterative-dpo.yaml", [f"output_dir={tmp_path}"])
+    for stage in pipeline.stages[:-1]:  # the last stage has not run yet
+        run = make_run(tmp_path / stage.name, metrics=False, generations=False)
+        if stage.recipe.stage == "pairs":
+            manifest = json.loads((run / "run.json").read_text())
+            del manifest["evaluation"]
+            (run / "run.json").write_text(json.dumps({**manifest, "stage": "pairs", "pairs": PAIRS}))
+    RunDir(tmp_path).write_json(RunDir.PIPELINE, pipeline_summary(pipeline, {"round2-dpo"}))
+
+    html = write_report(tmp_path).read_text()
+    assert "<h2>Rounds</h2>" in html and "policy sampled" in html
+    assert html.count("<h2>Stage ") == 7 and 'href="round1-dpo/report.html"' in html
+    assert ("<td>then trained on the pairs</td><td class=num>round1-dpo</td><td class=num>round2-dpo</td>"
+            "<td class=num>-</td>") in html
+    assert "<td>  on held-out prompts</td><td class=num>-1.3000</td>" in html
+    assert "5 from 6 prompts x 4 samples" in html and "1 ties" in html  # a pairs stage's own figures
+    assert "not run yet" in html  # final-samples
+    assert (tmp_path / "round1-pairs" / "report.html").is_file() and not (tmp_path / "final-samples").exists()

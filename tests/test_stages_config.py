@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
@@ -256,3 +257,163 @@ def test_contains_answer_without_the_column_stops_before_training(tmp_path, tiny
     with pytest.raises(RecipeError, match="compares with column 'answer', which the training data does not have "
                                           r"\(it has: prompt\)"):
         train(recipe)
+
+
+# --- ORPO, SimPO, CPO, RLOO, online DPO, pairs: mappings and rules -------------------------------------------------
+
+NEW_STAGES = ("orpo", "simpo", "cpo", "rloo", "online-dpo", "pairs")
+
+
+def _needs(stage: str):
+    return pytest.mark.skipif(unavailable(stage) is not None, reason=f"this TRL has no trainer for {stage}")
+
+
+@_needs("orpo")
+def test_orpo_recipe_maps_to_orpo_config_with_no_reference():
+    from dpo_cli.train.stages import get_stage
+
+    recipe = load_recipe(TINY / "orpo.yaml", ["trainer.beta=0.25"])
+    config = build_config(recipe, CPU)
+    assert type(config).__name__ == "ORPOConfig" and (config.beta, config.max_length, config.max_steps) == \
+        (0.25, 96, 20)
+    assert get_stage("orpo").reference(recipe).kind == "none"
+
+
+@_needs("simpo")
+def test_simpo_sets_its_loss_and_no_sft_term_and_lets_cpo_alpha_through():
+    config = _config(TINY / "simpo.yaml")
+    assert type(config).__name__ == "CPOConfig"
+    assert (config.loss_type, config.cpo_alpha, config.simpo_gamma, config.beta) == ("simpo", 0.0, 0.5, 2.0)
+    assert _config(TINY / "simpo.yaml", "trainer.cpo_alpha=0.5").cpo_alpha == 0.5  # CPO-SimPO
+    with pytest.raises(RecipeError, match=r"field 'trainer.loss_type': stage simpo sets loss_type: simpo itself; "
+                                          r"for CPO's hinge loss use stage: cpo"):
+        load_recipe(TINY / "simpo.yaml", ["trainer.loss_type=hinge"])
+
+
+@_needs("cpo")
+def test_cpo_loss_types_are_read_from_trl():
+    assert _config(TINY / "cpo.yaml", "trainer.loss_type=ipo").loss_type == "ipo"
+    with pytest.raises(RecipeError, match="loss type 'hindge' is not one TRL .* knows.*did you mean 'hinge'"):
+        load_recipe(TINY / "cpo.yaml", ["trainer.loss_type=hindge"])
+
+
+def test_rloo_reads_the_grpo_reward_section_and_keeps_a_reference_while_beta_is_on():
+    from dpo_cli.train.stages import get_stage
+
+    recipe = load_recipe(TINY / "rloo.yaml")
+    config = build_config(recipe, CPU)
+    assert type(config).__name__ == "RLOOConfig" and config.reward_weights == [1.0, 0.5]
+    reference = get_stage("rloo").reference
+    assert reference(recipe).kind == "trainer-copy"  # TRL's default beta is 0.05
+    assert reference(load_recipe(TINY / "rloo.yaml", ["trainer.beta=0"])).kind == "none"
+    assert reference(load_recipe(TINY / "rloo.yaml", ["lora.r=4"])).kind == "shared"
+    with pytest.raises(RecipeError, match="reward.model and reward.value_model are for ppo; in rloo list the reward "
+                                          "model as a function"):
+        load_recipe(TINY / "rloo.yaml", ["reward.model=runs/rm"])
+
+
+@_needs("online-dpo")
+def test_online_dpo_takes_beta_as_a_number_and_weights_from_the_reward_section():
+    config = _config(TINY / "online-dpo.yaml", "trainer.beta=0.2")
+    assert type(config).__name__ == "OnlineDPOConfig"
+    assert (config.beta, config.reward_weights, config.max_new_tokens) == (0.2, [1.0, 0.5], 24)
+
+
+@_needs("online-dpo")
+@pytest.mark.parametrize("overrides, field, message", [
+    (["reward=null"], "reward", "stage online-dpo needs a judge to pick chosen and rejected: reward: {model: PATH}"),
+    (["reward.model=runs/rm"], "reward.model", "give reward.model or reward.functions, not both"),
+    (["trainer.reward_model_path=runs/rm"], "trainer.reward_model_path",
+     "set the judge with reward.model or reward.functions, not trainer.reward_model_path"),
+    (["reward.value_model=runs/v"], "reward.value_model", "reward.value_model is for ppo"),
+])
+def test_online_dpo_judge_rules(overrides, field, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY / "online-dpo.yaml", overrides)
+    assert f"field '{field}': {message}" in str(err.value)
+
+
+def test_a_lone_reward_model_judges_online_dpo_and_pairs():
+    from dpo_cli.train.stages.checks import judge_specs
+
+    for name in ("online-dpo", "pairs"):
+        if unavailable(name):
+            continue
+        recipe = load_recipe(TINY / f"{name}.yaml", ["reward.functions=[]", "reward.weights=null",
+                                                     "reward.model=runs/rm"])
+        specs = judge_specs(recipe, lambda path, message: AssertionError(message))
+        assert [(s.name, s.options) for s in specs] == [("reward_model", {"path": "runs/rm"})]
+
+
+def test_pairs_sampling_keys_and_their_rules(write_recipe):
+    recipe = load_recipe(TINY / "pairs.yaml", ["sampling.temperature=0.7"])
+    assert (recipe.sampling.num_samples, recipe.sampling.temperature, recipe.sampling.max_new_tokens,
+            recipe.sampling.batch_size, recipe.sampling.engine) == (4, 0.7, 24, 16, "transformers")
+    text = (TINY / "pairs.yaml").read_text().replace("num_samples: 4", "num_samples: 1")
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: field 'sampling.num_samples': sampling.num_samples is "
+                                          r"1: a pair needs at least 2 samples per prompt"):
+        load_recipe(write_recipe(text))
+    with pytest.raises(RecipeError, match="stage pairs makes data and trains nothing, so it has no trainer: section; "
+                                          "its settings go under sampling:"):
+        load_recipe(TINY / "pairs.yaml", ["trainer.max_steps=3"])
+    with pytest.raises(RecipeError, match="stage pairs trains nothing, so a lora: section has no use"):
+        load_recipe(TINY / "pairs.yaml", ["lora.r=4"])
+    with pytest.raises(RecipeError, match="stage dpo does not use a sampling: section \\(pairs does\\)"):
+        load_recipe(TINY / "dpo.yaml", ["sampling.num_samples=4"])
+    load_recipe(TINY / "pairs.yaml", ["quantization.bits=4"])  # sampling from 4-bit weights needs no adapter
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_pairs_with_vllm_asked_for_but_not_installed():
+    with pytest.raises(RecipeError, match="field 'sampling.engine': sampling.engine: vllm needs vLLM, which is not "
+                                          "installed"):
+        load_recipe(TINY / "pairs.yaml", ["sampling.engine=vllm"])
+
+
+@pytest.mark.parametrize("loss, hint", [
+    ("kto_pair", "TRL removed kto_pair from its DPO losses; for KTO use stage: kto with unpaired rows (dpo-cli "
+                 "convert-data --to kto, or give it pairs: it splits them), or loss_type: apo_zero"),
+    ("orpo", "ORPO is a stage of its own with no reference model: stage: orpo"),
+    ("simpo", "SimPO is a stage of its own with no reference model: stage: simpo"),
+])
+def test_llama_factory_pref_loss_names_tell_what_replaces_them(loss, hint):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY / "dpo.yaml", [f"trainer.loss_type=[sigmoid, {loss}]", "trainer.loss_weights=[1, 1]"])
+    assert f"field 'trainer.loss_type': loss type '{loss}': {hint}" in str(err.value)
+
+
+def test_an_experimental_trainer_missing_from_trl_is_named_with_the_versions_that_have_it(monkeypatch):
+    from dpo_cli.train.stages import checks
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(checks.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "trl.experimental.orpo" else real(name, *a))
+    with pytest.raises(RecipeError) as err:
+        load_recipe(TINY / "orpo.yaml")
+    message = str(err.value)
+    assert "orpo.yaml:" in message and "field 'stage'" in message
+    assert "stage orpo needs TRL's ORPOTrainer (trl.experimental.orpo), which this environment's trl" in message
+    assert "TRL 1.0.0 and 1.16.0 have it" in message and "pip install 'trl==1.16.0'" in message
+
+
+def test_the_checked_trl_releases_have_every_experimental_stage():
+    """On the TRL releases CI runs (the lowest and the newest), no stage is refused: a new TRL that drops one fails
+    here first."""
+    from importlib import metadata
+
+    from dpo_cli.train.stages.checks import CHECKED_TRL
+
+    if metadata.version("trl") not in CHECKED_TRL:
+        pytest.skip(f"trl {metadata.version('trl')} is not one of {CHECKED_TRL}")
+    assert {name: unavailable(name) for name in NEW_STAGES} == dict.fromkeys(NEW_STAGES)
+
+
+def test_prompt_only_data_given_to_orpo_and_pairs_given_to_online_dpo(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "What is 2+2?"}\n')
+    with pytest.raises(DataError, match="stage orpo reads preference pairs .*the row holds prompt-only rows"):
+        train(_recipe_for(TINY / "orpo.yaml", prompts, tmp_path))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"chosen": "Paris is the capital.", "rejected": "No idea."}\n')
+    with pytest.raises(DataError, match="stage online-dpo reads prompts: a prompt column"):
+        train(_recipe_for(TINY / "online-dpo.yaml", pairs, tmp_path))

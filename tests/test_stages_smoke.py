@@ -8,6 +8,7 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.pipeline import run_stage as train_stage
 from dpo_cli.train.run import train
 from dpo_cli.train.stages import unavailable
 from helpers import run_cli
@@ -199,3 +200,133 @@ def test_early_stopping_is_refused_for_a_stage_with_its_own_loop(tmp_path):
     with pytest.raises(RecipeError, match="early_stopping.*TRL's PPO trainer runs its own loop"):
         load_recipe(TINY / "ppo.yaml", ["data.eval_split=0.25", "trainer.eval_strategy=steps",
                                         "early_stopping.metric=loss"])
+
+
+# --- reference-free preference stages, RLOO, online DPO, pairs --------------------------------------------------------
+
+def _skip_without(stage: str):
+    return pytest.mark.skipif(unavailable(stage) is not None, reason=f"this TRL has no trainer for {stage}")
+
+
+@pytest.fixture(scope="module")
+def reward_model(tiny_model, tmp_path_factory):
+    """A reward model trained for two steps: a judge for online-dpo and pairs."""
+    out, _ = _run(TINY / "reward.yaml", tmp_path_factory.mktemp("rm"), "trainer.max_steps=2", "data.eval=null")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["orpo", "simpo", "cpo"])
+def test_reference_free_preference_stage_smoke(stage, tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    if unavailable(stage):
+        pytest.skip(unavailable(stage))
+    out, result = _run(TINY / f"{stage}.yaml", tmp_path, "trainer.max_steps=2", "trainer.logging_steps=1",
+                       *SMALL_EVAL)
+    logs = _train_logs(out)
+    assert len(logs) == 2 and all(isinstance(m["loss"], float) and "rewards/margins" in m for m in logs)
+    assert _changed(_weights(tiny_model), _weights(out))
+    AutoModelForCausalLM.from_pretrained(out)
+    after = result.manifest["evaluation"]["after"]
+    # no reference: log-prob figures only, no implicit reward measured against a model that is not there
+    assert after["pairs"] == 16 and 0.0 <= after["logprob_accuracy"] <= 1.0 and "reward_accuracy" not in after
+    assert result.manifest["reference"].startswith("none")
+
+
+@pytest.mark.slow
+def test_rloo_smoke(tiny_model, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out, result = _run(TINY / "rloo.yaml", tmp_path, "trainer.max_steps=2",
+                       "data.train={path: builtin:demo/train.jsonl, limit: 8}")
+    logs = _train_logs(out)
+    assert len(logs) == 2 and all(isinstance(m["loss"], float) for m in logs)
+    assert all(isinstance(m["rewards/length/mean"], float) for m in logs)
+    assert "kl" in logs[0]  # beta 0.05: a KL penalty against TRL's frozen copy
+    assert _changed(_weights(tiny_model), _weights(out))
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.slow
+@_skip_without("online-dpo")
+@pytest.mark.parametrize("judge", ["functions", "reward-model"])
+def test_online_dpo_smoke(judge, tiny_model, tmp_path, request):
+    from transformers import AutoModelForCausalLM
+
+    extra = []
+    if judge == "reward-model":
+        extra = ["reward.functions=[]", "reward.weights=null", f"reward.model={request.getfixturevalue('reward_model')}"]
+    out, _ = _run(TINY / "online-dpo.yaml", tmp_path, "trainer.max_steps=2",
+                  "data.train={path: builtin:demo/train.jsonl, limit: 8}", *extra)
+    logs = _train_logs(out)
+    assert len(logs) == 2 and all(isinstance(m["loss"], float) for m in logs)
+    assert all(isinstance(m["objective/scores"], float) for m in logs)  # the judge's scores of the samples
+    assert _changed(_weights(tiny_model), _weights(out))
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+@pytest.mark.slow
+def test_pairs_writes_best_against_worst_that_dpo_can_read(tiny_model, tmp_path, reward_model):
+    from dpo_cli.data.load import load_training_data
+
+    out = tmp_path / "pairs"
+    result = train_stage(load_recipe(TINY / "pairs.yaml", [
+        f"output_dir={out}", "data.train={path: builtin:demo/train.jsonl, limit: 6}",
+        "data.eval={path: builtin:demo/eval.jsonl, limit: 2}", "sampling.max_new_tokens=8", "sampling.batch_size=4",
+        "reward.functions=[]", "reward.weights=null", f"reward.model={reward_model}"]))
+    figures = result.manifest["pairs"]
+    assert result.manifest["status"] == "completed" and figures["prompts"] == 6 and figures["samples"] == 24
+    assert figures["pairs"] + figures["ties"] + figures["prompts_too_few_samples"] == 6
+    assert figures["heldout"]["prompts"] == 2 and figures["heldout"]["samples"] == 8
+    assert figures["mean_reward_chosen"] > figures["mean_reward_rejected"]
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 and all(len(s["samples"]) == 4 for s in samples)
+    for line in samples:
+        if line.get("chosen") is not None:
+            rewards = [s["reward"] for s in line["samples"] if s["text"]]
+            assert line["samples"][line["chosen"]]["reward"] == max(rewards)
+            assert line["samples"][line["rejected"]]["reward"] == min(rewards)
+    rows, _ = load_training_data(str(out / "pairs.jsonl"), "preference")  # TRL's conversational pairs, checked
+    assert len(rows) == figures["pairs"] and rows[0]["prompt"][0]["role"] == "user"
+    assert rows[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_pairs_drops_ties_empty_and_unscored_samples_and_counts_them():
+    from collections import Counter
+
+    from dpo_cli.train.stages.pairs import _pair
+
+    def record(*samples):
+        return {"prompt": "Q", "samples": [{"text": t, "finished": f, "reward": r} for t, f, r in samples]}
+
+    counts = Counter()
+    nan = float("nan")
+    pair = _pair(record(("a", True, 1.0), ("b", False, 3.0), ("", True, 9.0), ("c", True, nan)), counts)
+    assert pair == {"prompt": "Q", "chosen": "b", "rejected": "a"}
+    assert _pair(record(("a", True, 2.0), ("b", True, 2.0)), counts) is None
+    assert _pair(record(("a", True, 2.0), ("", True, 5.0)), counts) is None
+    assert counts == Counter(samples=8, unfinished_samples=1, empty_samples=2, unscored_samples=1, ties=1,
+                             prompts_too_few_samples=1)
+    messages = [{"role": "user", "content": "Q"}]
+    pair = _pair({"prompt": messages, "samples": [{"text": "x", "finished": True, "reward": 0.0},
+                                                  {"text": "y", "finished": True, "reward": 1.0}]}, counts)
+    assert pair["chosen"] == [{"role": "assistant", "content": "y"}] and pair["prompt"] == messages
+
+
+@pytest.mark.slow
+def test_pairs_with_every_sample_tied_fails_and_says_so(tiny_model, tmp_path, monkeypatch):
+    from dpo_cli.train.stages.pairs import NoPairs
+
+    (tmp_path / "flat.py").write_text("def same(completions, **kwargs):\n    return [1.0] * len(completions)\n")
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(TINY / "pairs.yaml", [f"output_dir={tmp_path / 'out'}", "reward.functions=[flat.py:same]",
+                                               "reward.weights=null", "data.train={path: builtin:demo/train.jsonl, "
+                                               "limit: 3}", "sampling.max_new_tokens=4"])
+    with pytest.raises(NoPairs, match="no pairs: every prompt's samples tied or were unusable"):
+        train_stage(recipe)
+    manifest = json.loads((tmp_path / "out" / "run.json").read_text())
+    made = manifest["pairs"]
+    assert manifest["status"] == "failed" and made["ties"] >= 1 and made["ties"] + made["prompts_too_few_samples"] == 3
+    assert not (tmp_path / "out" / "pairs.jsonl").exists()

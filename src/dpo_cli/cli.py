@@ -103,9 +103,9 @@ def train(
             print_dry_run(console.stdout, resolved, plan)
         return
     from dpo_cli.evidence.tables import print_run_summary
-    from dpo_cli.train.run import train as run_training
+    from dpo_cli.train.pipeline import run_stage
 
-    result = run_training(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
+    result = run_stage(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
     if result.is_main:
         print_run_summary(console.stdout, result)
 
@@ -134,12 +134,17 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
             out.rule(f"stage {stage.name} ({stage.recipe.stage})")
             print_dry_run(out, stage.recipe, describe(stage.recipe, hardware))
         return
-    from dpo_cli.evidence.tables import print_run_summary
+    from dpo_cli.core.rundir import RunDir
+    from dpo_cli.evidence.tables import print_pipeline_summary, print_run_summary
     from dpo_cli.train.pipeline import run_pipeline
 
     run_pipeline(pipeline, overwrite=overwrite, resume=resume, resume_force=resume_force,
                  on_result=lambda stage, result: print_run_summary(out, result) if result.is_main else None)
-    out.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in {pipeline.output_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, the main process reports
+        print_pipeline_summary(out, RunDir(pipeline.output_dir).read_json(RunDir.PIPELINE))
+        out.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in "
+                  f"{pipeline.output_dir}; summary in pipeline.json, dpo-cli report {pipeline.output_dir} writes an "
+                  "HTML report")
 
 
 @app.command("eval")

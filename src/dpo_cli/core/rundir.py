@@ -23,6 +23,9 @@ class RunDir:
     REPORT = "report.html"
     COMPARE_MD = "compare.md"
     COMPARE_JSON = "compare.json"
+    PAIRS = "pairs.jsonl"  # a pairs stage's preference pairs, in TRL's rows
+    SAMPLES = "samples.jsonl"  # every sample a pairs stage drew, with its reward and what became of it
+    PIPELINE = "pipeline.json"  # a pipeline's summary: every stage's headline figures, and per round
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -107,3 +110,16 @@ class RunDir:
 
     def write_recipe(self, text: str) -> None:
         atomic_write_text(self.recipe_file, text)
+
+    def write_json(self, name: str, value: Any) -> None:
+        atomic_write_text(self.path / name, json.dumps(redact(value), indent=2, ensure_ascii=False))
+
+    def write_jsonl(self, name: str, rows: list[dict]) -> None:
+        atomic_write_text(self.path / name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    def read_json(self, name: str) -> Any | None:
+        """A JSON file of the run, or None when it is missing or unreadable."""
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            return None

@@ -19,7 +19,8 @@ class HeldOut:
 
     ``evaluation`` is the stage's: ``preference`` (implicit-reward accuracy, margins, KL; the reference is the
     starting weights, a separate model, or TRL's precomputed log-probs) or ``reward`` (a reward model's pairwise
-    accuracy). ``reference`` is the stage's ReferencePlan kind.
+    accuracy). ``reference`` is the stage's ReferencePlan kind; with none, only the reference-free figures (log-prob
+    accuracy and log-probs) are reported.
     """
 
     evaluation: str
@@ -39,8 +40,8 @@ class HeldOut:
 
     def score_before(self, trainer) -> None:
         self.before = self._score(trainer.model)
-        if self.evaluation != "preference":
-            return
+        if self.evaluation != "preference" or self.reference == "none":
+            return  # reference-free stages (orpo, simpo, cpo): log-prob figures only, no implicit reward
         if self.reference == "precomputed":
             import torch
 
@@ -64,7 +65,7 @@ class HeldOut:
                    "after": preference_metrics(after, self.reference_scores, self.beta)}
         if self.reference_scores is self.before:  # before training the policy is the reference: KL 0
             figures["before"].update(kl_chosen_per_token=0.0, kl_chosen_per_sequence=0.0)
-        reference, shared = trainer.ref_model, False
+        reference, shared = getattr(trainer, "ref_model", None), False
         if reference is None and self.reference == "shared":
             reference, shared = trainer.model, True
         if reference is not None:

@@ -14,7 +14,7 @@ from dpo_cli.core.paths import check_output
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.compare import prompt_text
 from dpo_cli.evidence.plots import CURVES, plot_run
-from dpo_cli.evidence.tables import METRIC_ROWS, length_bias_line
+from dpo_cli.evidence.tables import METRIC_ROWS, length_bias_line, pipeline_rows
 
 # Section id -> heading; every report has all of them, saying so when a run has nothing for one.
 SECTIONS = {
@@ -53,6 +53,18 @@ def _summary(m: dict) -> str:
              ("started", m.get("started_at")), ("finished", m.get("finished_at")),
              ("device", f"{device.get('device')} ({device.get('reason')}), precision {device.get('precision')}"),
              ("host", device.get("host")), ("git commit", m.get("git_commit"))]
+    made = m.get("pairs")
+    if made:
+        pairs += [("pairs written", f"{made['pairs']} from {made['prompts']} prompts x {made['samples_per_prompt']} "
+                                    "samples"),
+                  ("dropped", f"{made['ties']} ties, {made['prompts_too_few_samples']} prompts with fewer than 2 "
+                              f"usable samples ({made['empty_samples']} empty, {made['unscored_samples']} unscored)"),
+                  ("samples cut at max_new_tokens", made["unfinished_samples"]),
+                  ("mean reward of the samples", made.get("mean_reward")),
+                  ("mean reward, chosen / rejected", f"{made.get('mean_reward_chosen')} / "
+                                                     f"{made.get('mean_reward_rejected')}")]
+        if made.get("heldout"):
+            pairs.append(("mean reward on held-out prompts", made["heldout"].get("mean_reward")))
     if m.get("error"):
         pairs.append(("error", m["error"]))
     if m.get("status") in ("interrupted", "failed"):
@@ -181,14 +193,54 @@ def render_report(run_dir: str | Path) -> str:
             f"</body></html>\n")
 
 
+def _text_table(head: list[str], rows: list[list[str]]) -> str:
+    cells = "".join("<tr>" + "".join(f"<td{'' if i == 0 else ' class=num'}>{escape(c)}</td>" for i, c in enumerate(row))
+                    + "</tr>" for row in rows)
+    return "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + f"</tr>{cells}</table>"
+
+
+def render_pipeline_report(pipeline_dir: str | Path) -> str:
+    """A pipeline's report: every stage's figures, the rounds, and each stage's held-out evaluation, with links to
+    the stages' own reports."""
+    run = RunDir(pipeline_dir)
+    summary = run.read_json(RunDir.PIPELINE)
+    if not isinstance(summary, dict):
+        raise InputError(f"{run / RunDir.PIPELINE}: not a pipeline summary that can be read (run the pipeline again "
+                         "to rewrite it)")
+    stage_head, stage_rows, round_head, round_rows = pipeline_rows(summary)
+    parts = [f"<section id=stages><h2>Stages</h2>{_text_table(stage_head, stage_rows)}</section>"]
+    if round_rows:
+        parts.append("<section id=rounds><h2>Rounds</h2><p>Each round samples its policy and judges the samples, then "
+                     "trains on the pairs; the held-out accuracy is the trained stage's, on its data.eval pairs.</p>"
+                     f"{_text_table(round_head, round_rows)}</section>")
+    for name in summary["stages"]:
+        stage_run = RunDir(run.path / name)
+        manifest = stage_run.manifest_or_none()
+        link = f'<a href="{escape(name)}/{RunDir.REPORT}">{escape(name)}</a>' if manifest else escape(name)
+        body = _summary(manifest) + _evaluation(manifest) if manifest else '<p class="muted">not run yet</p>'
+        parts.append(f"<section id=\"stage-{escape(name)}\"><h2>Stage {link}</h2>{body}</section>")
+    title = f"dpo-cli pipeline report: {run.path.resolve().name}"
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<body><h1>{escape(title)}</h1><p class="muted">{escape(str(run.path.resolve()))}</p>{"".join(parts)}'
+            f"</body></html>\n")
+
+
 def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write the report (default ``RUN_DIR/report.html``) and return its path."""
+    """Write the report (default ``RUN_DIR/report.html``) and return its path. For a pipeline's directory, the
+    pipeline's report, and each completed stage's own report beside it."""
     run = RunDir(run_dir)
     default = run / RunDir.REPORT
     path = Path(output) if output else default
     check_output(path, [run.path], what="--output", allowed=[default])
     if path.is_dir():
         raise InputError(f"--output {path} is a directory; give a file name such as {path / RunDir.REPORT}")
-    html = render_report(run_dir)
+    if not run.manifest_file.exists() and (run / RunDir.PIPELINE).is_file():
+        html = render_pipeline_report(run_dir)
+        for name in run.read_json(RunDir.PIPELINE)["stages"]:
+            if RunDir(run.path / name).manifest_or_none():
+                write_report(run.path / name)
+    else:
+        html = render_report(run_dir)
     atomic_write_text(path, html)
     return path

@@ -12,6 +12,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from dpo_cli.core.redact import redact
+from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.memory import human
 
@@ -19,12 +20,13 @@ from dpo_cli.train.memory import human
 def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> None:
     console.print("[bold]resolved recipe[/]")
     console.print(Syntax(recipe.resolved_yaml(), "yaml", theme="ansi_dark", background_color="default"))
-    table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
-    table.add_column("field")
-    table.add_column("value")
-    for key, value in redact(plan["config_fields"]).items():
-        table.add_row(key, repr(value))
-    console.print(table)
+    if plan["config_class"] is not None:
+        table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
+        table.add_column("field")
+        table.add_column("value")
+        for key, value in redact(plan["config_fields"]).items():
+            table.add_row(key, repr(value))
+        console.print(table)
     device = plan["device"]
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
@@ -145,8 +147,64 @@ def print_run_summary(console: Console, result) -> None:
     if manifest.get("plots"):
         console.print(f"curves in {result.output_dir / 'plots'}; dpo-cli report {result.output_dir} writes an HTML "
                       f"report")
+    if "pairs" in manifest:
+        console.print(f"[bold green]done[/]: {manifest['pairs']['pairs']} pairs in {result.output_dir / RunDir.PAIRS}"
+                      f"; every sample and its reward in {RunDir.SAMPLES}")
+        return
     console.print(f"[bold green]done[/]: {manifest.get('global_step')} steps; model, run.json and metrics.jsonl "
                   f"in {result.output_dir}")
+
+
+def _num(value, fmt: str = "{:.3f}") -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def pipeline_rows(summary: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """A pipeline summary as text, for the console and the HTML report alike: (stage table header, rows) with one row
+    per stage, and (round table header, rows) with one column per round and one row per figure."""
+    stage_head = ["stage", "kind", "this run", "made", "accuracy", "log-prob", "reward"]
+    stage_rows = []
+    for name, s in summary["stages"].items():
+        done = "ran" if s["ran"] else "skipped" if s["status"] == "completed" else s["status"] or "not run"
+        made = f"{s['pairs']} pairs" if "pairs" in s else _num(s.get("steps"), "{} steps")
+        stage_rows.append([name, s["stage"], done, made, _num(s.get("accuracy")), _num(s.get("logprob_accuracy")),
+                           _num(s.get("mean_reward"), "{:+.4f}")])
+    rounds = summary["rounds"]
+    if not rounds:
+        return stage_head, stage_rows, [], []
+    trained = [r["trained"][0] if r["trained"] else {"name": "-"} for r in rounds]
+    judges = {r["judge"] for r in rounds if "judge" in r}
+    round_head = ["round", *(str(r["round"]) for r in rounds)]
+    round_rows = [
+        ["policy sampled", *(r["policy"] for r in rounds)],
+        ["pairs (ties dropped)", *(f"{r.get('pairs', '-')} ({r.get('ties', '-')})" for r in rounds)],
+        ["mean reward of the samples", *(_num(r.get("mean_reward"), "{:+.4f}") for r in rounds)],
+        ["  on held-out prompts", *(_num(r.get("heldout_mean_reward"), "{:+.4f}") for r in rounds)],
+        [f"judge's held-out accuracy ({', '.join(sorted(judges)) or '-'})",
+         *(_num(r.get("judge_accuracy")) for r in rounds)],
+        ["then trained on the pairs", *(t["name"] for t in trained)],
+        ["  held-out accuracy after", *(_num(t.get("accuracy")) for t in trained)],
+        ["  log-prob accuracy after", *(_num(t.get("logprob_accuracy")) for t in trained)],
+    ]
+    return stage_head, stage_rows, round_head, round_rows
+
+
+def print_pipeline_summary(console: Console, summary: dict) -> None:
+    stage_head, stage_rows, round_head, round_rows = pipeline_rows(summary)
+    for title, head, rows in (("stages: held-out accuracy (implicit reward, or the reward model's) and log-prob "
+                               "accuracy after training; mean reward of a pairs stage's samples", stage_head,
+                               stage_rows),
+                              ("rounds: each round's policy sampled and judged, then trained on its pairs", round_head,
+                               round_rows)):
+        if not rows:
+            continue
+        table = Table(title=title, title_justify="left")
+        for i, column in enumerate(head):
+            table.add_column(column, justify="left" if i == 0 or head is stage_head and i < 4 else "right",
+                             no_wrap=i == 0 or head is stage_head and i == 3)
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 def length_bias_line(bias: dict) -> str | None:

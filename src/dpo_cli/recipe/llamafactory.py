@@ -36,6 +36,10 @@ UNMAPPED = {
 RENAMED = {"enable_liger_kernel": "use_liger_kernel"}
 # LLaMA-Factory's pref_loss -> TRL's DPO loss_type
 PREF_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo"}
+# LLaMA-Factory's pref_loss values that are trainers of their own in TRL, and so stages of their own here
+PREF_STAGES = {"orpo": "orpo", "simpo": "simpo"}
+KTO_PAIR = ("TRL removed kto_pair from its DPO trainer: train stage kto on unpaired rows (dpo-cli convert-data "
+            "--to kto splits each pair in two), or use loss_type: apo_zero for a paired alternative")
 
 
 @dataclass
@@ -145,10 +149,21 @@ def _quantization(data: dict, out: Imported, key: str, path: tuple) -> None:
 
 def _preference(data: dict, stage: str, out: Imported) -> None:
     """pref_beta, pref_loss, pref_ftx and the stage's own knobs; in other stages they stay unmapped."""
-    if stage not in ("dpo", "kto"):
+    if stage not in ("dpo", "kto", "orpo", "simpo"):
         return
-    if "pref_beta" in data:
+    if "pref_beta" in data:  # DPO's and SimPO's beta; ORPO's lambda, the weight of its odds-ratio term
         out.set(("trainer", "beta"), float(data["pref_beta"]), _from("pref_beta", data["pref_beta"]), "pref_beta")
+    if stage in PREF_STAGES.values():
+        out.covered.add("pref_loss")  # said by the stage it chose
+        if stage == "simpo":
+            for key, ours in (("simpo_gamma", "simpo_gamma"), ("pref_ftx", "cpo_alpha")):
+                if key in data:  # SimPO plus pref_ftx times the SFT loss is CPO's alpha over SimPO's loss
+                    out.set(("trainer", ours), float(data[key]), _from(key, data[key]), key)
+        elif "pref_ftx" in data and float(data["pref_ftx"] or 0) > 0:
+            out.unmap("pref_ftx", data["pref_ftx"], "ORPO's loss already holds the SFT term (its NLL on chosen)")
+        elif "pref_ftx" in data:
+            out.drop("pref_ftx", data["pref_ftx"], "0: no SFT term")
+        return
     if stage == "kto":
         for key, ours in (("kto_chosen_weight", "desirable_weight"), ("kto_rejected_weight", "undesirable_weight")):
             if key in data:
@@ -156,8 +171,8 @@ def _preference(data: dict, stage: str, out: Imported) -> None:
         return
     loss, ftx = data.get("pref_loss", "sigmoid"), float(data.get("pref_ftx") or 0.0)
     if loss not in PREF_LOSSES:
-        out.unmap("pref_loss", loss, "no such loss in TRL's DPO trainer (ORPO and SimPO are separate trainers "
-                  "dpo-cli does not run); this recipe uses the sigmoid (DPO) loss")
+        out.unmap("pref_loss", loss, KTO_PAIR if loss == "kto_pair" else
+                  "no such loss in TRL's DPO trainer; this recipe uses the sigmoid (DPO) loss")
     elif ftx > 0:  # LLaMA-Factory adds pref_ftx times the SFT loss on chosen; TRL combines losses the same way
         out.set(("trainer", "loss_type"), [PREF_LOSSES[loss], "sft"],
                 f"{_from('pref_loss', loss)} plus the SFT loss on chosen", "pref_loss")
@@ -185,17 +200,27 @@ def translate(data: dict) -> tuple[str, Imported]:
     if lf_stage not in STAGES:
         raise InputError(f"stage: {lf_stage} has no dpo-cli stage (dpo-cli runs {', '.join(STAGES)})")
     stage = STAGES[lf_stage]
-    out.set(("stage",), stage, _from("stage", lf_stage), "stage")
+    if stage == "dpo" and data.get("pref_loss") in PREF_STAGES:
+        stage = PREF_STAGES[data["pref_loss"]]
+        out.set(("stage",), stage, f"{_from('stage', lf_stage)} with {_from('pref_loss', data['pref_loss'])}: "
+                f"a trainer of its own in TRL, with no reference model", "stage")
+    else:
+        out.set(("stage",), stage, _from("stage", lf_stage), "stage")
     if not data.get("model_name_or_path"):
         raise InputError("model_name_or_path is missing: the model to train")
     out.set(("model", "name_or_path"), str(data["model_name_or_path"]), "model_name_or_path", "model_name_or_path")
     if "trust_remote_code" in data:
         out.set(("model", "trust_remote_code"), bool(data["trust_remote_code"]), "trust_remote_code",
                 "trust_remote_code")
-    for key, ours in (("ref_model", "name_or_path"), ("ref_model_adapters", "adapter")):
-        if data.get(key):
-            out.set(("ref_model", ours), str(data[key]), key, key)
-    _quantization(data, out, "ref_model_quantization_bit", ("ref_model", "quantization"))
+    if get_stage(stage).uses_ref_model:
+        for key, ours in (("ref_model", "name_or_path"), ("ref_model_adapters", "adapter")):
+            if data.get(key):
+                out.set(("ref_model", ours), str(data[key]), key, key)
+        _quantization(data, out, "ref_model_quantization_bit", ("ref_model", "quantization"))
+    else:
+        for key in ("ref_model", "ref_model_adapters", "ref_model_quantization_bit"):
+            if key in data:
+                out.drop(key, data[key], f"stage {stage} has no reference model")
     _lora(data, out)
     _quantization(data, out, "quantization_bit", ("quantization",))
     if not data.get("dataset"):

@@ -88,14 +88,16 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     except ValidationError as exc:
         raise _first_error(exc, Recipe, located, prefix) from None
     stage = get_stage(recipe.stage)
-    recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
-    warn_ignored_options(recipe, stage, error)
+    if stage.trains:
+        recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
+        warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     if recipe.lora is not None:
         check_lora_targets(recipe, error)
     if stage.validate is not None:
         stage.validate(recipe, error)
-    build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now rather than later
+    if stage.trains:
+        build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now, not later
     return recipe
 
 
@@ -113,7 +115,13 @@ def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
 
 def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
     """Cross-section rules; each names the key at fault."""
-    if recipe.quantization is not None and recipe.lora is None:
+    if not stage.trains:
+        _check_data_stage(recipe, stage, error)
+    elif recipe.sampling is not None:
+        makers = ", ".join(s.name for s in STAGES.values() if not s.trains)
+        raise error(("sampling",), f"stage {recipe.stage} does not use a sampling: section ({makers} does); a "
+                                   "trainer's own generation settings go under trainer:")
+    if recipe.quantization is not None and recipe.lora is None and stage.trains:
         raise error(("quantization",), "a quantized model cannot be trained directly: add a lora: section (QLoRA), "
                                        "or quantize only the reference with ref_model.quantization")
     if recipe.ref_model.adapter and not recipe.ref_model.name_or_path:
@@ -129,3 +137,17 @@ def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_ref_model)
         raise error(("ref_model",), f"stage {recipe.stage} does not use a ref_model: section ({users} do); its "
                                     f"reference is {stage.reference(recipe).description}")
+
+
+def _check_data_stage(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
+    """A stage that makes data trains nothing: no TRL config, no adapter, no early stopping."""
+    if recipe.trainer:
+        key = next(iter(recipe.trainer))
+        raise error(("trainer", key), f"stage {stage.name} makes data and trains nothing, so it has no trainer: "
+                                      "section; its settings go under sampling: (num_samples, temperature, "
+                                      "max_new_tokens, batch_size)")
+    if recipe.lora is not None:
+        raise error(("lora",), f"stage {stage.name} trains nothing, so a lora: section has no use; to sample from a "
+                               "LoRA run, give its output directory as model.name_or_path")
+    if recipe.early_stopping is not None:
+        raise error(("early_stopping",), f"stage {stage.name} trains nothing, so it cannot stop early")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
     stages = data["stages"]
     if not isinstance(stages, list) or not stages:
         raise located.error(("stages",), "stages: must be a list of stage recipes, each with a name:")
+    # a YAML alias (sampling: *shared) is one object in every stage that names it: copy each stage on its own, so an
+    # override addressed to one stage changes that stage alone
+    stages = [copy.deepcopy(entry) for entry in stages]
     names: list[str] = []
     for i, entry in enumerate(stages):
         if not isinstance(entry, dict):

@@ -136,13 +136,15 @@ class EarlyStoppingSection(_Section):
 
 
 class RewardSection(_Section):
-    """What scores a policy's samples: reward functions (grpo) or a reward model and value model (ppo)."""
+    """What scores a policy's samples: reward functions (grpo, rloo, online-dpo, pairs) or a reward model (ppo,
+    online-dpo, pairs), and PPO's value model."""
 
     functions: list[str | dict[str, Any]] = Field(
-        default_factory=list, description="grpo: built-in names (length, regex, contains_answer, reward_model) with "
+        default_factory=list, description="built-in names (length, regex, contains_answer, reward_model) with "
         "options as {name: {...}}, or user functions module:function / path/to/file.py:function")
-    weights: list[float] | None = Field(default=None, description="grpo: one weight per function (default 1 each)")
-    model: str | None = Field(default=None, description="ppo: the reward model, e.g. the output_dir of a reward stage")
+    weights: list[float] | None = Field(default=None, description="one weight per function (default 1 each)")
+    model: str | None = Field(default=None, description="ppo, online-dpo, pairs: the reward model, e.g. the "
+                              "output_dir of a reward stage")
     value_model: str | None = Field(default=None, description="ppo: the value model's starting weights (default: the "
                                     "reward model)")
 
@@ -186,6 +188,25 @@ class QuantizationSection(_Section):
         return self
 
 
+class SamplingSection(_Section):
+    """How a data-making stage samples completions from its model (dpo-cli's own keys: no TRL trainer runs)."""
+
+    num_samples: int = Field(default=4, description="completions per prompt (k); the best and the worst make a pair")
+    temperature: float = Field(default=1.0, gt=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=64, gt=0)
+    batch_size: int = Field(default=8, gt=0, description="prompts per generate call, each with num_samples sequences")
+    engine: Literal["transformers", "vllm"] = Field(default="transformers", description="vllm only when installed")
+
+    @field_validator("num_samples")
+    @classmethod
+    def _two_to_pair(cls, value: int) -> int:
+        if value < 2:
+            raise ValueError(f"sampling.num_samples is {value}: a pair needs at least 2 samples per prompt (the best "
+                             "and the worst); use 4 to 8")
+        return value
+
+
 def _auto_ref(value: Any) -> Any:
     # `ref_model: auto` (or an empty `ref_model:`) is the default strategy
     return {} if value is None or value == "auto" else value
@@ -224,6 +245,7 @@ class Recipe(_Section):
     watchdog: bool = True
     early_stopping: EarlyStoppingSection | None = None
     reward: RewardSection | None = None
+    sampling: SamplingSection | None = None
 
     @field_validator("early_stopping")
     @classmethod

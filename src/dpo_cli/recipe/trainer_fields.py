@@ -13,7 +13,9 @@ from dpo_cli.recipe.yamlfile import ErrorAt
 
 
 def _as_list(value: Any) -> Any:
-    return [value] if isinstance(value, str) else value
+    # one value where TRL types a field as a list: one string for a list of strings (loss_type), one number for
+    # OnlineDPOConfig's per-epoch beta (TRL turns a list of one back into the number)
+    return value if value is None or isinstance(value, (list, tuple, dict)) else [value]
 
 
 # Keys of the TRL config that the recipe owns at the top level: setting them under `trainer:` would be ambiguous.
@@ -52,9 +54,15 @@ def validate_trainer(config_class: type, trainer: dict[str, Any], error: ErrorAt
             raise error(("trainer", key), f"must be positive (got {value!r})")
     if isinstance(trainer.get("learning_rate"), (int, float)) and trainer["learning_rate"] < 0:
         raise error(("trainer", "learning_rate"), f"must not be negative (got {trainer['learning_rate']!r})")
-    # Keep the recipe's own values (TRL takes 10 for a float field, or one string for a list); only strings that
-    # pydantic read as numbers or booleans are replaced, so "5e-6" given as a string still reaches TRL as a float.
-    return {key: getattr(checked, key) if isinstance(value, str) else value for key, value in trainer.items()}
+    # Keep the recipe's own values (TRL takes 10 for a float field); only strings that pydantic read as numbers or
+    # booleans are replaced, so "5e-6" given as a string still reaches TRL as a float, and one value given for a list
+    # field reaches TRL as a list of one.
+    return {key: getattr(checked, key) if isinstance(value, str) or _one_for_a_list(value, getattr(checked, key))
+            else value for key, value in trainer.items()}
+
+
+def _one_for_a_list(given: Any, checked: Any) -> bool:
+    return isinstance(checked, list) and not isinstance(given, (list, tuple))
 
 
 _SCHEMAS: dict[type, type[BaseModel]] = {}
@@ -73,7 +81,7 @@ def trainer_schema(config_class: type) -> type[BaseModel]:
                 TypeAdapter(annotation)
             except Exception:  # a type pydantic cannot check (a callable, a torch type): accept as given
                 annotation = Any
-            if typing.get_origin(annotation) is list:  # TRL itself accepts one string for a list of strings
+            if typing.get_origin(annotation) is list:
                 annotation = Annotated[annotation, BeforeValidator(_as_list)]
             fields[f.name] = (annotation | None, None)
         _SCHEMAS[config_class] = create_model(

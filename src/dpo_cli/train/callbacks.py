@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl, and progress as a rich bar on a terminal or plain lines otherwise."""
+"""Trainer callbacks: metrics.jsonl, progress (a rich bar on a terminal, plain lines otherwise), checkpoints marked."""
 
 from __future__ import annotations
 
@@ -6,11 +6,13 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 from transformers import TrainerCallback
 
 from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_write_text
+from dpo_cli.train import checkpoints
 
 # The few metrics worth a place on the progress line; everything is in metrics.jsonl.
 _HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "reward", "objective/scores", "loss/policy_avg",
@@ -97,3 +99,30 @@ class ProgressCallback(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class CompleteCheckpoints(TrainerCallback):
+    """Marks each checkpoint complete once the trainer has written all of it, and only then rotates old ones.
+
+    transformers writes checkpoint-<step> in place and rotates inside the same save; a crash or a full disk in the
+    middle leaves a half-written folder (and maybe no complete one). Here rotation waits for the marker, and a
+    folder without one is never resumed from. ``identity`` (recipe and data fingerprints) goes into the marker so a
+    resume can refuse a changed run.
+    """
+
+    def __init__(self, args, identity: dict[str, Any]):
+        self.identity = identity
+        self.keep = args.save_total_limit
+        args.save_total_limit = None  # rotation is ours, after the new checkpoint is complete
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:  # only the main process writes
+            return
+        run_dir = Path(args.output_dir)
+        folder = run_dir / f"checkpoint-{state.global_step}"
+        checkpoints.replace_pickled_args(folder, args)
+        files = {f.name: {"bytes": f.stat().st_size, "sha256": checkpoints.file_digest(f)}
+                 for f in sorted(folder.iterdir()) if f.is_file() and f.name != checkpoints.MARKER}
+        marker = {"step": state.global_step, "files": files, **self.identity}
+        atomic_write_text(folder / checkpoints.MARKER, json.dumps(marker, indent=2))
+        checkpoints.rotate(run_dir, self.keep, protect=state.best_model_checkpoint)

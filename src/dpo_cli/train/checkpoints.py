@@ -10,8 +10,6 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import DpoCliError, InputError
 from dpo_cli.core.redact import redact_text
@@ -26,33 +24,6 @@ _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 class SaveFailedError(DpoCliError):
     """A checkpoint could not be written; the previous one is untouched."""
-
-
-class CompleteCheckpoints(TrainerCallback):
-    """Marks each checkpoint complete once the trainer has written all of it, and only then rotates old ones.
-
-    transformers writes checkpoint-<step> in place and rotates inside the same save; a crash or a full disk in the
-    middle leaves a half-written folder (and maybe no complete one). Here rotation waits for the marker, and a
-    folder without one is never resumed from. ``identity`` (recipe and data fingerprints) goes into the marker so a
-    resume can refuse a changed run.
-    """
-
-    def __init__(self, args, identity: dict[str, Any]):
-        self.identity = identity
-        self.keep = args.save_total_limit
-        args.save_total_limit = None  # rotation is ours, after the new checkpoint is complete
-
-    def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:  # only the main process writes
-            return
-        run_dir = Path(args.output_dir)
-        folder = run_dir / f"checkpoint-{state.global_step}"
-        replace_pickled_args(folder, args)
-        files = {f.name: {"bytes": f.stat().st_size, "sha256": file_digest(f)}
-                 for f in sorted(folder.iterdir()) if f.is_file() and f.name != MARKER}
-        atomic_write_text(folder / MARKER, json.dumps({"step": state.global_step, "files": files, **self.identity},
-                                                      indent=2))
-        rotate(run_dir, self.keep, protect=state.best_model_checkpoint)
 
 
 def file_digest(path: Path) -> str:

@@ -16,6 +16,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.device import DevicePlan
 from dpo_cli.train.models import lora_config, meta_model
 from dpo_cli.train.stages import get_stage
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan
 from dpo_cli.train.trl_compat import fused_lm_head_tokens, fused_lm_head_vocab_chunk
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -64,6 +65,8 @@ class _Inputs:
     shape: _Shape
     head_tile: tuple[int, int] | None  # TRL's fused LM head tile (positions, vocabulary columns); None: full logits
     cuda: bool
+    trains: bool = True  # False: a data-making stage, no gradients, optimizer state or training activations
+    sampling_rows: tuple[tuple[str, int, str], ...] = ()  # generation buffers and judges of a stage that samples
 
 
 @dataclass
@@ -204,6 +207,9 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
         rows.append(("reference", x.reference_bytes, f"{x.reference}: a second, frozen model"))
     else:
         rows.append(("reference", 0, f"{x.reference}: no second model in memory during training"))
+    rows += x.sampling_rows
+    if not x.trains:
+        return rows
     if x.lora_trainable is not None:
         trainable = x.lora_trainable
         # peft keeps adapters in fp32 over a half-precision base; TRL casts QLoRA adapters to bf16
@@ -283,6 +289,8 @@ def _candidates(x: _Inputs) -> list[tuple[str, _Inputs]]:
 
 
 def _suggestions(x: _Inputs, room: int | None) -> list[tuple[str, int, bool]]:
+    if not x.trains:
+        return []
     base = _total(x)
     found = []
     for text, variant in _candidates(x):
@@ -337,6 +345,20 @@ def _shape(model) -> _Shape:
                   vocab=int(config.vocab_size), gated=bool(names & {"gate_proj", "gate_up_proj", "w1", "w3"}))
 
 
+def _sampling_rows(sampling: SamplingPlan, recipe: Recipe, shape: _Shape, value_bytes: int,
+                   weight_bytes: int) -> tuple[tuple[str, int, str], ...]:
+    """The KV cache of the sequences generated at once, and the weights of the reward models that judge them."""
+    width = shape.kv_heads * shape.head_dim
+    rows = [("generation (KV cache)", 2 * shape.layers * sampling.sequences * sampling.tokens * width * value_bytes,
+             f"{sampling.sequences} sequences x {sampling.tokens} tokens (prompts of up to {ASSUMED_PROMPT_TOKENS} "
+             f"assumed) x {shape.layers} layers, keys and values")]
+    for path in sampling.reward_models:
+        params, _, _ = _count(meta_model(recipe.model.model_copy(update={"name_or_path": path})))
+        rows.append(("reward model", params * weight_bytes, f"{path}: about {params / 1e6:.1f}M parameters x "
+                                                           f"{weight_bytes} bytes"))
+    return tuple(rows)
+
+
 def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
     model = meta_model(recipe.model)
     params, quantizable, shapes = _count(model)
@@ -367,6 +389,8 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
     max_length = get("max_length", 1024) or getattr(model_config, "max_position_embeddings", 2048)
     tile = fused_lm_head_tokens()
     quantization = recipe.quantization
+    shape = _shape(model)
+    sampling = stage.sampling(recipe)
     return _Inputs(
         params=params, quantizable=quantizable, linear_shapes=shapes, weight_bytes=weight_bytes,
         lora_trainable=lora_trainable, bits=quantization.bits if quantization else None,
@@ -378,8 +402,10 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
         sequences_per_row=stage.sequences_per_row(recipe), max_length=int(max_length),
         gradient_checkpointing=bool(get("gradient_checkpointing", True)),
         autocast_bytes=2 if plan.precision in ("bf16", "fp16") else None,
-        liger=bool(get("use_liger_kernel", False)), shape=_shape(model),
+        liger=bool(get("use_liger_kernel", False)), shape=shape,
         head_tile=(tile, fused_lm_head_vocab_chunk() or 1 << 62) if tile else None, cuda=plan.device == "cuda",
+        trains=stage.trains, sampling_rows=() if sampling is None else _sampling_rows(
+            sampling, recipe, shape, 2 if plan.precision in ("bf16", "fp16") else weight_bytes, weight_bytes),
     )
 
 

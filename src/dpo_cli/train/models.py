@@ -6,14 +6,16 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dpo_cli.core.builtins import resolve_builtin
 from dpo_cli.core.errors import ModelLoadError
 from dpo_cli.recipe.schema import LoraSection, ModelSection, QuantizationSection, Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
-from dpo_cli.train.stages.base import Stage
+
+if TYPE_CHECKING:  # at run time, importing the stages package here would import this module back half-made
+    from dpo_cli.train.stages.base import Stage
 
 
 def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:

@@ -1,12 +1,31 @@
-"""Running a pipeline: each stage in order, a stage whose output already holds its completed run skipped."""
+"""Running a pipeline: each stage in order, a stage whose output already holds its completed run skipped, then a
+summary of every stage's figures and of each round (pairs made, then trained on)."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
+from typing import Any
+
 from dpo_cli.core import console
+from dpo_cli.core.errors import InputError
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.pipeline import Pipeline
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.train.run import RunResult, train
+from dpo_cli.train.manifest import RunResult
+from dpo_cli.train.run import train
+from dpo_cli.train.stages import get_stage
+
+
+def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
+              resume_force: bool = False) -> RunResult:
+    """One stage recipe: a stage that makes data runs its own flow, every other one trains."""
+    stage = get_stage(recipe.stage)
+    if stage.trains:
+        return train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+    if resume:
+        raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
+    return stage.make_data(recipe, overwrite=overwrite)
 
 
 def is_complete(recipe: Recipe) -> bool:
@@ -26,12 +45,57 @@ def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, resume: str | N
             console.note(f"stage {stage.name} ({stage.recipe.stage}): complete in {stage.recipe.output_dir}, skipped")
             continue
         again = upstream_ran and RunDir(stage.recipe.output_dir).manifest_file.exists()
-        reason = f" (its input {', '.join(upstream_ran)} was trained again)" if again else ""
-        console.note(f"stage {stage.name} ({stage.recipe.stage}): training into {stage.recipe.output_dir}{reason}")
-        result = train(stage.recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
-        resume = None  # only the first stage that runs picks up its checkpoint
+        reason = f" (its input {', '.join(upstream_ran)} was made again)" if again else ""
+        trains = get_stage(stage.recipe.stage).trains
+        doing = "training" if trains else "making data"
+        console.note(f"stage {stage.name} ({stage.recipe.stage}): {doing} into {stage.recipe.output_dir}{reason}")
+        result = run_stage(stage.recipe, overwrite=overwrite, resume=resume if trains else None,
+                           resume_force=resume_force)
+        if trains:
+            resume = None  # only the first stage that trains picks up its checkpoint
         ran.add(stage.name)
         results.append(result)
         if on_result is not None:
             on_result(stage, result)
+    if os.environ.get("RANK", "0") == "0":  # under a launcher, the main process writes
+        RunDir(pipeline.output_dir).write_json(RunDir.PIPELINE, pipeline_summary(pipeline, ran))
     return results
+
+
+def _headline(manifest: dict) -> dict[str, Any]:
+    """A stage's figures worth a column: held-out accuracies after training, or what a pairs stage made."""
+    after = (manifest.get("evaluation") or {}).get("after") or {}
+    made = manifest.get("pairs") or {}
+    figures = {"steps": manifest.get("global_step"), "accuracy": after.get("reward_accuracy"),
+               "logprob_accuracy": after.get("logprob_accuracy"), "pairs": made.get("pairs"), "ties": made.get("ties"),
+               "mean_reward": made.get("mean_reward"), "heldout_mean_reward": (made.get("heldout") or {}).get(
+                   "mean_reward")}
+    return {key: value for key, value in figures.items() if value is not None}
+
+
+def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str, Any]:
+    """Every stage's status and headline figures (read from its run.json, so skipped stages count too), and one round
+    per data-making stage: the policy it sampled, the mean reward of those samples, the judge's held-out accuracy, and
+    the held-out accuracy of the stages that trained on its pairs."""
+    outputs = {s.recipe.output_dir: s.name for s in pipeline.stages}
+    stages = {}
+    for s in pipeline.stages:
+        manifest = RunDir(s.recipe.output_dir).manifest_or_none() or {}
+        stages[s.name] = {"stage": s.recipe.stage, "output_dir": s.recipe.output_dir, "status": manifest.get("status"),
+                          "ran": s.name in ran, **_headline(manifest)}
+    rounds = []
+    for s in pipeline.stages:
+        if get_stage(s.recipe.stage).trains:
+            continue
+        judges = [n for n in s.needs if get_stage(stages[n]["stage"]).evaluation == "reward"]  # a reward model
+        trained = [t.name for t in pipeline.stages if s.name in t.needs and get_stage(t.recipe.stage).trains]
+        figures = stages[s.name]
+        rounds.append({
+            "round": len(rounds) + 1, "pairs_stage": s.name,
+            "policy": outputs.get(s.recipe.model.name_or_path, s.recipe.model.name_or_path),
+            **{k: figures[k] for k in ("pairs", "ties", "mean_reward", "heldout_mean_reward") if k in figures},
+            **({"judge": judges[0], "judge_accuracy": stages[judges[0]].get("accuracy")} if judges else {}),
+            "trained": [{"name": n, **{k: stages[n][k] for k in ("accuracy", "logprob_accuracy") if k in stages[n]}}
+                        for n in trained],
+        })
+    return {"output_dir": str(pipeline.output_dir), "stages": stages, "rounds": rounds}

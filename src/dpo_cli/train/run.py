@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import platform
-import subprocess
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +12,20 @@ from transformers.trainer_callback import ProgressCallback as TransformersProgre
 
 from dpo_cli.core import console
 from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError
-from dpo_cli.core.paths import check_output, replaceable_directory, run_lock
+from dpo_cli.core.paths import run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.data.load import check_data, load_splits
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
 from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
-from dpo_cli.train.callbacks import MetricsFileCallback, ProgressCallback
+from dpo_cli.train.callbacks import CompleteCheckpoints, MetricsFileCallback, ProgressCallback
 from dpo_cli.train.config import build_config, defaults_note, defaults_record, settle_defaults, trainer_kwargs
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
+from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.stages import get_stage
@@ -38,15 +33,6 @@ from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.stages.dpo import ref_logp_cache
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
-
-PACKAGES = ("dpo-cli", "trl", "transformers", "peft", "accelerate", "datasets", "torch")
-
-
-@dataclass
-class RunResult:
-    output_dir: Path
-    manifest: dict
-    is_main: bool = True  # under torchrun/accelerate, only the main process reports
 
 
 def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, Any]:
@@ -59,132 +45,46 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, An
     def train_data() -> dict | None:  # read only when a default needs it (max_steps against the row count)
         if "info" not in data:
             try:
-                data["info"] = _load_data(recipe, stage)[2]["train"]
+                data["info"] = stage.load_data(recipe)[2]["train"]
             except (DataError, InputError, OSError):
                 data["info"] = None  # not on this machine: the default says it could not count the rows
         return data["info"]
 
     settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, train_data))
-    config = build_config(settled, plan)
-    kwargs = trainer_kwargs(settled, plan)
+    config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
+    kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
     try:
         memory = estimate_memory(settled, plan, config)
     except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
         memory = f"unavailable: {exc}"
     return {
-        "config_class": type(config).__name__,
+        "config_class": type(config).__name__ if config is not None else None,
         "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
         "device": plan,
         "defaults": defaults,
         "reference": stage.reference(settled).description,
         "safety": _safety(stage),
         "memory": memory,
-        "data": _checked_data(recipe, stage),
+        "data": stage.check_data(recipe),
     }
 
 
 def _safety(stage: Stage) -> str:
+    if not stage.trains:
+        return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
+                "processes each samples its share of the prompts and the main one writes the files (engine vllm: one "
+                "process)")
     if stage.step_loop:
         return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
     return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
             "SIGTERM/SIGINT stop the run at the end of a step")
 
 
-def _versions() -> dict[str, str | None]:
-    out = {}
-    for name in PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def _git_commit() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def check_output_dir(run: RunDir, recipe: Recipe, *, overwrite: bool, resuming: bool) -> None:
-    """output_dir must be writable, must not hold or be anything the run reads, and is only ever written over when
-    it holds an earlier dpo-cli run (and --overwrite says so)."""
-    check_output(run.path, recipe.local_inputs(), what="output_dir")
-    if run.path.exists() and not run.path.is_dir():
-        raise InputError(f"output_dir {run} is a file, not a directory")
-    existing = next(p for p in (run.path, *run.path.parents) if p.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"output_dir {run} cannot be written: {existing} is read-only for this user")
-    if resuming or not run.path.exists() or not any(run.path.iterdir()):
-        return
-    if not overwrite:
-        raise InputError(f"output directory {run} is not empty; pass --overwrite to write over it, "
-                         f"or choose another with output_dir=DIR")
-    replaceable_directory(run.path, RunDir.MANIFEST, "output_dir")
-
-
-class RunRecord:
-    """run.json as the run moves on: rewritten whole and atomically, by the main process alone. A run that stops on
-    a signal or an error after it started writing ends as ``interrupted`` or ``failed``, with the error and the
-    newest complete checkpoint, never as ``running``."""
-
-    def __init__(self, run: RunDir, is_main: bool, manifest: dict[str, Any]):
-        self.run, self.is_main, self.manifest = run, is_main, manifest
-        self.written = False
-
-    def update(self, **fields) -> None:
-        self.manifest.update(fields)
-        if self.is_main:
-            self.run.write_manifest(self.manifest)
-            self.written = True
-
-    def __enter__(self) -> RunRecord:
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if exc is None or not self.written or self.manifest["status"] != "running":
-            return
-        stopped = isinstance(exc, (Interrupted, KeyboardInterrupt))
-        checkpoint = checkpoints.newest_complete(self.run.path)[0]
-        self.update(status="interrupted" if stopped else "failed", finished_at=_now(),
-                    error=str(exc) or type(exc).__name__, checkpoint=str(checkpoint) if checkpoint else None)
-
-
 def _wait_for_everyone() -> None:
     from accelerate import PartialState
 
     PartialState().wait_for_everyone()
-
-
-def _load_data(recipe: Recipe, stage: Stage):
-    with _for_stage(recipe, stage):
-        return load_splits(recipe.data, recipe.seed, stage.data_kind)
-
-
-def _checked_data(recipe: Recipe, stage: Stage) -> dict:
-    """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
-    with _for_stage(recipe, stage):
-        return check_data(recipe.data, stage.data_kind)
-
-
-@contextlib.contextmanager
-def _for_stage(recipe: Recipe, stage: Stage):
-    """A bad row is said beside what the stage reads."""
-    try:
-        yield
-    except DataError as exc:
-        if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
-            raise
-        # a row the stage cannot use: say what this stage reads, beside what the row holds
-        raise DataError(f"stage {recipe.stage} reads {stage.data_expects}; {exc.reason}", file=exc.file,
-                        line=exc.line, field=exc.field) from None
 
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:
@@ -238,19 +138,14 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     run = RunDir(recipe.output_dir)
     check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
-    versions = _versions()
-    record = RunRecord(run, is_main, {
-        "dpo_cli_version": versions["dpo-cli"], "versions": versions, "git_commit": _git_commit(),
-        "stage": recipe.stage, "started_at": _now(), "finished_at": None, "status": "running",
-        "device": {"device": plan.device, "gpus": plan.gpus, "precision": plan.precision, "reason": plan.reason,
-                   "processes": args.world_size, "host": platform.node()}})
+    record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, args.world_size))
     manifest = record.manifest
     # a signal is handled from here to the end (what it does depends on the phase); the lock keeps other runs out
     stopper = GracefulStop(stage.name, stage.step_loop)
     with stopper, run_lock(run.path) if is_main else contextlib.nullcontext(), record:
 
         # 2. data, checked before any weights are loaded
-        train_dataset, eval_dataset, manifest["data"] = _load_data(recipe, stage)
+        train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)
         identity = _identity(recipe, manifest["data"])
         checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
         if checkpoint:
@@ -278,7 +173,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
         throughput = Throughput.for_run(models.policy, reference.kind, plan, args.world_size)
         callbacks = [throughput, MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(),
-                     stopper, checkpoints.CompleteCheckpoints(args, identity)]
+                     stopper, CompleteCheckpoints(args, identity)]
         watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
         early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
         callbacks += [c for c in (watchdog, early_stop) if c is not None]
@@ -313,7 +208,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         if early_stop is not None:
             manifest["early_stopping"] = early_stop.summary()
         if watchdog is not None and watchdog.stopped_at is not None:
-            record.update(status="failed", finished_at=_now(), global_step=trainer.state.global_step,
+            record.update(status="failed", finished_at=now(), global_step=trainer.state.global_step,
                           error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
             raise TrainingStopped(watchdog.message())
 
@@ -339,6 +234,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             raise Interrupted(f"stopped by {stopper.name()} after training; the final model is saved in {run}"
                               + ("" if "evaluation" in manifest or held_out is None else
                                  " (the held-out figures were left out)"), stopper.signum)
-        record.update(status="completed", finished_at=_now(), global_step=trainer.state.global_step,
+        record.update(status="completed", finished_at=now(), global_step=trainer.state.global_step,
                       reference=reference.description, throughput=throughput.summary())
     return RunResult(run.path, manifest, is_main)

@@ -1,11 +1,12 @@
-"""The training stages by name; each module defines one Stage (its TRL config, trainer call, data and reference)."""
+"""The stages by name; each module defines one Stage (its TRL config and trainer call, or the data it makes)."""
 
 from __future__ import annotations
 
-from dpo_cli.train.stages import dpo, grpo, kto, ppo, reward, sft
+from dpo_cli.train.stages import cpo, dpo, grpo, kto, online_dpo, orpo, pairs, ppo, reward, rloo, sft, simpo
 from dpo_cli.train.stages.base import Stage
 
-STAGES: dict[str, Stage] = {module.STAGE.name: module.STAGE for module in (sft, dpo, kto, reward, grpo, ppo)}
+STAGES: dict[str, Stage] = {module.STAGE.name: module.STAGE for module in (
+    sft, dpo, kto, orpo, simpo, cpo, reward, grpo, rloo, online_dpo, ppo, pairs)}
 
 
 def stage_names() -> list[str]:

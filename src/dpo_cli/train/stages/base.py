@@ -1,11 +1,14 @@
-"""What every training stage declares: TRL config and trainer, data, models, reference, memory and evaluation."""
+"""What every stage declares: TRL config and trainer (or the data it makes), data, models, reference, memory."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from dpo_cli.core.errors import DataError
+from dpo_cli.data.load import check_data, load_splits
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
@@ -34,6 +37,19 @@ class ReferencePlan:
 
 
 NO_REFERENCE = ReferencePlan("none", "none")
+
+# Prompt length a memory plan assumes where a stage's config does not bound it (generation sees whole prompts).
+ASSUMED_PROMPT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What a stage that samples holds while it generates, for the memory plan: the KV cache of ``sequences``
+    sequences of up to ``tokens`` tokens (prompt and completion), and the reward models that judge them."""
+
+    sequences: int
+    tokens: int
+    reward_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -75,13 +91,20 @@ class StageInputs:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage. run.py, models.py, memory.py and the recipe loader ask this object; none names a stage."""
+    """One stage. run.py, models.py, memory.py, the pipeline runner and the recipe loader ask this object; none names
+    a stage.
+
+    A training stage has a TRL config and trainer; a data-making stage (``make_data``) has neither and runs its own
+    short flow instead of the seven training steps.
+    """
 
     name: str
-    config_class: Callable[[], type]  # the TRL config dataclass (imported on call: TRL is heavy)
-    build_trainer: Callable[[StageInputs], Any]  # the TRL trainer call
     data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
     data_expects: str  # said beside a row the stage cannot use
+    config_class: Callable[[], type] | None = None  # the TRL config dataclass (imported on call: TRL is heavy)
+    build_trainer: Callable[[StageInputs], Any] | None = None  # the TRL trainer call
+    # a stage that makes data rather than trains: (recipe, overwrite) -> RunResult; its recipe has no trainer:
+    make_data: Callable[..., Any] | None = None
     reference: Callable[[Recipe], ReferencePlan] = lambda recipe: NO_REFERENCE
     # sequences each training row puts through the model at once (chosen and rejected: 2), for the memory plan
     sequences_per_row: Callable[[Recipe], int] = lambda recipe: 1
@@ -98,6 +121,32 @@ class Stage:
     unavailable: Callable[[], str | None] = lambda: None  # why the installed TRL cannot run it
     # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
     settle: Callable[[Recipe, PlannedRun], list[Default]] = lambda recipe, run: []
+    sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
+
+    @contextlib.contextmanager
+    def reading(self, recipe: Recipe) -> Iterator[None]:
+        """Around reading the recipe's data: a row this stage cannot use is said beside what the stage reads."""
+        try:
+            yield
+        except DataError as exc:
+            if exc.line is None:  # not about a row's shape (a missing file, an empty filter result)
+                raise
+            raise DataError(f"stage {recipe.stage} reads {self.data_expects}; {exc.reason}", file=exc.file,
+                            line=exc.line, field=exc.field) from None
+
+    def load_data(self, recipe: Recipe):
+        """(train, eval or None, what run.json records) as this stage reads them."""
+        with self.reading(recipe):
+            return load_splits(recipe.data, recipe.seed, self.data_kind)
+
+    def check_data(self, recipe: Recipe) -> dict:
+        """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
+        with self.reading(recipe):
+            return check_data(recipe.data, self.data_kind)
+
+    @property
+    def trains(self) -> bool:
+        return self.make_data is None
 
     @property
     def peft_task(self) -> str:

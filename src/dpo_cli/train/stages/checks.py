@@ -1,13 +1,55 @@
-"""Recipe checks more than one stage shares: loss types the installed TRL knows, reward functions that load."""
+"""What more than one stage shares: loss types the installed TRL knows, and the reward: section as a judge (checked at
+load, built as TRL's reward functions at run time)."""
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import importlib.util
+import os
+from importlib import metadata
+from typing import Any
 
+from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.rewards import RewardSpec, SpecError, load_user_function, parse_spec
+from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
+from dpo_cli.train.rewards import RewardSpec, SpecError, build_reward_functions, load_user_function, parse_spec
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan
 from dpo_cli.train.trl_compat import field_choices
+
+# The TRL releases the experimental stages are tested on (CI's lowest and newest TRL).
+CHECKED_TRL = ("1.0.0", "1.16.0")
+
+
+def raise_at_field(path, message: str) -> RecipeError:
+    """An ErrorAt for checks repeated at run time, when the recipe's lines are no longer at hand."""
+    return RecipeError(message, field=".".join(map(str, path)))
+
+
+def setting(recipe: Recipe, config_class: type, name: str) -> Any:
+    """A trainer: value, or the installed TRL config's default for it."""
+    if name in recipe.trainer:
+        return recipe.trainer[name]
+    found = next((f for f in dataclasses.fields(config_class) if f.name == name), None)
+    if found is None:
+        return None
+    return found.default if found.default is not dataclasses.MISSING else found.default_factory()
+
+
+def missing_experimental(stage: str, module: str, trainer: str) -> str | None:
+    """Why the installed TRL cannot run an experimental trainer (they move or go between minor versions), or None."""
+    # the stage uses trl.experimental on purpose; TRL's warning about that is noise to the user
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ImportError:
+        found = False
+    if found:
+        return None
+    return (f"stage {stage} needs TRL's {trainer} ({module}), which this environment's trl {metadata.version('trl')} "
+            f"does not have; TRL {' and '.join(CHECKED_TRL)} have it (experimental trainers move or go between minor "
+            f"versions): pip install 'trl=={CHECKED_TRL[-1]}'")
 
 
 def check_loss_types(recipe: Recipe, error: ErrorAt, config_class: type) -> list[str]:
@@ -54,3 +96,77 @@ def reward_specs(recipe: Recipe, error: ErrorAt) -> list[RewardSpec]:
             raise error(("reward", "functions", i), str(exc)) from None
         specs.append(spec)
     return specs
+
+
+def function_specs(recipe: Recipe, error: ErrorAt) -> list[RewardSpec]:
+    """reward: as GRPO reads it: functions only (a reward model is listed as a function)."""
+    specs = reward_specs(recipe, error)
+    if recipe.reward.model or recipe.reward.value_model:
+        raise error(("reward",), f"reward.model and reward.value_model are for ppo; in {recipe.stage} list the "
+                    "reward model as a function: {reward_model: PATH}")
+    return specs
+
+
+def judge_specs(recipe: Recipe, error: ErrorAt) -> list[RewardSpec]:
+    """The judge of a stage that picks chosen and rejected itself: a reward model (reward.model) or reward functions."""
+    reward = recipe.reward
+    if reward is None or not (reward.model or reward.functions):
+        raise error(("reward",), f"stage {recipe.stage} needs a judge to pick chosen and rejected: reward: {{model: "
+                    "PATH} (a reward stage's output, ${rm.output_dir} in a pipeline) or reward: {functions: [...]}")
+    if reward.value_model:
+        raise error(("reward", "value_model"), "reward.value_model is for ppo")
+    if reward.model and reward.functions:
+        raise error(("reward", "model"), "give reward.model or reward.functions, not both; to combine them, list the "
+                                         "model as a function: {reward_model: PATH}")
+    if reward.model:
+        if reward.weights is not None:
+            raise error(("reward", "weights"), "reward.weights weighs reward.functions; a lone reward.model needs none")
+        return [RewardSpec("reward_model", {"path": reward.model})]
+    return reward_specs(recipe, error)
+
+
+def reward_functions(recipe: Recipe, specs: list[RewardSpec], columns: list[str]) -> tuple[list[Any], list[Any]]:
+    """(functions, processing classes) as TRL's trainers take them; reward models load as sequence classifiers with
+    the policy's dtype and trust_remote_code, and their own tokenizer."""
+
+    def load_reward_model(path: str):
+        section = recipe.model.model_copy(update={"name_or_path": path, "tokenizer": None, "chat_template": None})
+        return load_sequence_classifier(section), load_tokenizer(section)
+
+    try:
+        return build_reward_functions(specs, columns, load_reward_model)
+    except SpecError as exc:
+        raise RecipeError(str(exc), field="reward.functions") from None
+
+
+def trainer_weights(recipe: Recipe) -> dict[str, Any]:
+    """The config's reward_weights from reward.weights (grpo, rloo, online-dpo)."""
+    weights = recipe.reward.weights if recipe.reward is not None else None
+    return {"reward_weights": weights} if weights is not None else {}
+
+
+def reward_model_paths(recipe: Recipe) -> tuple[str, ...]:
+    """The reward models the reward: section loads (reward.model and {reward_model: PATH} functions)."""
+    reward = recipe.reward
+    if reward is None:
+        return ()
+    paths = [reward.model] if reward.model else []
+    for entry in reward.functions:
+        try:
+            spec = parse_spec(entry)
+        except SpecError:
+            continue  # refused at load already
+        if spec.builtin and spec.name == "reward_model":
+            paths.append(spec.options["path"])
+    return tuple(paths)
+
+
+def group_sampling(recipe: Recipe, config_class: type) -> SamplingPlan:
+    """GRPO and RLOO generate one batch of completions (generation_batch_size, num_generations per prompt) at once."""
+    batch = setting(recipe, config_class, "generation_batch_size")
+    if batch is None:
+        steps = setting(recipe, config_class, "steps_per_generation") or \
+            setting(recipe, config_class, "gradient_accumulation_steps")
+        batch = setting(recipe, config_class, "per_device_train_batch_size") * steps
+    completion = setting(recipe, config_class, "max_completion_length") or 256
+    return SamplingPlan(int(batch), ASSUMED_PROMPT_TOKENS + int(completion), reward_model_paths(recipe))

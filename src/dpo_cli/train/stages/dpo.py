@@ -55,7 +55,21 @@ def reference(recipe: Recipe) -> ReferencePlan:
                                  "(full fine-tuning)")
 
 
+# Loss names LLaMA-Factory's pref_loss takes that TRL's DPO does not (any more): what to use instead.
+REPLACED_LOSSES = {
+    "kto_pair": "TRL removed kto_pair from its DPO losses; for KTO use stage: kto with unpaired rows (dpo-cli "
+                "convert-data --to kto, or give it pairs: it splits them), or loss_type: apo_zero for a paired "
+                "alternative",
+    "orpo": "ORPO is a stage of its own with no reference model: stage: orpo (trainer.beta is its lambda)",
+    "simpo": "SimPO is a stage of its own with no reference model: stage: simpo (trainer.simpo_gamma, trainer.beta)",
+}
+
+
 def validate(recipe: Recipe, error: ErrorAt) -> None:
+    given = recipe.trainer.get("loss_type")
+    for name in [given] if isinstance(given, str) else given or []:
+        if name in REPLACED_LOSSES:
+            raise error(("trainer", "loss_type"), f"loss type '{name}': {REPLACED_LOSSES[name]}")
     check_loss_types(recipe, error, config_class())
     if recipe.ref_model.precompute is True and recipe.trainer.get("precompute_ref_log_probs") is False:
         raise error(("trainer", "precompute_ref_log_probs"), "contradicts ref_model.precompute: true; remove one of "

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
-from dpo_cli.train.rewards import SpecError, build_reward_functions
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
-from dpo_cli.train.stages.checks import check_loss_types, reward_specs
+from dpo_cli.train.stages.checks import (
+    check_loss_types,
+    function_specs,
+    group_sampling,
+    raise_at_field,
+    reward_functions,
+    trainer_weights,
+)
 
 
 def config_class() -> type:
@@ -19,17 +21,8 @@ def config_class() -> type:
     return GRPOConfig
 
 
-def trainer_fields(recipe: Recipe) -> dict[str, Any]:
-    """GRPOConfig fields that follow from the reward: section."""
-    weights = recipe.reward.weights if recipe.reward is not None else None
-    return {"reward_weights": weights} if weights is not None else {}
-
-
 def validate(recipe: Recipe, error: ErrorAt) -> None:
-    reward_specs(recipe, error)
-    if recipe.reward.model or recipe.reward.value_model:
-        raise error(("reward",), f"reward.model and reward.value_model are for ppo; in {recipe.stage} list the "
-                    "reward model as a function: {reward_model: PATH}")
+    function_specs(recipe, error)
     check_loss_types(recipe, error, config_class())
 
 
@@ -43,25 +36,12 @@ def reference(recipe: Recipe) -> ReferencePlan:
                                          "weights")
 
 
-def reward_functions(inputs: StageInputs):
-    """(functions, processing classes) from the reward: section; reward models load as sequence classifiers."""
-
-    def load_reward_model(path: str):
-        section = inputs.recipe.model.model_copy(update={"name_or_path": path, "tokenizer": None,
-                                                         "chat_template": None})
-        return load_sequence_classifier(section), load_tokenizer(section)
-
-    specs = reward_specs(inputs.recipe, lambda path, message: RecipeError(message, field=".".join(map(str, path))))
-    try:
-        return build_reward_functions(specs, inputs.train_dataset.column_names, load_reward_model)
-    except SpecError as exc:
-        raise RecipeError(str(exc), field="reward.functions") from None
-
-
 def build_trainer(inputs: StageInputs):
     from trl import GRPOTrainer
 
-    functions, processing = reward_functions(inputs)
+    recipe = inputs.recipe
+    functions, processing = reward_functions(recipe, function_specs(recipe, raise_at_field),
+                                             inputs.train_dataset.column_names)
     return GRPOTrainer(model=inputs.model, reward_funcs=functions, args=inputs.args,
                        train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                        processing_class=inputs.tokenizer, reward_processing_classes=processing,
@@ -78,5 +58,6 @@ STAGE = Stage(
     reference=reference,
     uses_reward=True,
     validate=validate,
-    trainer_fields=trainer_fields,
+    trainer_fields=trainer_weights,
+    sampling=lambda recipe: group_sampling(recipe, config_class()),
 )

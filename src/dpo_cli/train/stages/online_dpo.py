@@ -1,0 +1,78 @@
+"""Online DPO stage: trl.experimental.online_dpo's trainer on prompts; two samples of the policy per prompt, the judge
+(a reward model or reward functions) picks chosen and rejected."""
+
+from __future__ import annotations
+
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.yamlfile import ErrorAt
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage, StageInputs
+from dpo_cli.train.stages.checks import (
+    check_loss_types,
+    judge_specs,
+    missing_experimental,
+    raise_at_field,
+    reward_functions,
+    reward_model_paths,
+    setting,
+    trainer_weights,
+)
+
+MODULE = "trl.experimental.online_dpo"
+
+
+def config_class() -> type:
+    from trl.experimental.online_dpo import OnlineDPOConfig
+
+    return OnlineDPOConfig
+
+
+def validate(recipe: Recipe, error: ErrorAt) -> None:
+    # TRL's own ways to name a judge (OnlineDPOConfig.judge exists in TRL 1.0, gone by 1.16)
+    for key in ("reward_model_path", "judge"):
+        if key in recipe.trainer:
+            raise error(("trainer", key), f"set the judge with reward.model or reward.functions, not trainer.{key}")
+    judge_specs(recipe, error)
+    check_loss_types(recipe, error, config_class())
+
+
+def reference(recipe: Recipe) -> ReferencePlan:
+    if recipe.lora is not None:
+        return ReferencePlan("shared", "shared: the policy with its LoRA adapter disabled, no second copy in memory")
+    return ReferencePlan("trainer-copy", "frozen copy of the starting weights, made by TRL")
+
+
+def sampling(recipe: Recipe) -> SamplingPlan:
+    """Two completions per prompt, generated together for the whole batch."""
+    config = config_class()
+    new_tokens = setting(recipe, config, "max_new_tokens")
+    return SamplingPlan(2 * setting(recipe, config, "per_device_train_batch_size"), ASSUMED_PROMPT_TOKENS + new_tokens,
+                        reward_model_paths(recipe))
+
+
+def build_trainer(inputs: StageInputs):
+    from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    recipe = inputs.recipe
+    functions, processing = reward_functions(recipe, judge_specs(recipe, raise_at_field),
+                                             inputs.train_dataset.column_names)
+    return OnlineDPOTrainer(model=inputs.model, reward_funcs=functions, args=inputs.args,
+                            train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
+                            processing_class=inputs.tokenizer, reward_processing_classes=processing,
+                            callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+
+
+STAGE = Stage(
+    name="online-dpo",
+    config_class=config_class,
+    build_trainer=build_trainer,
+    data_kind="prompt",
+    data_expects=("prompts: a prompt column (text or messages), plus any columns the reward functions read, such as "
+                  "an answer"),
+    reference=reference,
+    sequences_per_row=lambda recipe: 2,  # the two samples of each prompt go through the model together
+    uses_reward=True,
+    validate=validate,
+    trainer_fields=trainer_weights,
+    unavailable=lambda: missing_experimental("online-dpo", MODULE, "OnlineDPOTrainer"),
+    sampling=sampling,
+)

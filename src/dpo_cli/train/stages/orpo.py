@@ -1,0 +1,36 @@
+"""ORPO stage: trl.experimental.orpo's ORPOTrainer on preference pairs; an odds-ratio term, no reference model."""
+
+from __future__ import annotations
+
+from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.checks import missing_experimental
+
+MODULE = "trl.experimental.orpo"
+
+
+def config_class() -> type:
+    from trl.experimental.orpo import ORPOConfig
+
+    return ORPOConfig
+
+
+def build_trainer(inputs: StageInputs):
+    from trl.experimental.orpo import ORPOTrainer
+
+    return ORPOTrainer(model=inputs.model, args=inputs.args, train_dataset=inputs.train_dataset,
+                       eval_dataset=inputs.eval_dataset, processing_class=inputs.tokenizer, callbacks=inputs.callbacks,
+                       peft_config=inputs.peft_config)
+
+
+STAGE = Stage(
+    name="orpo",
+    config_class=config_class,
+    build_trainer=build_trainer,
+    data_kind="preference",
+    data_expects="preference pairs (prompt, chosen, rejected)",
+    reference=lambda recipe: ReferencePlan("none", "none: ORPO adds an odds-ratio term to the SFT loss of the "
+                                                   "chosen response, with no reference model"),
+    sequences_per_row=lambda recipe: 2,  # chosen and rejected go through the model together
+    evaluation="preference",  # reference-free: log-prob figures before and after
+    unavailable=lambda: missing_experimental("orpo", MODULE, "ORPOTrainer"),
+)
