@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import importlib.util
 import os
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
@@ -15,7 +16,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
 from dpo_cli.train.rewards import RewardSpec, SpecError, build_reward_functions, load_user_function, parse_spec
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan, StageInputs
 from dpo_cli.train.trl_compat import field_choices
 
 # The TRL releases the experimental stages are tested on (CI's lowest and newest TRL).
@@ -137,6 +138,23 @@ def reward_functions(recipe: Recipe, specs: list[RewardSpec], columns: list[str]
         return build_reward_functions(specs, columns, load_reward_model)
     except SpecError as exc:
         raise RecipeError(str(exc), field="reward.functions") from None
+
+
+# what the stages that sample from prompts and score with the reward: section read (grpo, rloo, online-dpo)
+PROMPT_DATA = ("prompts: a prompt column (text or messages), plus any columns the reward functions read, such as an "
+               "answer")
+
+
+def build_scored_trainer(trainer_class: type, inputs: StageInputs,
+                         specs: Callable[[Recipe, ErrorAt], list[RewardSpec]]):
+    """A TRL trainer that samples from prompts and scores with reward functions (GRPO, RLOO, online DPO share the
+    call); ``specs`` reads which functions from the recipe."""
+    recipe = inputs.recipe
+    functions, processing = reward_functions(recipe, specs(recipe, raise_at_field), inputs.train_dataset.column_names)
+    return trainer_class(model=inputs.model, reward_funcs=functions, args=inputs.args,
+                         train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
+                         processing_class=inputs.tokenizer, reward_processing_classes=processing,
+                         callbacks=inputs.callbacks, peft_config=inputs.peft_config)
 
 
 def trainer_weights(recipe: Recipe) -> dict[str, Any]:

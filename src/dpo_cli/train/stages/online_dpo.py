@@ -7,11 +7,11 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import (
+    PROMPT_DATA,
+    build_scored_trainer,
     check_loss_types,
     judge_specs,
     missing_experimental,
-    raise_at_field,
-    reward_functions,
     reward_model_paths,
     setting,
     trainer_weights,
@@ -52,13 +52,7 @@ def sampling(recipe: Recipe) -> SamplingPlan:
 def build_trainer(inputs: StageInputs):
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
-    recipe = inputs.recipe
-    functions, processing = reward_functions(recipe, judge_specs(recipe, raise_at_field),
-                                             inputs.train_dataset.column_names)
-    return OnlineDPOTrainer(model=inputs.model, reward_funcs=functions, args=inputs.args,
-                            train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
-                            processing_class=inputs.tokenizer, reward_processing_classes=processing,
-                            callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+    return build_scored_trainer(OnlineDPOTrainer, inputs, judge_specs)
 
 
 STAGE = Stage(
@@ -66,8 +60,7 @@ STAGE = Stage(
     config_class=config_class,
     build_trainer=build_trainer,
     data_kind="prompt",
-    data_expects=("prompts: a prompt column (text or messages), plus any columns the reward functions read, such as "
-                  "an answer"),
+    data_expects=PROMPT_DATA,
     reference=reference,
     sequences_per_row=lambda recipe: 2,  # the two samples of each prompt go through the model together
     uses_reward=True,

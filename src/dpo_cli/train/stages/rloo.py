@@ -6,10 +6,10 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import (
+    PROMPT_DATA,
+    build_scored_trainer,
     function_specs,
     group_sampling,
-    raise_at_field,
-    reward_functions,
     setting,
     trainer_weights,
 )
@@ -40,13 +40,7 @@ def reference(recipe: Recipe) -> ReferencePlan:
 def build_trainer(inputs: StageInputs):
     from trl import RLOOTrainer
 
-    recipe = inputs.recipe
-    functions, processing = reward_functions(recipe, function_specs(recipe, raise_at_field),
-                                             inputs.train_dataset.column_names)
-    return RLOOTrainer(model=inputs.model, reward_funcs=functions, args=inputs.args,
-                       train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
-                       processing_class=inputs.tokenizer, reward_processing_classes=processing,
-                       callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+    return build_scored_trainer(RLOOTrainer, inputs, function_specs)
 
 
 STAGE = Stage(
@@ -54,8 +48,7 @@ STAGE = Stage(
     config_class=config_class,
     build_trainer=build_trainer,
     data_kind="prompt",
-    data_expects=("prompts: a prompt column (text or messages), plus any columns the reward functions read, such as "
-                  "an answer"),
+    data_expects=PROMPT_DATA,
     reference=reference,
     uses_reward=True,
     validate=validate,
