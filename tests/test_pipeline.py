@@ -147,6 +147,35 @@ def test_a_reference_may_be_followed_by_a_path_and_yaml_aliases_stay_per_stage(t
 
 
 @pytest.mark.slow
+def test_a_pipeline_dry_run_plans_every_stage_before_any_has_run(tiny_model, tmp_path, capsys):
+    """Later stages read data and models the earlier ones write: said and planned with the starting shape."""
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, "train", str(ITERATIVE), f"output_dir={tmp_path / 'p'}", "--dry-run")
+    assert code == 0, err
+    assert out.count("memory plan (per training device)") == 7 and "unavailable" not in out
+    flat = " ".join(out.split())
+    assert f"{tmp_path / 'p'}/round1-pairs/pairs.jsonl is written by stage round1-pairs: read and checked" in flat
+    assert f"{tmp_path / 'p'}/rm is written by stage rm: planned with the shape of builtin:tiny-chat" in flat
+    assert f"{tmp_path / 'p'}/round1-dpo is written by stage round1-dpo: planned with the shape of builtin:tiny" in flat
+    assert not (tmp_path / "p").exists()
+
+    code, out, err = run_cli(capsys, "train", str(ITERATIVE), f"output_dir={tmp_path / 'p'}", "--dry-run", "--json")
+    plans = json.loads(out)["stages"]
+    assert code == 0 and plans["round2-dpo"]["data"] == {} and plans["sft"]["data"] == {"train": 404}
+    assert plans["round2-dpo"]["memory"]["total_bytes"] > 0
+
+
+def test_a_dry_run_without_its_data_prints_the_plan_then_names_the_file(tiny_model, tmp_path, capsys):
+    from helpers import run_cli
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stage: dpo\nmodel: {name_or_path: builtin:tiny-chat}\ndata: {train: missing.jsonl}\n")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--dry-run")
+    assert code == 2 and "memory plan (per training device)" in out
+    assert err.strip() == "error: missing.jsonl: data file not found"
+
+
 def test_iterative_dpo_runs_two_rounds_reports_each_and_reruns_only_what_changed(tiny_model, tmp_path, capsys):
     small = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "rm.trainer.max_steps=2",
              "rm.data.eval={path: builtin:demo/eval.jsonl, limit: 8}"]

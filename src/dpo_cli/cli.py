@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -101,6 +102,8 @@ def train(
             console.stdout.out(plan_json(resolved, plan), highlight=False)
         else:
             print_dry_run(console.stdout, resolved, plan)
+        if plan["data_error"]:  # the plan stands without the data; the run would not
+            raise plan["data_error"]
         return
     from dpo_cli.evidence.tables import print_run_summary
     from dpo_cli.train.pipeline import run_stage
@@ -123,16 +126,23 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
     out = console.stdout
     if dry_run:
         from dpo_cli.evidence.tables import plan_json, print_dry_run
-        from dpo_cli.train.run import describe
+        from dpo_cli.train.run import Upstream, describe
 
-        if as_json:
-            plans = [f'"{stage.name}": {plan_json(stage.recipe, describe(stage.recipe, hardware))}'
-                     for stage in pipeline.stages]
-            out.out('{"stages": {' + ", ".join(plans) + "}}", highlight=False)
-            return
+        upstream: list[Upstream] = []  # what the earlier stages will have written, not there yet
+        plans = []
         for stage in pipeline.stages:
-            out.rule(f"stage {stage.name} ({stage.recipe.stage})")
-            print_dry_run(out, stage.recipe, describe(stage.recipe, hardware))
+            plans.append(describe(stage.recipe, hardware, tuple(upstream)))
+            upstream.append(Upstream(stage.name, Path(stage.recipe.output_dir), plans[-1]["planned_model"]))
+        if as_json:
+            out.out('{"stages": {' + ", ".join(f'"{stage.name}": {plan_json(stage.recipe, plan)}'
+                                               for stage, plan in zip(pipeline.stages, plans)) + "}}", highlight=False)
+        else:
+            for stage, plan in zip(pipeline.stages, plans):
+                out.rule(f"stage {stage.name} ({stage.recipe.stage})")
+                print_dry_run(out, stage.recipe, plan)
+        errors = [plan["data_error"] for plan in plans if plan["data_error"]]
+        if errors:
+            raise errors[0]
         return
     from dpo_cli.core.rundir import RunDir
     from dpo_cli.evidence.tables import print_pipeline_summary, print_run_summary
@@ -376,6 +386,8 @@ def main() -> None:
 
         # Library deprecation notices are for dpo-cli's developers to act on, not for someone running a recipe.
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # bitsandbytes' CPU backend warns at import (peft imports it) that the optional `kernels` package is missing
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         app()
     except DpoCliError as exc:

@@ -42,6 +42,8 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
                             for what, counts in found.items() if what != "rows")
         console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows read and checked"
                       + (f" ({details})" if details else ""), highlight=False)
+    for note in plan.get("notes", []):
+        console.print(f"[bold]pipeline[/]   {escape(note)}", highlight=False)
     console.print("dry run: no weights loaded, nothing written")
 
 
@@ -83,6 +85,8 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "reference": plan["reference"],
         "safety": plan["safety"],
         "memory": memory.to_json() if hasattr(memory, "to_json") else {"unavailable": memory},
+        "data": {split: found["rows"] for split, found in plan.get("data", {}).items()},
+        "notes": plan.get("notes", []),
     }
     return json.dumps(document, indent=2, default=str)
 

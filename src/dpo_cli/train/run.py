@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,25 @@ from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 
-def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Upstream:
+    """An earlier stage of a pipeline, as a dry run sees it: its output is not written yet."""
+
+    name: str
+    output_dir: Path
+    model: str  # what it starts from: its output model has that shape
+
+
+def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = ()
+             ) -> dict[str, Any]:
     """What --dry-run prints: device decision, the defaults this run gets, the TRL config fields we set, the
-    reference, the memory plan. ``hardware`` plans for a device this machine may not have (--gpu-memory)."""
+    reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine may not
+    have (--gpu-memory). In a pipeline, data an ``upstream`` stage writes is said rather than read, and a model it
+    writes is planned as the model it starts from (``planned_model``).
+
+    Data that cannot be read is ``data_error`` (the caller prints the plan, then raises it)."""
     stage = get_stage(recipe.stage)
+    notes: list[str] = []
     plan = plan_device(recipe.trainer, hardware)
     data: dict[str, Any] = {}
 
@@ -54,10 +70,20 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, An
     config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
     kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
+    planned = _stand_ins(settled, upstream, notes)
     try:
-        memory = estimate_memory(settled, plan, config)
+        memory = estimate_memory(planned, plan, config)
     except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
         memory = f"unavailable: {exc}"
+    checked, data_error = {}, None
+    try:
+        checked = stage.check_data(recipe)
+    except DataError as exc:
+        writer = _writer(exc.file, upstream)
+        if writer is None:
+            data_error = exc
+        else:
+            notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
     return {
         "config_class": type(config).__name__ if config is not None else None,
         "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
@@ -66,8 +92,39 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None) -> dict[str, An
         "reference": stage.reference(settled).description,
         "safety": _safety(stage),
         "memory": memory,
-        "data": stage.check_data(recipe),
+        "planned_model": planned.model.name_or_path,
+        "data": checked,
+        "notes": notes,
+        "data_error": data_error,
     }
+
+
+def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
+    """The earlier pipeline stage whose output directory holds ``path``, if any."""
+    if path is None:
+        return None
+    resolved = Path(str(path)).resolve()
+    return next((u for u in upstream if resolved.is_relative_to(u.output_dir.resolve())), None)
+
+
+def _stand_ins(recipe: Recipe, upstream: tuple[Upstream, ...], notes: list[str]) -> Recipe:
+    """The recipe the memory plan reads: a model (policy, reference, reward model) that an earlier stage writes is
+    planned as the model that stage starts from."""
+    def stand_in(path: str | None) -> str | None:
+        writer = _writer(path, upstream)
+        if writer is None or Path(path).exists():  # a re-run finds what complete stages wrote
+            return path
+        notes.append(f"{path} is written by stage {writer.name}: planned with the shape of {writer.model}")
+        return writer.model
+
+    update: dict[str, Any] = {"model": recipe.model.model_copy(
+        update={"name_or_path": stand_in(recipe.model.name_or_path)})}
+    if recipe.ref_model.name_or_path:
+        update["ref_model"] = recipe.ref_model.model_copy(
+            update={"name_or_path": stand_in(recipe.ref_model.name_or_path)})
+    if recipe.reward is not None and recipe.reward.model:
+        update["reward"] = recipe.reward.model_copy(update={"model": stand_in(recipe.reward.model)})
+    return recipe.model_copy(update=update)
 
 
 def _safety(stage: Stage) -> str:
