@@ -24,7 +24,13 @@ from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, 
 from dpo_cli.train.models import load_causal_lm, load_tokenizer, quiet_libraries, resolve_model_path
 from dpo_cli.train.sampling import sample_transformers, sample_vllm, vllm_missing
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage
-from dpo_cli.train.stages.checks import judge_specs, raise_at_field, reward_functions, reward_model_paths
+from dpo_cli.train.stages.checks import (
+    PROMPT_DATA,
+    judge_specs,
+    raise_at_field,
+    reward_functions,
+    reward_model_paths,
+)
 
 
 class NoPairs(DpoCliError):
@@ -250,8 +256,7 @@ def pairs_summary(figures: dict[str, Any]) -> str:
 STAGE = Stage(
     name="pairs",
     data_kind="prompt",
-    data_expects=("prompts: a prompt column (text or messages), plus any columns the reward functions read, such as "
-                  "an answer"),
+    data_expects=PROMPT_DATA,
     make_data=make_pairs,
     reference=lambda recipe: ReferencePlan("none", "none: pairs samples and judges, it trains nothing"),
     uses_reward=True,
