@@ -16,7 +16,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
 from dpo_cli.train.rewards import RewardSpec, SpecError, build_reward_functions, load_user_function, parse_spec
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan, StageInputs
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, StageInputs
 from dpo_cli.train.trl_compat import field_choices
 
 # The TRL releases the experimental stages are tested on (CI's lowest and newest TRL).
@@ -155,6 +155,20 @@ def build_scored_trainer(trainer_class: type, inputs: StageInputs,
                          train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                          processing_class=inputs.tokenizer, reward_processing_classes=processing,
                          callbacks=inputs.callbacks, peft_config=inputs.peft_config)
+
+
+def kl_reference(recipe: Recipe, config_class: type) -> ReferencePlan:
+    """GRPO's and RLOO's reference: none without a KL penalty (beta 0), else the policy with its LoRA adapter
+    disabled, or a frozen copy TRL makes. Their default beta differs (GRPO 0, RLOO 0.05 in TRL 1.0 to 1.16), so it
+    is read from the installed config."""
+    beta = setting(recipe, config_class, "beta")
+    if not beta:
+        return ReferencePlan("none", "none: beta is 0, so no KL penalty and no reference model")
+    if recipe.lora is not None:
+        return ReferencePlan("shared", f"shared: beta {beta} adds a KL penalty to the policy with its LoRA adapter "
+                                       "disabled")
+    return ReferencePlan("trainer-copy", f"frozen copy made by TRL: beta {beta} adds a KL penalty to the starting "
+                                         "weights (trainer.beta=0 drops it)")
 
 
 def trainer_weights(recipe: Recipe) -> dict[str, Any]:

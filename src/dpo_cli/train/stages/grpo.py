@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import Stage, StageInputs
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     build_scored_trainer,
     check_loss_types,
     function_specs,
     group_sampling,
+    kl_reference,
     trainer_weights,
 )
 
@@ -26,16 +27,6 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
     check_loss_types(recipe, error, config_class())
 
 
-def reference(recipe: Recipe) -> ReferencePlan:
-    if not recipe.trainer.get("beta", 0.0):
-        return ReferencePlan("none", "none: beta is 0 (TRL's default), so no KL penalty and no reference model")
-    if recipe.lora is not None:
-        return ReferencePlan("shared", "shared: beta > 0 adds a KL penalty to the policy with its LoRA adapter "
-                                       "disabled")
-    return ReferencePlan("trainer-copy", "frozen copy made by TRL: beta > 0 adds a KL penalty to the starting "
-                                         "weights")
-
-
 def build_trainer(inputs: StageInputs):
     from trl import GRPOTrainer
 
@@ -48,7 +39,7 @@ STAGE = Stage(
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects=PROMPT_DATA,
-    reference=reference,
+    reference=lambda recipe: kl_reference(recipe, config_class()),
     uses_reward=True,
     validate=validate,
     trainer_fields=trainer_weights,
