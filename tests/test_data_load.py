@@ -117,3 +117,17 @@ def test_recipe_accepts_source_objects_and_reports_errors_with_lines(write_recip
     with pytest.raises(RecipeError) as err:
         load_recipe(write_recipe(ok.replace("limit: 2", "limt: 2")))
     assert ":10:" in str(err.value) and "unknown key 'limt'" in str(err.value)
+
+
+@pytest.mark.parametrize("eval_split", [None, 0.05, 0.5, 0.37])
+def test_the_dry_runs_count_and_fingerprint_are_what_a_run_records(eval_split):
+    """check_data streams the rows (no dataset, no rejects file); its figures decide defaults as load_splits' do."""
+    from dpo_cli.data.load import check_data, load_splits
+    from dpo_cli.recipe.schema import DataSection
+
+    data = DataSection(train=["builtin:demo/train.jsonl"], eval_split=eval_split)
+    checked = check_data(data, "preference")["train"]
+    _, _, info = load_splits(data, 42, "preference")
+    assert checked["fingerprint"] == info["train"]["fingerprint"]
+    assert checked["rows"] - checked.get("held_out", 0) == info["train"]["rows"]
+    assert checked.get("held_out", 0) == info.get("eval", {}).get("rows", 0)

@@ -112,6 +112,10 @@ def test_dry_run_reads_every_row_and_reports_what_it_found(write_recipe, tmp_pat
     assert code == 0, err
     assert "data       train: 2 rows read and checked (dropped: missing-field 1, identical 1)" in out
     assert not (tmp_path / "rej.jsonl").exists()  # a dry run writes nothing
+    # planned for a GPU, the defaults count the rows too (they used to load the data, rejects file and all)
+    code, out, err = run_cli(capsys, "train", str(lenient), "--dry-run", "--gpu-memory", "80GiB")
+    assert code == 0 and "ref_model.precompute true" in out, err
+    assert not (tmp_path / "rej.jsonl").exists()
 
 
 def test_truncation_share_is_measured_as_trl_tokenizes(tiny_model):

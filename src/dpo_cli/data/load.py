@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -63,12 +64,11 @@ def _no_rows(kind: str, where: str) -> DataError:
                      file=where)
 
 
-def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
-    pipeline = _pipeline(kind)
-    digest = hashlib.sha256()
-    rows: list[dict] = []
+def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = True) -> Iterator[dict]:
+    """The canonical rows of the sources, each added to ``digest`` (the data's fingerprint); rows whose columns
+    differ from the first row's are refused (one dataset cannot mix them)."""
     columns: set | None = None
-    for record, row in _stream(pipeline, sources):
+    for record, row in _stream(pipeline, sources, write_rejects):
         keys = set(row).difference(OPTIONAL_COLUMNS)
         if columns is None:
             columns = keys
@@ -77,7 +77,13 @@ def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
                             f"({', '.join(sorted(columns))}); one dataset cannot mix them",
                             file=record.file, line=record.line)
         digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
-        rows.append(row)
+        yield row
+
+
+def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
+    pipeline = _pipeline(kind)
+    digest = hashlib.sha256()
+    rows = list(_checked(pipeline, sources, digest))
     if not rows:
         raise _no_rows(kind, ", ".join(str(s.path) for s in _as_sources(sources)))
     return rows, digest.hexdigest(), pipeline.stats
@@ -176,14 +182,19 @@ def load_splits(data, seed: int, kind: str):
 
 def check_data(data, kind: str) -> dict[str, dict]:
     """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
-    no rejects file (what --dry-run reports): rows per split and what was dropped, left out or unused."""
+    no rejects file (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records
+    it), and what was dropped, left out or unused. With data.eval_split, ``held_out`` is how many training rows
+    the split will take (datasets' train_test_split: the share, rounded up)."""
     out = {}
     for split, sources in (("train", data.train), ("eval", data.eval)):
         if not sources:
             continue
         pipeline = _pipeline(kind)
-        rows = sum(1 for _ in _stream(pipeline, sources, write_rejects=False))
+        digest = hashlib.sha256()
+        rows = sum(1 for _ in _checked(pipeline, sources, digest, write_rejects=False))
         if rows == 0:
             raise _no_rows(kind, f"data.{split}")
-        out[split] = {"rows": rows, **findings(pipeline.stats)}
+        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), **findings(pipeline.stats)}
+    if data.eval_split and "train" in out:
+        out["train"]["held_out"] = math.ceil(data.eval_split * out["train"]["rows"])
     return out

@@ -39,8 +39,9 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
         print_memory_plan(console, plan["memory"])
     for split, found in plan.get("data", {}).items():
         details = "; ".join(f"{what.replace('_', ' ')}: {', '.join(f'{k} {n:,}' for k, n in counts.items())}"
-                            for what, counts in found.items() if what != "rows")
-        console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows read and checked"
+                            for what, counts in found.items() if isinstance(counts, dict))
+        held_out = f", {found['held_out']:,} of them held out by data.eval_split" if found.get("held_out") else ""
+        console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows read and checked{held_out}"
                       + (f" ({details})" if details else ""), highlight=False)
     for note in plan.get("notes", []):
         console.print(f"[bold]pipeline[/]   {escape(note)}", highlight=False)

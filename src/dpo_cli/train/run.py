@@ -56,25 +56,7 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     stage = get_stage(recipe.stage)
     notes: list[str] = []
     plan = plan_device(recipe.trainer, hardware)
-    data: dict[str, Any] = {}
-
-    def train_data() -> dict | None:  # read only when a default needs it (max_steps against the row count)
-        if "info" not in data:
-            try:
-                data["info"] = stage.load_data(recipe)[2]["train"]
-            except (DataError, InputError, OSError):
-                data["info"] = None  # not on this machine: the default says it could not count the rows
-        return data["info"]
-
-    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, train_data))
-    config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
-    kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
-    device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
-    planned = _stand_ins(settled, upstream, notes)
-    try:
-        memory = estimate_memory(planned, plan, config)
-    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
-        memory = f"unavailable: {exc}"
+    # every row read and checked, nothing written (no rejects file); the defaults count the training rows from it
     checked, data_error = {}, None
     try:
         checked = stage.check_data(recipe)
@@ -84,6 +66,20 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
             data_error = exc
         else:
             notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
+    train = checked.get("train")
+    # as load_splits records it for a run; None when the data is not here (the default says it could not count)
+    train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
+        if train else None
+
+    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, lambda: train_data))
+    config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
+    kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
+    device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
+    planned = _stand_ins(settled, upstream, notes)
+    try:
+        memory = estimate_memory(planned, plan, config)
+    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
+        memory = f"unavailable: {exc}"
     return {
         "config_class": type(config).__name__ if config is not None else None,
         "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
