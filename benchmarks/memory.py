@@ -21,6 +21,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from statistics import median
 
 CONFIGS = {
     # name: (label, recipe lines)
@@ -156,17 +157,18 @@ def main() -> int:
             print(f"  done {name}: peak {r['peak_rss_kib'] / 1024:.0f} MiB, {r['wall_s']:.1f} s "
                   f"(training {r['train_s']:.1f} s)", flush=True)
 
+    def med(name, key):
+        return median(r[key] for r in runs.get(name) or [results[name]])
+
+    def best(name, key):
+        return min(r[key] for r in runs.get(name) or [results[name]])
+
     print(f"\n{'configuration':<50} {'peak RSS':>10} {'steps peak':>11} {'run':>8} {'training':>9}")
     for name, (label, _) in CONFIGS.items():
-        r = results[name]
-        print(f"{label:<50} {r['peak_rss_kib'] / 1024:>6.0f} MiB {r['train_peak_kib'] / 1024:>7.0f} MiB "
-              f"{r['wall_s']:>7.1f}s {r['train_s']:>8.1f}s")
+        print(f"{label:<50} {med(name, 'peak_rss_kib') / 1024:>6.0f} MiB {med(name, 'train_peak_kib') / 1024:>7.0f} "
+              f"MiB {best(name, 'wall_s'):>7.1f}s {best(name, 'train_s'):>8.1f}s")
     print("(peak RSS: whole process, imports and loading included; steps peak: high-water mark of the training "
-          "steps alone)")
-    from statistics import median
-
-    def med(name, key):
-        return median(r[key] for r in runs[name])
+          "steps alone; memory the median, time the best of the runs of each configuration)")
 
     n = len(runs["lora_shared"])
     share = 0.0
@@ -179,7 +181,7 @@ def main() -> int:
     for key, what in (("wall_s", "wall time, whole run"), ("train_s", "wall time, training"),
                       ("train_cpu_s", "CPU time, training")):
         # best of n: other jobs on the machine only ever add time, so the minimum is the least disturbed run
-        shared, cached = (min(r[key] for r in runs[name]) for name in ("lora_shared", "lora_cached"))
+        shared, cached = best("lora_shared", key), best("lora_cached", key)
         print(f"one epoch, {what}, best of {n} (median): cached reference log-probs {cached:.1f} s "
               f"({med('lora_cached', key):.1f}) vs {shared:.1f} s ({med('lora_shared', key):.1f}) computing the "
               f"reference every step: {shared / cached:.2f}x")

@@ -60,6 +60,12 @@ def test_a_short_run_precomputes_when_the_cache_already_holds_its_log_probs(tiny
     cache.path("k" * 64).write_bytes(b"x")
     recipe, defaults = settled(write_recipe, extra)
     assert recipe.ref_model.precompute is True and "already holds" in defaults["ref_model.precompute"].reason
+    # a CPU run computes nothing ahead, but it does read log-probs a run before it left on disk
+    cpu_cache = RefLogpCache(tmp_path / "c", hint=cache_hint(recipe, {"fingerprint": "f" * 64}, CPU.precision))
+    assert settled(write_recipe, extra, device=CPU)[0].ref_model.precompute is False
+    cpu_cache.remember("k" * 64)
+    recipe, defaults = settled(write_recipe, extra, device=CPU)
+    assert recipe.ref_model.precompute is True and "already holds" in defaults["ref_model.precompute"].reason
     assert settled(write_recipe, extra.replace("max_steps: 2", "max_steps: 2, max_length: 64"))[
         0].ref_model.precompute is False  # other truncation: another hint
 

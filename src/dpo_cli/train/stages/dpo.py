@@ -147,16 +147,18 @@ def _precompute_default(recipe: Recipe, run: PlannedRun) -> Default:
     if recipe.trainer.get("sync_ref_model"):
         return Default(key, False, "trainer.sync_ref_model updates the reference while training, so TRL cannot "
                                    "precompute it: the reference runs at every step")
+    # log-probs already on disk cost nothing to use, on any device (1.43x a whole CPU run, benchmarks/memory.py)
+    info = run.train_data() if recipe.ref_model.cache else None
+    if info and RefLogpCache(ref_cache_dir(recipe)).holds(cache_hint(recipe, info, run.device.precision)):
+        return Default(key, True, f"the cache in {ref_cache_dir(recipe)} already holds these log-probs")
     if run.device.device != "cuda":
-        return Default(key, False, "auto precomputes on a GPU only: on the CPU a whole run measured no faster (the "
-                                   "extra pass and hashing the weights for the cache cost what the steps save)")
+        return Default(key, False, "auto computes the log-probs ahead on a GPU only: on the CPU a first run measured "
+                                   "no faster (the extra pass and hashing the weights for the cache cost what the "
+                                   "steps save)")
     passes, how = _rows_seen(recipe, run)
     if passes is not None and passes >= 1:
         return Default(key, True, f"the run sees every training row ({how}): the reference scores each pair once "
                                   f"before training instead of at every step")
-    info = run.train_data() if recipe.ref_model.cache else None
-    if info and RefLogpCache(ref_cache_dir(recipe)).holds(cache_hint(recipe, info, run.device.precision)):
-        return Default(key, True, f"the cache in {ref_cache_dir(recipe)} already holds these log-probs")
     if passes is None:
         return Default(key, False, f"{how}, so dpo-cli cannot tell whether a precompute pass pays: the reference "
                                    f"runs at every step (ref_model.precompute: true to precompute anyway)")
@@ -180,7 +182,8 @@ def _liger_default(recipe: Recipe, run: PlannedRun) -> Default:
 
 
 def settle(recipe: Recipe, run: PlannedRun) -> list[Default]:
-    """DPO's run-dependent defaults: a precomputed reference when the run sees every row, Liger on CUDA."""
+    """DPO's run-dependent defaults: a precomputed reference (cached log-probs anywhere; on a GPU, a run that sees
+    every row), Liger on CUDA."""
     return [_precompute_default(recipe, run), _liger_default(recipe, run)]
 
 
