@@ -388,11 +388,19 @@ CASES = [
          ["convert-data", "--registry", "{tmp}/dataset_info.json", "--name", "dpo_en_dem", "-o", "{tmp}/out.jsonl"],
          "{tmp}/dataset_info.json: no dataset named 'dpo_en_dem' in the registry; did you mean 'dpo_en_demo'?",
          {"dataset_info.json": REGISTRY}),
-    Case("registry-hub-entry", "data", "a registry entry on a hub, with no local file",
+    Case("registry-hub-entry", "data", "a registry entry on the Hugging Face Hub, offline and not in the cache",
          ["convert-data", "--registry", "{tmp}/dataset_info.json", "--name", "dpo_mix_en", "-o", "{tmp}/out.jsonl"],
-         "{tmp}/dataset_info.json: entry 'dpo_mix_en': names no local file (hf_hub_url: llamafactory/DPO-En-Zh-20k); "
-         "dpo-cli reads local files: download the data (for example huggingface-cli download --repo-type dataset "
-         "NAME --local-dir data/NAME) and set file_name", {"dataset_info.json": REGISTRY}),
+         "hub:llamafactory/DPO-En-Zh-20k@train: not in the datasets cache and the Hub cannot be reached (offline); "
+         "run once where the Hub is reachable, or give a local path", {"dataset_info.json": REGISTRY}),
+    Case("registry-modelscope-entry", "data", "a registry entry only on ModelScope",
+         ["convert-data", "--registry", "{tmp}/dataset_info.json", "--name", "ms", "-o", "{tmp}/out.jsonl"],
+         "{tmp}/dataset_info.json: entry 'ms': is only on ModelScope (ms_hub_url: llamafactory/x); dpo-cli reads the "
+         "Hugging Face Hub and local files: download the data and set file_name",
+         {"dataset_info.json": json.dumps({"ms": {"ms_hub_url": "llamafactory/x"}})}),
+    Case("hub-name-unknown", "data", "a hub: dataset that is neither cached nor reachable",
+         ["convert-data", "hub:nobody/nothing@test", "-o", "{tmp}/out.jsonl"],
+         "hub:nobody/nothing@test: not in the datasets cache and the Hub cannot be reached (offline); run once where "
+         "the Hub is reachable, or give a local path", {}),
     Case("source-rejects-alone", "recipe", "a data source with rejects: but not skip_invalid: true", TRAIN,
          "{tmp}/r.yaml:5: field 'data.train.0': rejects only applies with skip_invalid: true (without it the first "
          "bad row stops)", recipe_with("train: {tmp}/train.jsonl", "train: {path: {tmp}/train.jsonl, rejects: x.jsonl}")),

@@ -11,6 +11,7 @@ import pytest
 from dpo_cli.core.errors import DataError, InputError
 from dpo_cli.data.convert import ConvertOptions, convert, print_summary
 from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.hub import HubSpec
 from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.data.targets import KINDS, TARGETS
 
@@ -280,9 +281,19 @@ def test_convert_data_from_a_registry_entry(tmp_path):
     assert summary.written == 2 and _read_output(out) == _expected("llamafactory/dpo_zh_demo.json")
 
 
+def test_a_registry_hub_entry_reads_the_hub_with_its_subset_and_split():
+    """LLaMA-Factory reads hf_hub_url entries from the Hub: so do we, through the same load_dataset call as hub:
+    sources (offline here, so reading it names the dataset and why)."""
+    source = Source.of({"registry": str(REGISTRY), "name": "dpo_mix_en"})
+    assert source.hub == HubSpec("llamafactory/DPO-En-Zh-20k", config="en", split="train")
+    assert (source.format, source.path) == ("sharegpt", "hub:llamafactory/DPO-En-Zh-20k[en]@train")
+    with pytest.raises(DataError) as err:
+        list(RowPipeline(KINDS["preference"]).rows(source))
+    assert str(err.value) == ("hub:llamafactory/DPO-En-Zh-20k[en]@train: not in the datasets cache and the Hub "
+                              "cannot be reached (offline); run once where the Hub is reachable, or give a local path")
+
+
 @pytest.mark.parametrize("name, message", [
-    ("dpo_mix_en", "entry 'dpo_mix_en': names no local file (hf_hub_url: llamafactory/DPO-En-Zh-20k); dpo-cli reads "
-                   "local files"),
     ("mllm_demo", "entry 'mllm_demo': has images columns; dpo-cli trains text-only models"),
     ("dpo_en_demos", "no dataset named 'dpo_en_demos' in the registry; did you mean 'dpo_en_demo'?"),
 ])

@@ -17,7 +17,6 @@ from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, InputError, did_you_mean
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.formats import FORMATS, AdapterOptions
-from dpo_cli.data.readers import expand_paths
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import TARGETS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
@@ -103,7 +102,7 @@ def _check_outputs(sources: list[Source], outputs: list[Path], force: bool) -> N
             if out.resolve() == other.resolve():
                 raise InputError(f"{out} is named for two outputs (--output, its .eval split, --rejects); each "
                                  f"needs a file of its own")
-    inputs = [p for source in sources for p in expand_paths(source.path)]
+    inputs = [p for source in sources for p in source.local_files()]
     for out in outputs:
         for path in inputs:
             if out.resolve() == path.resolve() or _same_file(out, path) or path.resolve() in out.resolve().parents:

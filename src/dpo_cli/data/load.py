@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_path
+from dpo_cli.core.builtins import cache_home
 from dpo_cli.core.errors import DataError, did_you_mean
+from dpo_cli.data import cache, hub
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.readers import Record
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import KINDS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
-
-# columns that hold messages, whose turns may carry tool calls or reasoning besides role and content
-MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")
-OPTIONAL_COLUMNS = ("tools",)  # a row without tools reads them as none
 
 
 def _as_sources(sources: Any) -> list[Source]:
@@ -69,7 +70,7 @@ def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = 
     differ from the first row's are refused (one dataset cannot mix them)."""
     columns: set | None = None
     for record, row in _stream(pipeline, sources, write_rejects):
-        keys = set(row).difference(OPTIONAL_COLUMNS)
+        keys = set(row).difference(cache.JSON_COLUMNS)  # a row without tools reads them as none
         if columns is None:
             columns = keys
         elif keys != columns:
@@ -80,53 +81,52 @@ def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = 
         yield row
 
 
-def _read(sources: Any, kind: str) -> tuple[list[dict], str, Stats]:
+def _prepare(sources: list[Source], kind: str, root: Path) -> tuple[Any, dict]:
+    """(dataset, meta): the canonical rows as a memory-mapped Arrow dataset, read from the sources only when
+    ``root`` does not hold them prepared already."""
+    name = cache.key(sources, kind)
+    found = cache.load(root / name)
+    if found is not None:
+        return found
     pipeline = _pipeline(kind)
     digest = hashlib.sha256()
-    rows = list(_checked(pipeline, sources, digest))
-    if not rows:
-        raise _no_rows(kind, ", ".join(str(s.path) for s in _as_sources(sources)))
-    return rows, digest.hexdigest(), pipeline.stats
+    with cache.preparing(root, name) as (writer, meta):
+        for row in _checked(pipeline, sources, digest):
+            writer.add(row)
+        if writer.rows == 0:
+            raise _no_rows(kind, ", ".join(str(s.path) for s in sources))
+        meta.update(fingerprint=digest.hexdigest(), rows=writer.rows, stats=pipeline.stats.to_json(),
+                    rejects=[s.rejects for s in sources if s.rejects and s.skip_invalid])
+        hubs = [s.hub.record(hub.open_dataset(s.hub)[1]) for s in sources if s.hub is not None]
+        if hubs:
+            meta["hub"] = hubs
+    return cache.load(root / name)
 
 
-def _has_extras(value: Any) -> bool:
-    return type(value) is list and any(type(m) is dict and len(m) != 2 for m in value)
+def default_cache_dir() -> Path:
+    return cache_home() / "data"
 
 
-def to_dataset(rows: list[dict]):
-    """A datasets.Dataset of the rows, every column any row has (a row without tools reads them as none). Turns with
-    tool calls and the tools column are stored as JSON: Arrow would merge every row's tool arguments into one struct
-    and fill the keys a row lacks with nulls, changing what the chat template renders."""
-    from datasets import Dataset
-
-    order = list(dict.fromkeys(key for row in rows for key in row))
-    columns = {key: [row.get(key) for row in rows] for key in order}
-    rich = [name for name in order if name in OPTIONAL_COLUMNS
-            or name in MESSAGE_COLUMNS and any(_has_extras(value) for value in columns[name])]
-    if not rich:
-        return Dataset.from_dict(columns)
-    try:
-        from datasets import Features, Json, List
-    except ImportError:
-        raise DataError("rows with tool calls or tools need a datasets release with datasets.Json; upgrade it with "
-                        "pip install -U datasets") from None
-    features = dict(Dataset.from_dict({k: v for k, v in columns.items() if k not in rich}).features)
-    for name in rich:
-        features[name] = Json() if name in OPTIONAL_COLUMNS else List(Json())
-    return Dataset.from_dict(columns, features=Features({k: features[k] for k in order}))
+def _read(sources: Any, kind: str, cache_dir: Path | None) -> tuple[Any, dict]:
+    if cache_dir is None:  # no cache wanted: the same files, in a folder of this process's own gone when it ends
+        cache_dir = Path(tempfile.mkdtemp(prefix="dpo-cli-data-"))
+        atexit.register(shutil.rmtree, cache_dir, ignore_errors=True)
+    return _prepare(_as_sources(sources), kind, cache_dir)
 
 
-def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference"):
+def load_training_data(sources: str | Any | Sequence[Any], kind: str = "preference",
+                       cache_dir: str | Path | None = None):
     """Read, check and convert every row; return ``(dataset, fingerprint)``.
 
-    ``sources`` are paths (files, directories, globs, ``builtin:`` names) or objects
-    ``{path, format, columns, where, limit, skip_invalid, rejects}`` or ``{registry, name, ...}``. ``kind`` is what
+    ``sources`` are paths (files, directories, globs, ``builtin:`` names, ``hub:ORG/NAME[@SPLIT]``) or objects
+    ``{path | hub | registry and name, format, columns, where, limit, skip_invalid, rejects, ...}``. ``kind`` is what
     the stage needs: ``preference`` (TRL pairs), ``kto`` (unpaired; pairs are split), ``prompt`` (prompt-only plus
     extra columns) or ``sft`` (conversations). The fingerprint is a SHA-256 over the canonical rows, so it names the
-    data the trainer saw whatever the source format was.
+    data the trainer saw whatever the source format was. The rows are prepared once under ``cache_dir`` (default
+    DPO_CLI_HOME/data) and memory-mapped.
     """
-    rows, fingerprint, _ = _read(sources, kind)
-    return to_dataset(rows), fingerprint
+    dataset, meta = _read(sources, kind, Path(cache_dir) if cache_dir else default_cache_dir())
+    return dataset, meta["fingerprint"]
 
 
 def findings(stats: Stats) -> dict[str, dict[str, int]]:
@@ -147,31 +147,38 @@ def say(split: str, stats: Stats) -> None:
             console.warn(message)
 
 
-def _split_info(sources: list, kind: str) -> tuple[Any, dict, Stats]:
-    rows, fingerprint, stats = _read(sources, kind)
-    info: dict[str, Any] = {"files": sources, "rows": len(rows), "fingerprint": fingerprint, **findings(stats)}
-    rejects = [s.rejects for s in _as_sources(sources) if s.rejects and s.skip_invalid]
-    if rejects:
-        info["rejects"] = rejects
-    return to_dataset(rows), info, stats
+def _split_info(sources: list, kind: str, cache_dir: Path | None) -> tuple[Any, dict, Stats]:
+    dataset, meta = _read(sources, kind, cache_dir)
+    stats = Stats.from_json(meta["stats"])
+    info: dict[str, Any] = {"files": sources, "rows": meta["rows"], "fingerprint": meta["fingerprint"],
+                            **findings(stats)}
+    for name in ("hub", "rejects"):
+        if meta.get(name):
+            info[name] = meta[name]
+    return dataset, info, stats
 
 
-def load_splits(data, seed: int, kind: str):
-    """A recipe's data: section as (train, eval or None, what run.json records about them).
+def load_splits(data, seed: int, kind: str, quiet: bool = False):
+    """A recipe's data: section as (train, eval or None, what run.json records about them). ``quiet`` leaves the
+    notes on dropped rows to another process (under several processes the main one says them).
 
-    The eval split is data.eval's files, or data.eval_split of the training rows drawn with ``seed`` (the same split
-    again for a later ``dpo-cli eval`` of the run).
+    The rows are prepared once under data.cache_dir (default DPO_CLI_HOME/data) and memory-mapped; with data.cache
+    false, in a folder of this process's own. The eval split is data.eval's files, or data.eval_split of the
+    training rows drawn with ``seed`` (the same split again for a later ``dpo-cli eval`` of the run).
     """
-    train, train_info, stats = _split_info(data.train, kind)
-    say("train", stats)
+    cache_dir = (Path(data.cache_dir) if data.cache_dir else default_cache_dir()) if data.cache else None
+    train, train_info, stats = _split_info(data.train, kind, cache_dir)
+    if not quiet:
+        say("train", stats)
     info = {"train": train_info}
     evaluation = None
     if data.eval:
-        evaluation, info["eval"], stats = _split_info(data.eval, kind)
-        say("eval", stats)
-        if info["eval"]["fingerprint"] == train_info["fingerprint"]:
-            console.warn("data.eval holds the same rows as data.train: the held-out figures will measure how well "
-                         "the training pairs were learned, not how the model does on pairs it has not seen")
+        evaluation, info["eval"], stats = _split_info(data.eval, kind, cache_dir)
+        if not quiet:
+            say("eval", stats)
+            if info["eval"]["fingerprint"] == train_info["fingerprint"]:
+                console.warn("data.eval holds the same rows as data.train: the held-out figures will measure how "
+                             "well the training pairs were learned, not how the model does on pairs it has not seen")
     elif data.eval_split:
         parts = train.train_test_split(test_size=data.eval_split, seed=seed)
         train, evaluation = parts["train"], parts["test"]

@@ -1,4 +1,5 @@
-"""LLaMA-Factory's dataset registry (dataset_info.json): one named entry -> how dpo-cli reads its local file."""
+"""LLaMA-Factory's dataset registry (dataset_info.json): one named entry -> how dpo-cli reads it (a local file or
+the Hugging Face Hub)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data.formats import registry_tags
+from dpo_cli.data.hub import HubSpec
 
 # LLaMA-Factory's column roles -> the column each format adapter reads, with LLaMA-Factory's defaults
 _ALPACA = {"prompt": ("instruction", "instruction"), "query": ("input", "input"), "response": ("output", "output"),
@@ -17,6 +19,8 @@ _SHAREGPT = {"messages": ("conversations", "conversations"), "system": ("system"
              "chosen": ("chosen", None), "rejected": ("rejected", None), "kto_tag": ("label", None)}
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 _MEDIA = ("images", "videos", "audios")
+_ELSEWHERE = {"ms_hub_url": "ModelScope", "om_hub_url": "Modelers (openmind)",
+              "script_url": "a loading script (datasets no longer runs them)", "cloud_file_name": "cloud storage"}
 _KNOWN = {"file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "subset", "folder",
           *_HUB_KEYS}
 
@@ -51,16 +55,23 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
     unknown = sorted(set(entry) - _KNOWN)
     if unknown:
         raise DataError(f"unknown key '{unknown[0]}'{did_you_mean(unknown[0], _KNOWN)}", file=where)
-    if "file_name" not in entry:
-        hub = next((f"{k}: {entry[k]}" for k in _HUB_KEYS if k in entry), "no file_name")
-        raise DataError(f"names no local file ({hub}); dpo-cli reads local files: download the data (for example "
-                        "huggingface-cli download --repo-type dataset NAME --local-dir data/NAME) and set file_name",
-                        file=where)
+    hub = None
+    if "hf_hub_url" in entry:  # as LLaMA-Factory: a Hugging Face Hub entry is read from the Hub, not file_name
+        if not isinstance(entry["hf_hub_url"], str) or not entry["hf_hub_url"]:
+            raise DataError("hf_hub_url must be a dataset id (ORG/NAME)", file=where)
+        hub = HubSpec(entry["hf_hub_url"], config=entry.get("subset"), split=str(entry.get("split") or "train"),
+                      data_dir=entry.get("folder"))
+    elif "file_name" not in entry:
+        other = next((f"{k}: {entry[k]}" for k in _HUB_KEYS if k in entry), None)
+        if other is None:
+            raise DataError("names no data: give file_name (a local file or folder) or hf_hub_url", file=where)
+        raise DataError(f"is only on {_ELSEWHERE[other.split(':')[0]]} ({other}); dpo-cli reads the Hugging Face "
+                        "Hub and local files: download the data and set file_name", file=where)
     for key in ("columns", "tags"):
         if not isinstance(entry.get(key) or {}, dict) or not all(isinstance(v, str) for v in (entry.get(key) or {})
                                                                   .values()):
             raise DataError(f"{key} must be an object of names", file=where)
-    if not isinstance(entry["file_name"], str):
+    if hub is None and not isinstance(entry["file_name"], str):
         raise DataError("file_name must be a file or folder name", file=where)
     formatting = entry.get("formatting", "alpaca")
     if formatting not in ("alpaca", "sharegpt", "openai"):
@@ -79,9 +90,13 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
         column = columns.get(role, default)
         if column and column != ours:
             renames[ours] = column
-    file = Path(path).parent / entry["file_name"]
-    if file.is_dir() and not (file / "state.json").exists():
-        file = file / "*"  # a folder of data files, as LLaMA-Factory reads it
-    return {"path": str(file), "format": "alpaca" if formatting == "alpaca" else "sharegpt", "columns": renames,
+    if hub is not None:
+        file = hub.label
+    else:
+        file = Path(path).parent / entry["file_name"]
+        if file.is_dir() and not (file / "state.json").exists():
+            file = file / "*"  # a folder of data files, as LLaMA-Factory reads it
+    return {"path": str(file), "hub": hub, "format": "alpaca" if formatting == "alpaca" else "sharegpt",
+            "columns": renames,
             "tags": registry_tags(entry.get("tags") or {}) if formatting != "alpaca" else None,
             "limit": entry.get("num_samples")}

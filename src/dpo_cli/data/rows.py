@@ -5,19 +5,26 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import DataError, did_you_mean
+from dpo_cli.data import hub
 from dpo_cli.data.checks import CHECKS, OMISSIONS, WARNINGS, Omitted, RowError, Where, check_of
 from dpo_cli.data.formats import AdapterOptions, Format, Tags, candidates, detect, get_format
+from dpo_cli.data.hub import HubSpec
 from dpo_cli.data.readers import Record, expand_paths, iter_records
 from dpo_cli.data.registry import registry_source
 from dpo_cli.data.targets import SHAPE_WORDS, shape_of
 from dpo_cli.data.where import FilterError, columns_of, compile_where
 
 EXAMPLES_KEPT = 3  # messages remembered per check, for the summaries
-SOURCE_KEYS = ("path", "registry", "name", "format", "columns", "where", "limit", "skip_invalid", "rejects")
+# where the rows are: a local path, a registry entry, or a dataset on the Hub
+ORIGIN_KEYS = ("path", "registry", "hub")
+# how to read them, for any origin
+READ_KEYS = ("format", "columns", "where", "limit", "skip_invalid", "rejects", "pairs", "preference")
+SOURCE_KEYS = (*ORIGIN_KEYS, "name", *hub.HUB_KEYS[1:], *READ_KEYS)
 
 
 @dataclass
@@ -34,6 +41,13 @@ class Source:
     rejects: str | None = None  # with skip_invalid: keep the bad rows and their reasons here
     registry: str | None = None  # where path, format, columns and tags came from
     name: str | None = None
+    hub: HubSpec | None = None  # a dataset on the Hub (path is then its label)
+    pairs: str | None = None  # ranked data: which pairs (convert-data's --pairs)
+    preference: str | None = None  # PKU-SafeRLHF: which answer is chosen (convert-data's --preference)
+
+    def __post_init__(self) -> None:
+        if self.hub is None and hub.is_hub(self.path):  # the string form, hub:ORG/NAME[@SPLIT]
+            self.hub = HubSpec.parse(self.path)
 
     @classmethod
     def of(cls, value: Any) -> Source:
@@ -42,23 +56,58 @@ class Source:
         if isinstance(value, str):
             return cls(path=value)
         if isinstance(value, Mapping):
-            unknown = set(value) - set(SOURCE_KEYS)
-            if unknown or ("path" in value) == ("registry" in value) or ("registry" in value) != ("name" in value):
-                raise DataError(f"a data source needs 'path', or 'registry' and 'name', and may have format, "
-                                f"columns, where, limit, skip_invalid, rejects (got "
-                                f"{', '.join(sorted(map(str, value)))})")
-            common = {"where": value.get("where"), "skip_invalid": bool(value.get("skip_invalid")),
-                      "rejects": value.get("rejects")}
-            if "registry" in value:
-                if "format" in value or "columns" in value:
-                    raise DataError("a registry source takes its format and columns from the registry entry; "
-                                    "give path instead to set them", file=value["registry"])
-                entry = registry_source(str(value["registry"]), str(value["name"]))
-                limit = value.get("limit", entry.pop("limit"))
-                return cls(**entry, **common, limit=limit, registry=str(value["registry"]), name=str(value["name"]))
-            return cls(path=str(value["path"]), format=value.get("format"), columns=dict(value.get("columns") or {}),
-                       limit=value.get("limit"), **common)
+            return cls._of_mapping(value)
         raise DataError(f"a data source must be a path or an object with a path, not {type(value).__name__}")
+
+    @classmethod
+    def _of_mapping(cls, value: Mapping) -> Source:
+        unknown = sorted(map(str, set(value) - set(SOURCE_KEYS)))
+        if unknown:
+            raise DataError(f"unknown key '{unknown[0]}' in a data source{did_you_mean(unknown[0], SOURCE_KEYS)}; "
+                            f"a source takes one of {', '.join(ORIGIN_KEYS)} (registry with name), and may have "
+                            f"{', '.join(READ_KEYS)} (hub with {', '.join(hub.HUB_KEYS[1:])})")
+        origins = [k for k in ORIGIN_KEYS if k in value]
+        if len(origins) != 1 or ("registry" in value) != ("name" in value):
+            raise DataError(f"a data source needs exactly one of {', '.join(ORIGIN_KEYS)} (registry with name), "
+                            f"got {', '.join(sorted(map(str, value)))}")
+        if "hub" not in value and any(k in value for k in hub.HUB_KEYS[1:]):
+            raise DataError(f"{', '.join(k for k in hub.HUB_KEYS[1:] if k in value)} apply to hub sources only")
+        common = {"where": value.get("where"), "skip_invalid": bool(value.get("skip_invalid")),
+                  "rejects": value.get("rejects"), "pairs": value.get("pairs"), "preference": value.get("preference")}
+        if "registry" in value:
+            if "format" in value or "columns" in value:
+                raise DataError("a registry source takes its format and columns from the registry entry; "
+                                "give path instead to set them", file=value["registry"])
+            entry = registry_source(str(value["registry"]), str(value["name"]))
+            limit = value.get("limit", entry.pop("limit"))
+            return cls(**entry, **common, limit=limit, registry=str(value["registry"]), name=str(value["name"]))
+        read = {"format": value.get("format"), "columns": dict(value.get("columns") or {}),
+                "limit": value.get("limit"), **common}
+        if "hub" in value:
+            spec = HubSpec.of(value)
+            return cls(path=spec.label, hub=spec, **read)
+        return cls(path=str(value["path"]), **read)
+
+    def options(self, given: AdapterOptions) -> AdapterOptions:
+        """The adapter options for this source: its own pairs/preference over the ones given for all sources."""
+        if self.pairs is None and self.preference is None:
+            return given
+        return AdapterOptions(preference=self.preference or given.preference, pairs=self.pairs or given.pairs,
+                              warn=given.warn, tags=given.tags)
+
+    def local_files(self) -> list[Path]:
+        """The local files this source reads (none for a Hub dataset: datasets keeps those in its cache)."""
+        return [] if self.hub is not None else expand_paths(self.path)
+
+    def inputs(self, on_error) -> Iterator[tuple[str, Iterator[Record]]]:
+        """``(file label, its records)`` for each file this source names, opened one after the other."""
+        if self.hub is not None:
+            dataset, _ = hub.open_dataset(self.hub)
+            label = self.hub.label
+            yield label, (Record(label, number, row) for number, row in enumerate(hub.rows(dataset), start=1))
+            return
+        for path in self.local_files():
+            yield str(path), iter_records(path, on_error=on_error)
 
 
 @dataclass
@@ -78,6 +127,15 @@ class Stats:
     languages: Counter = field(default_factory=Counter)
     languages_guessed: bool = False
     formats: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stats:
+        """The Stats ``to_json`` wrote (prepared data keeps them, so a run on cached rows says the same)."""
+        return cls(**{f.name: Counter(data[f.name]) if f.default_factory is Counter else data[f.name]
+                      for f in fields(cls) if f.name in data})
 
     @staticmethod
     def _note(counter: Counter, where: dict, key: str, message: str) -> None:
@@ -206,16 +264,23 @@ class RowPipeline:
     def rows(self, source: Source) -> Iterator[tuple[Record, dict]]:
         """Yield ``(record, output row)`` for every good row of the source, in file order."""
         forced = get_format(source.format) if source.format else None
+        given, self.options = self.options, source.options(self.options)
         self.options.tags = source.tags
+        try:
+            yield from self._rows(source, forced)
+        finally:
+            self.options = given
+
+    def _rows(self, source: Source, forced: Format | None) -> Iterator[tuple[Record, dict]]:
         predicate = compile_where(source.where) if source.where else None
         where_columns = {name.split(".")[0] for name in columns_of(source.where)} if source.where else set()
         renames = tuple(source.columns.items())
         limit = source.limit
         produced = 0
-        for path in expand_paths(source.path):
+        for file, records in source.inputs(on_error=lambda e: self._reject(e, None)):
             fmt = forced
-            at = Where(str(path), 0)
-            for record in iter_records(path, on_error=lambda e: self._reject(e, None)):
+            at = Where(file, 0)
+            for record in records:
                 self.stats.read += 1
                 row = record.row
                 at.line = record.line

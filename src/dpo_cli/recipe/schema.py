@@ -77,17 +77,30 @@ class DataSource(TypedDict):
     path: NotRequired[str]
     registry: NotRequired[str]  # a LLaMA-Factory dataset_info.json, with name: the entry to read
     name: NotRequired[str]
+    hub: NotRequired[str]  # a dataset on the Hugging Face Hub (ORG/NAME) or a local folder laid out like one
+    config: NotRequired[str]  # with hub: the dataset's configuration (subset)
+    split: NotRequired[str]  # with hub: default train
+    revision: NotRequired[str]  # with hub: a branch, tag or commit
+    data_files: NotRequired[str | list[str] | dict[str, str | list[str]]]  # with hub: as load_dataset takes them
+    data_dir: NotRequired[str]  # with hub: a folder inside the repository
     format: NotRequired[Annotated[str, AfterValidator(_known_format)]]
     columns: NotRequired[dict[str, str]]  # canonical name -> column in the file (a dotted path for nesting)
     where: NotRequired[Annotated[str, AfterValidator(_valid_where)]]
     limit: NotRequired[Annotated[int, Field(gt=0)]]
     skip_invalid: NotRequired[bool]  # drop bad rows (counted in run.json) instead of stopping at the first
     rejects: NotRequired[str]  # with skip_invalid: write the bad rows and their reasons here
+    pairs: NotRequired[str]  # ranked data: best-worst (default), all or threshold=X
+    preference: NotRequired[Literal["better", "safer", "safe-only"]]  # PKU-SafeRLHF: which answer is chosen
+
+
+_HUB_ONLY = ("config", "split", "revision", "data_files", "data_dir")
 
 
 def _one_kind_of_source(source: DataSource) -> DataSource:
-    if ("path" in source) == ("registry" in source):
-        raise ValueError("a data source needs either path, or registry and name")
+    if sum(k in source for k in ("path", "registry", "hub")) != 1:
+        raise ValueError("a data source needs exactly one of path, registry (with name) or hub")
+    if "hub" not in source and any(k in source for k in _HUB_ONLY):
+        raise ValueError(f"{', '.join(k for k in _HUB_ONLY if k in source)} apply to hub sources only")
     if ("registry" in source) != ("name" in source):
         raise ValueError("registry and name go together: the dataset_info.json and the entry to read")
     if "registry" in source and ("format" in source or "columns" in source):
@@ -114,12 +127,16 @@ SourceList = Annotated[list[SourceItem], BeforeValidator(_as_source_list)]
 
 
 class DataSection(_Section):
-    """Each of train/eval is a path, an object {path, format, columns, where, limit, skip_invalid, rejects} or
-    {registry, name, ...}, or a list of either."""
+    """Each of train/eval is a path (or hub:ORG/NAME[@SPLIT]), an object {path, format, columns, where, limit,
+    skip_invalid, rejects, pairs, preference}, {registry, name, ...} or {hub, config, split, revision, data_files,
+    data_dir, ...}, or a list of them. cache: canonical rows are written once as Arrow under cache_dir (default
+    DPO_CLI_HOME/data) and memory-mapped, so a second run reads no source row and TRL's tokenization cache hits."""
 
     train: SourceList
     eval: SourceList | None = None
     eval_split: float | None = Field(default=None, gt=0.0, lt=1.0)
+    cache: bool = Field(default=True, description="prepare the rows once into an Arrow cache and memory-map them")
+    cache_dir: str | None = Field(default=None, description="where the prepared rows go (default DPO_CLI_HOME/data)")
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> DataSection:
@@ -264,7 +281,7 @@ class Recipe(_Section):
         """Every local file or directory the run reads: data sources (a glob by the folder it searches, a registry by
         its dataset_info.json), models,
         tokenizer, chat template, reference, adapter, reward models and reward-function files."""
-        named = [s if isinstance(s, str) else s.get("path") or s.get("registry")
+        named = [s if isinstance(s, str) else s.get("path") or s.get("registry") or s.get("hub")
                  for s in [*self.data.train, *(self.data.eval or [])]]
         named += [self.model.name_or_path, self.model.tokenizer, self.model.chat_template,
                   self.ref_model.name_or_path, self.ref_model.adapter]

@@ -135,9 +135,14 @@ class Stage:
                             line=exc.line, field=exc.field) from None
 
     def load_data(self, recipe: Recipe):
-        """(train, eval or None, what run.json records) as this stage reads them."""
-        with self.reading(recipe):
-            return load_splits(recipe.data, recipe.seed, self.data_kind)
+        """(train, eval or None, what run.json records) as this stage reads them. Under several processes the
+        main process of each machine prepares the rows while the others wait, then they map its files; the notes
+        on dropped rows are said once, by the main process."""
+        from accelerate import PartialState
+
+        state = PartialState()
+        with self.reading(recipe), state.local_main_process_first():
+            return load_splits(recipe.data, recipe.seed, self.data_kind, quiet=not state.is_main_process)
 
     def check_data(self, recipe: Recipe) -> dict:
         """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
