@@ -174,19 +174,25 @@ class Writer:
     def finish(self) -> None:
         import orjson
         import pyarrow as pa
-        from datasets import Dataset
+        from datasets import Dataset, Features
 
         if self._batch:
             self._infer()
         self._lines.close()
         features = self.features()
-        names = list(self.columns)
+        schema = features.arrow_schema
+        json_features = Features({name: features[name] for name in self.columns if name in self.json_columns})
         lines = self.directory / "rows.jsonl"
         with open(lines, "rb") as f, pa.OSFile(str(self.directory / ROWS), "wb") as sink, \
-                pa.ipc.new_stream(sink, features.arrow_schema) as stream:
+                pa.ipc.new_stream(sink, schema) as stream:
             while batch := [orjson.loads(line) for _, line in zip(range(BATCH), f)]:
-                columns = {name: [row.get(name) for row in batch] for name in names}
-                stream.write_table(Dataset.from_dict(columns, features=features).data.table)
+                columns = {name: [row.get(name) for row in batch] for name in self.columns}
+                # Arrow converts plain values itself; only JSON columns need datasets' (Python) encoding
+                encoded = Dataset.from_dict({name: columns[name] for name in json_features},
+                                            features=json_features).data.table if json_features else None
+                arrays = [encoded.column(name) if name in json_features else pa.array(columns[name], type=field.type)
+                          for name, field in zip(self.columns, schema)]
+                stream.write_table(pa.Table.from_arrays(arrays, schema=schema))
         lines.unlink()
 
     def abandon(self) -> None:
