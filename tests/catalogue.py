@@ -414,8 +414,8 @@ CASES = [
          {"lf.yaml": "stage: pt\nmodel_name_or_path: m\ndataset: c4_demo\n"}),
     Case("data-unknown-format", "data", "columns that match no format", CONVERT,
          "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
-         "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, llamafactory-v1, openai-dpo, kto, "
-         "prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+         "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, nectar, argilla, shp, helpsteer, "
+         "align-anything, llamafactory-v1, openai-dpo, kto, prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-ambiguous-format", "data", "columns that fit several formats", CONVERT,
          "{tmp}/in.jsonl:1: the columns (chosen, input, instruction, prompt, rejected) fit several formats: trl, "
          "alpaca; choose one with --format",

@@ -57,9 +57,11 @@ def test_forced_format_gives_the_same_rows(name):
 
 
 def test_every_registered_format_has_a_fixture_or_kind_test():
+    from test_data_hub_layouts import LAYOUTS  # the Hub's preference sets, in their public schemas
     from test_data_real import REAL  # real files and files in other tools' public schemas
 
-    covered = {fmt for fmt, _ in CASES.values()} | set(REAL.values()) | {"prompt-completion"}
+    covered = ({fmt for fmt, _ in CASES.values()} | set(REAL.values()) | {fmt for _, fmt, *_ in LAYOUTS.values()}
+               | {"prompt-completion"})
     assert covered == set(FORMATS)
 
 
@@ -92,7 +94,7 @@ def test_ultrafeedback_scores_in_the_wrong_order_are_reported_not_dropped():
     assert len(rows) == 4
     assert pipeline.stats.warned == {"score-order": 1}
     assert pipeline.stats.warned_at["score-order"] == [
-        f"{FIXTURES / 'messages.jsonl'}:3: field 'score_chosen': score_chosen 5.0 is not above score_rejected 5.0"]
+        f"{FIXTURES / 'messages.jsonl'}:3: field 'score_chosen': score_chosen 4.0 is below score_rejected 5.0"]
 
 
 def test_to_kto_unpairs_chosen_true_rejected_false():

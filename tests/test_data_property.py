@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dpo_cli.core.errors import DataError
 from dpo_cli.data.checks import Omitted, Where
 from dpo_cli.data.formats import FORMATS, AdapterOptions, candidates
+from dpo_cli.data.readers import iter_records
 from dpo_cli.data.targets import KINDS, TARGETS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
@@ -38,6 +39,9 @@ FIXTURE_ROWS = [json.loads(line) for path in sorted([*FIXTURES.glob("*.jsonl"), 
                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 FIXTURE_ROWS += [row for path in sorted(FIXTURES.glob("llamafactory/*_demo.json"))
                  for row in json.loads(path.read_text(encoding="utf-8"))]
+# and the Hub layouts' fixtures (jsonl and parquet)
+FIXTURE_ROWS += [record.row for path in sorted((FIXTURES.parent / "hub").glob("*/*.*"))
+                 if path.suffix in (".jsonl", ".parquet") for record in iter_records(path)]
 
 
 @st.composite

@@ -238,7 +238,7 @@ def test_preference_options_apply_to_pku_data_only(tmp_path):
     assert str(err.value) == (f"{LF / 'dpo_en_demo.json'}: --preference safer applies to pku-saferlhf data only, but "
                               "this file was read as sharegpt; drop --preference, or convert the pku-saferlhf files "
                               "on their own")
-    with pytest.raises(DataError, match="--pairs all applies to ranked data only"):
+    with pytest.raises(DataError, match="--pairs all applies to ranked and nectar data only"):
         _convert(LF / "dpo_en_demo.json", tmp_path / "o.jsonl", pairs="all")
 
 

@@ -284,7 +284,7 @@ def convert_data(
                            ] = False,
     preference: Annotated[Optional[str], typer.Option(help="pku-saferlhf: better (default), safer or safe-only.",
                                                       show_default=False)] = None,
-    pairs: Annotated[Optional[str], typer.Option(help="ranked: best-worst (default), all or threshold=X.",
+    pairs: Annotated[Optional[str], typer.Option(help="ranked, nectar: best-worst (default), all or threshold=X.",
                                                  show_default=False)] = None,
     registry: Annotated[Optional[str], typer.Option(help="A LLaMA-Factory dataset_info.json; with --name, read "
                                                     "that entry instead of INPUTS.", show_default=False)] = None,

@@ -31,7 +31,7 @@ CHECKS = {
 
 # checks that are reported but do not stop a row
 WARNINGS = {
-    "score-order": "score_chosen is not above score_rejected",
+    "score-order": "the chosen response's score is below the rejected one's (the row is kept as labelled)",
     "unsafe-chosen": "the chosen response is marked unsafe (is_response_N_safe: false)",
     "loss-weight": "an assistant turn TRL trains on has a weight of 0 (loss_weight, weight), which TRL cannot honour",
 }
@@ -82,6 +82,9 @@ class Omitted(Exception):
 OMISSIONS = {
     "undesirable": "rows labelled undesirable (label false), which supervised fine-tuning does not imitate",
     "not-safe-vs-unsafe": "pairs that are not one safe and one unsafe response (--preference safe-only)",
+    "tie": "ties: both responses scored or ranked the same (equal scores, preference strength 0, status tie), so "
+           "neither is preferred",
+    "below-threshold": "rows with no two responses whose scores differ by at least the --pairs threshold",
 }
 
 

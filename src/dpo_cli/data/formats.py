@@ -42,7 +42,7 @@ class AdapterOptions:
     message tags of a registry entry. None means not asked for: the format's default applies."""
 
     preference: str | None = None  # pku-saferlhf: better (default) | safer | safe-only
-    pairs: str | None = None  # ranked: best-worst (default) | all | threshold=X
+    pairs: str | None = None  # ranked, nectar: best-worst (default) | all | threshold=X
     warn: Callable[[RowError], None] | None = None  # rows that convert but deserve a mention
     tags: Tags | None = None  # sharegpt: set per source from a registry entry
 
@@ -61,9 +61,10 @@ class AdapterOptions:
 
     def check_applies(self, fmt: str, file: str) -> None:
         """An option for one format given for a file in another would be silently ignored: refuse it."""
-        for option, value, owner in (("--preference", self.preference, "pku-saferlhf"),
-                                     ("--pairs", self.pairs, "ranked")):
-            if value is not None and fmt != owner:
+        for option, value, owners in (("--preference", self.preference, ("pku-saferlhf",)),
+                                      ("--pairs", self.pairs, ("ranked", "nectar"))):
+            if value is not None and fmt not in owners:
+                owner = " and ".join(owners)
                 raise DataError(f"{option} {value} applies to {owner} data only, but this file was read as {fmt}; "
                                 f"drop {option}, or convert the {owner} files on their own", file=file)
 
@@ -170,6 +171,30 @@ def _pair(prompt: str | list, chosen: Any, rejected: Any, at: Where) -> dict[str
     return {"prompt": prompt, "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)]}
 
 
+# where public preference sets keep the scores of their chosen and rejected responses: UltraFeedback binarized and
+# trl-lib's copy (score_*), Capybara-Preferences and HelpSteer binarized (*_rating), distilabel's Capybara DPO
+# (rating_*), argilla's cleaned UltraFeedback (*-rating), argilla's UltraFeedback preferences (*_avg_rating)
+SCORE_COLUMNS = (("score_chosen", "score_rejected"), ("chosen_rating", "rejected_rating"),
+                 ("rating_chosen", "rating_rejected"), ("chosen-rating", "rejected-rating"),
+                 ("chosen_avg_rating", "rejected_avg_rating"), ("chosen_score", "rejected_score"))
+SCORE_NAMES = frozenset(name for pair in SCORE_COLUMNS for name in pair)
+
+
+def _check_scores(row: dict, at: Where, options: AdapterOptions) -> None:
+    """The labels say which response is chosen; the scores beside them can only disagree. Equal scores are a tie,
+    which teaches no preference: the row is left out and counted. A chosen score below the rejected one is kept as
+    labelled and counted as a warning."""
+    for chosen_name, rejected_name in SCORE_COLUMNS:
+        sc, sr = row.get(chosen_name), row.get(rejected_name)
+        if _is_number(sc) and _is_number(sr) and sc == sc and sr == sr:  # NaN is no score
+            if sc == sr:
+                raise Omitted("tie")
+            if sc < sr and options.warn is not None:
+                options.warn(at.error("score-order", f"{chosen_name} {sc} is below {rejected_name} {sr}",
+                                      chosen_name))
+            return
+
+
 # --- trl ---------------------------------------------------------------------------------------------------------
 
 def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
@@ -189,6 +214,7 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
         rejected = c.response_text(rejected, at, "rejected")
         if chosen == rejected:
             raise at.error("identical", "chosen and rejected are identical", "rejected")
+        _check_scores(row, at, options)
         return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
     chosen_turns = c.messages(chosen, at, "chosen")
     rejected_turns = c.messages(rejected, at, "rejected")
@@ -205,10 +231,12 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
                 raise at.error("bad-value", f"with an explicit prompt, {name} must be one assistant message "
                                f"(found {len(turns)}; for full conversations use --format messages)", name)
         chosen_turn, rejected_turn = chosen_turns[0], rejected_turns[0]
-    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), c.tools(row.get("tools"), at))]
+    pair = c.check_pair(prompt_turns, chosen_turn, rejected_turn, at)
+    _check_scores(row, at, options)
+    return [_with_tools(pair, c.tools(row.get("tools"), at))]
 
 
-# --- messages (OpenAI-style full conversations; DPO-En-Zh-20k, UltraFeedback-binarized) -----------------------------
+# --- messages (OpenAI-style full conversations; DPO-En-Zh-20k, UltraFeedback binarized, Capybara DPO) ---------------
 
 def messages(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """Full conversations in chosen/rejected; an optional prompt string or list that may repeat the user turn."""
@@ -232,12 +260,9 @@ def messages(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
             extra = [_user(c.text(prompt, at, "prompt"))] if type(prompt) is str \
                 else c.messages(prompt, at, "prompt")
             prompt_turns = prompt_turns + extra
-    if "score_chosen" in row and "score_rejected" in row and options.warn is not None:
-        sc, sr = row["score_chosen"], row["score_rejected"]
-        if _is_number(sc) and _is_number(sr) and sc <= sr:
-            options.warn(at.error("score-order", f"score_chosen {sc} is not above score_rejected {sr}",
-                                  "score_chosen"))
-    return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), c.tools(row.get("tools"), at))]
+    pair = c.check_pair(prompt_turns, chosen_turn, rejected_turn, at)
+    _check_scores(row, at, options)
+    return [_with_tools(pair, c.tools(row.get("tools"), at))]
 
 
 def _is_number(value: Any) -> bool:
@@ -436,15 +461,41 @@ def pku_saferlhf(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
 # --- orca-dpo ----------------------------------------------------------------------------------------------------
 
 def orca_dpo(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """system, question, chosen, rejected (Intel/orca_dpo_pairs)."""
-    question = c.text(c.require(row, "question", at), at, "question")
+    """system, question, chosen, rejected (Intel/orca_dpo_pairs); argilla's distilabel copy names the question
+    ``input`` and marks the pairs its judge rated equal ``status: tie``, which are left out."""
+    name = "question" if "question" in row or "input" not in row else "input"
+    question = c.text(c.require(row, name, at), at, name)
     if not question.strip():
-        raise at.error("empty-prompt", "question is empty or whitespace only", "question")
+        raise at.error("empty-prompt", f"{name} is empty or whitespace only", name)
     prompt = _system_prefix(row, at) + [_user(question)]
-    return [_pair(prompt, c.require(row, "chosen", at), c.require(row, "rejected", at), at)]
+    pair = _pair(prompt, c.require(row, "chosen", at), c.require(row, "rejected", at), at)
+    if row.get("status") == "tie":
+        raise Omitted("tie")
+    return [pair]
 
 
-# --- ranked ------------------------------------------------------------------------------------------------------
+# --- ranked, nectar ----------------------------------------------------------------------------------------------
+
+def _pairs_by_score(prompt: str | list, texts: list[str], scores: list[float], field: str,
+                    options: AdapterOptions, at: Where) -> list[dict]:
+    """Pairs from n responses and their scores (higher is better), as --pairs asks: the best against the worst (equal
+    scores taken in listed order), every pair with different scores, or every pair at least a threshold apart."""
+    order = sorted(range(len(texts)), key=lambda i: -scores[i])
+    if scores[order[0]] == scores[order[-1]]:
+        raise Omitted("tie")
+    if (options.pairs or "best-worst") == "best-worst":
+        pairs = [(order[0], order[-1])]
+    else:
+        margin = options.threshold if options.threshold is not None else 0.0
+        pairs = [(i, j) for i in order for j in order if scores[i] > scores[j] and scores[i] - scores[j] >= margin]
+        if not pairs:
+            raise Omitted("below-threshold")
+    # the same text under two scores gives no preference signal
+    examples = [_pair(prompt, texts[i], texts[j], at) for i, j in pairs if texts[i] != texts[j]]
+    if not examples:
+        raise at.error("identical", "the responses that differ in score have the same text", field)
+    return examples
+
 
 def ranked(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """One prompt, n responses and their scores (higher is better) or ranks (1 is best) -> preference pairs."""
@@ -472,25 +523,139 @@ def ranked(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
         if not _is_number(value) or value != value:
             raise at.error("wrong-type", f"{name}[{i}] must be a number, found {value!r}", name)
         scores.append(sign * value)
-    order = sorted(range(len(texts)), key=lambda i: -scores[i])
-    pairs: list[tuple[int, int]] = []
-    if (options.pairs or "best-worst") == "best-worst":
-        best, worst = order[0], order[-1]
-        if scores[best] == scores[worst]:
-            raise at.error("bad-value", "all responses have the same score, so none is preferred", name)
-        pairs.append((best, worst))
-    else:
-        margin = options.threshold if options.threshold is not None else 0.0
-        for i in order:
-            for j in order:
-                if scores[i] > scores[j] and scores[i] - scores[j] >= margin:
-                    pairs.append((i, j))
-    examples = []
-    for i, j in pairs:
-        if texts[i] == texts[j]:
-            continue  # the same text under two scores gives no preference signal
-        examples.append(_pair(prompt, texts[i], texts[j], at))
-    return examples
+    return _pairs_by_score(prompt, texts, scores, name, options, at)
+
+
+def _transcript_prompt(value: Any, at: Where, field: str) -> str | list[dict[str, str]]:
+    """A ``Human:``/``Assistant:`` transcript that ends on the empty ``Assistant:`` its answers complete -> prompt
+    turns; text without those markers is one user turn."""
+    text = c.text(value, at, field)
+    if not _is_hh(text):
+        if not text.strip():
+            raise at.error("empty-prompt", "prompt is empty or whitespace only", field)
+        return text
+    turns = _hh_turns(text, at, field)
+    if turns[-1]["role"] == ASSISTANT and not turns[-1]["content"]:
+        turns = turns[:-1]
+    if not turns:
+        raise at.error("empty-prompt", "the transcript holds no Human turn", field)
+    c.check_prompt(turns, at, field)
+    return turns
+
+
+def nectar(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """berkeley-nest/Nectar: a transcript prompt and ``answers`` ({answer, model, rank}, rank 1 the best) -> pairs
+    by rank as --pairs asks: by default the best-ranked answer against the worst-ranked one."""
+    prompt = _transcript_prompt(c.require(row, "prompt", at), at, "prompt")
+    answers = c.require(row, "answers", at)
+    if type(answers) is not list or len(answers) < 2:
+        raise at.error("wrong-type", "answers must be a list of at least two {answer, model, rank} objects",
+                       "answers")
+    texts, scores = [], []
+    for i, answer in enumerate(answers):
+        name = f"answers[{i}]"
+        if type(answer) is not dict:
+            raise at.error("wrong-type", "expected an {answer, model, rank} object", name)
+        texts.append(c.response_text(c.require(answer, "answer", at, field=f"{name}.answer"), at, f"{name}.answer"))
+        rank = c.require(answer, "rank", at, field=f"{name}.rank")
+        if not _is_number(rank) or rank != rank:
+            raise at.error("wrong-type", f"must be a number (1 is the best), found {rank!r}", f"{name}.rank")
+        scores.append(-rank)
+    return _pairs_by_score(prompt, texts, scores, "answers", options, at)
+
+
+# --- argilla, shp, helpsteer, align-anything ---------------------------------------------------------------------
+
+def _named_pair(prompt: str | list, row: dict, chosen: str, rejected: str, at: Where) -> dict[str, Any]:
+    """A pair from two response columns; an error names the column, not chosen or rejected."""
+    try:
+        return _pair(prompt, c.require(row, chosen, at), c.require(row, rejected, at), at)
+    except RowError as exc:
+        raise _name_fields(exc, at, {"chosen": chosen, "rejected": rejected}) from None
+
+
+def argilla(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """instruction (or prompt), chosen_response, rejected_response and their ratings (argilla's
+    ultrafeedback-binarized-preferences: chosen_avg_rating, rejected_avg_rating); equal ratings are a tie, left out."""
+    name = "prompt" if "prompt" in row and "instruction" not in row else "instruction"
+    prompt = _prompt_value(c.require(row, name, at), at, name)
+    pair = _named_pair(prompt, row, "chosen_response", "rejected_response", at)
+    _check_scores(row, at, options)
+    return [pair]
+
+
+def shp(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """Stanford Human Preferences: a post (``history``), two top-level comments ``human_ref_A`` and ``human_ref_B``,
+    and ``labels`` (1: A is preferred, 0: B is)."""
+    history = c.text(c.require(row, "history", at), at, "history")
+    if not history.strip():
+        raise at.error("empty-prompt", "history is empty or whitespace only", "history")
+    label = c.require(row, "labels", at)
+    if type(label) is str and label in ("0", "1"):
+        label = int(label)
+    if type(label) is not int or label not in (0, 1):
+        raise at.error("bad-value", f"must be 1 (human_ref_A preferred) or 0 (human_ref_B preferred), found "
+                       f"{label!r}", "labels")
+    chosen, rejected = ("human_ref_A", "human_ref_B") if label == 1 else ("human_ref_B", "human_ref_A")
+    return [_named_pair(history, row, chosen, rejected, at)]
+
+
+_NEMO_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n?")
+
+
+def _helpsteer_prompt(row: dict, at: Where) -> str | list[dict[str, str]]:
+    """HelpSteer3's ``context`` messages, or HelpSteer2's ``prompt``, whose multi-turn prompts join the turns with
+    ``<extra_id_1>Assistant`` / ``<extra_id_1>User`` lines."""
+    if "prompt" not in row and "context" in row:
+        turns = c.messages(c.require(row, "context", at), at, "context")
+        c.check_prompt(turns, at, "context")
+        return turns
+    text = c.text(c.require(row, "prompt", at), at, "prompt")
+    if not text.strip():
+        raise at.error("empty-prompt", "prompt is empty or whitespace only", "prompt")
+    parts = _NEMO_TURN.split(text)
+    if len(parts) == 1:
+        return text
+    turns = [_user(parts[0])] + [{"role": USER if speaker == "User" else ASSISTANT, "content": content}
+                                 for speaker, content in zip(parts[1::2], parts[2::2])]
+    c.check_prompt(turns, at, "prompt")
+    return turns
+
+
+def helpsteer(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """HelpSteer2's preference rows (prompt, response_1, response_2, preference_strength) and HelpSteer3's (context,
+    response1, response2, overall_preference), strength -3 to 3: below 0 the first response is preferred, above 0
+    the second; 0 (about the same) is a tie, left out."""
+    name = "preference_strength" if "preference_strength" in row or "overall_preference" not in row \
+        else "overall_preference"
+    strength = c.require(row, name, at)
+    if not _is_number(strength) or strength != strength:
+        raise at.error("wrong-type", f"must be a number from -3 to 3, found {strength!r}", name)
+    first, second = ("response1", "response2") if "response1" in row and "response_1" not in row \
+        else ("response_1", "response_2")
+    prompt = _helpsteer_prompt(row, at)
+    for column in (first, second):
+        c.response_text(c.require(row, column, at), at, column)
+    if strength == 0:
+        raise Omitted("tie")
+    chosen, rejected = (first, second) if strength < 0 else (second, first)
+    return [_named_pair(prompt, row, chosen, rejected, at)]
+
+
+def align_anything(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """PKU-Alignment/align-anything text-to-text: question, response_1, response_2 and overall_response (1 or 2, the
+    better response overall; the per-aspect columns are not read)."""
+    question = c.text(c.require(row, "question", at), at, "question")
+    if not question.strip():
+        raise at.error("empty-prompt", "question is empty or whitespace only", "question")
+    better = c.require(row, "overall_response", at)
+    if type(better) is str and better in ("1", "2"):
+        better = int(better)
+    elif type(better) is float and better in (1.0, 2.0):
+        better = int(better)
+    if type(better) is not int or better not in (1, 2):
+        raise at.error("bad-value", f"must be 1 or 2 (the better response), found {better!r}", "overall_response")
+    return [_named_pair(question, row, f"response_{better}", f"response_{3 - better}", at)]
 
 
 # --- llamafactory-v1, openai-dpo ----------------------------------------------------------------------------------
@@ -617,8 +782,8 @@ def _detect_messages(row: dict) -> bool:
 
 
 LABELS = ("label", "kto_tag")
-PAIR_KEYS = ("chosen", "rejected", "response_0", "responses", "completion", "messages", "conversations",
-             "chosen_messages", "preferred_output", *LABELS)
+PAIR_KEYS = ("chosen", "rejected", "response_0", "response_1", "response1", "responses", "answers", "chosen_response",
+             "completion", "messages", "conversations", "chosen_messages", "preferred_output", *LABELS)
 
 
 def _detect_kto(row: dict) -> bool:
@@ -658,11 +823,15 @@ def _has(*names: str) -> Callable[[dict], bool]:
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected", "tools"}),
-           "TRL's own rows: prompt/chosen/rejected as strings or messages, explicit or implicit prompt"),
+    Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected", "tools", *SCORE_NAMES}),
+           "TRL's own rows: prompt/chosen/rejected as strings or messages, explicit or implicit prompt (full "
+           "multi-turn conversations such as Capybara-Preferences split at the last turn); equal scores "
+           "(score_chosen/score_rejected, chosen_rating/rejected_rating, ...) are a tie, left out"),
     Format("messages", messages, _detect_messages,
-           frozenset({"prompt", "chosen", "rejected", "messages", "score_chosen", "score_rejected", "tools"}),
-           "full OpenAI-style conversations in chosen/rejected, optional prompt (DPO-En-Zh-20k, UltraFeedback)"),
+           frozenset({"prompt", "chosen", "rejected", "messages", "tools", *SCORE_NAMES}),
+           "full OpenAI-style conversations in chosen/rejected, optional prompt (DPO-En-Zh-20k, UltraFeedback "
+           "binarized); equal scores (score_chosen/score_rejected, chosen-rating/rejected-rating, ...) are a tie, "
+           "left out"),
     Format("alpaca", alpaca,
            lambda row: "instruction" in row and (("chosen" in row and "rejected" in row) or "output" in row),
            frozenset({"instruction", "input", "chosen", "rejected", "output", "system", "history", "tools",
@@ -682,12 +851,40 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            frozenset({"prompt", "response_0", "response_1", "better_response_id", "safer_response_id",
                       "is_response_0_safe", "is_response_1_safe"}),
            "prompt, response_0, response_1, better_response_id, safer_response_id (PKU-SafeRLHF)"),
-    Format("orca-dpo", orca_dpo, _has("question", "chosen", "rejected"),
-           frozenset({"system", "question", "chosen", "rejected"}), "system, question, chosen, rejected"),
+    Format("orca-dpo", orca_dpo,
+           lambda row: ("question" in row or ("input" in row and "instruction" not in row))
+           and "chosen" in row and "rejected" in row,
+           frozenset({"system", "question", "input", "chosen", "rejected", "status"}),
+           "system, question (or input), chosen, rejected (Intel/orca_dpo_pairs, argilla's distilabel copy: "
+           "status tie is left out)"),
     Format("ranked", ranked, lambda row: "prompt" in row and "responses" in row and ("scores" in row
                                                                                      or "ranks" in row),
            frozenset({"prompt", "responses", "scores", "ranks"}),
-           "prompt, responses and their scores or ranks; --pairs chooses which pairs"),
+           "prompt, responses and their scores or ranks; --pairs chooses which pairs (best against worst by "
+           "default); all responses scored the same are a tie, left out"),
+    Format("nectar", nectar, lambda row: "prompt" in row and "answers" in row,
+           frozenset({"prompt", "answers"}),
+           "a Human:/Assistant: transcript prompt and answers ({answer, model, rank}, 1 the best) (Nectar); --pairs "
+           "chooses which pairs: by default the best-ranked answer against the worst-ranked"),
+    Format("argilla", argilla, _has("chosen_response", "rejected_response"),
+           frozenset({"instruction", "prompt", "chosen_response", "rejected_response", *SCORE_NAMES}),
+           "instruction, chosen_response, rejected_response and their ratings (argilla's "
+           "ultrafeedback-binarized-preferences); equal ratings are a tie, left out"),
+    Format("shp", shp, _has("human_ref_A", "human_ref_B"),
+           frozenset({"history", "human_ref_A", "human_ref_B", "labels"}),
+           "history, human_ref_A, human_ref_B, labels (1: A preferred, 0: B) (Stanford Human Preferences); the "
+           "scores are not read"),
+    Format("helpsteer", helpsteer,
+           lambda row: (_has("response_1", "response_2")(row) or _has("response1", "response2")(row))
+           and ("preference_strength" in row or "overall_preference" in row),
+           frozenset({"prompt", "context", "response_1", "response_2", "response1", "response2",
+                      "preference_strength", "overall_preference"}),
+           "prompt, response_1, response_2, preference_strength (HelpSteer2) or context, response1, response2, "
+           "overall_preference (HelpSteer3): below 0 the first response is preferred, above 0 the second, 0 is a "
+           "tie, left out"),
+    Format("align-anything", align_anything, _has("question", "response_1", "response_2", "overall_response"),
+           frozenset({"question", "response_1", "response_2", "overall_response"}),
+           "question, response_1, response_2, overall_response (1 or 2) (Align-Anything text-to-text)"),
     Format("llamafactory-v1", llamafactory_v1, _has("chosen_messages", "rejected_messages"),
            frozenset({"chosen_messages", "rejected_messages", "tools"}),
            "chosen_messages and rejected_messages, content parts and loss_weight per turn (LLaMA-Factory v1)"),
