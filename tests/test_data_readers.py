@@ -49,6 +49,17 @@ def test_json_with_one_object_is_explained(tmp_path):
         _convert(path)
 
 
+def test_json_lines_named_json_are_read_as_json_lines(tmp_path):
+    """The Hub's SHP (and many exports) write one object per line under a .json name."""
+    path = tmp_path / "d.json"
+    path.write_text("".join(json.dumps(row) + "\n" for row in ROWS), encoding="utf-8")
+    assert _convert(path) == EXPECTED
+    path.write_text(json.dumps(ROWS[0]) + "\n{broken\n", encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        _convert(path)
+    assert err.value.line == 2
+
+
 def test_parquet_streams_in_batches(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -110,6 +110,10 @@ def _json(path: Path, on_error: OnError) -> Iterator[Record]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data" and text.lstrip().startswith("{"):
+            # one object per line under a .json name (the Hub's SHP, many exports): read it as JSON lines
+            yield from _jsonl(path, on_error)
+            return
         raise DataError(f"invalid JSON at column {exc.colno}: {exc.msg}", file=path, line=exc.lineno) from None
     except RecursionError:
         raise DataError("JSON nested too deeply to read", file=path) from None
