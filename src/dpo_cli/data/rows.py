@@ -192,6 +192,7 @@ class RowPipeline:
         self.stats = Stats()
         self._kind: tuple[str, bool] | None = None  # (shape, text prompt) of the first output row
         self._keys: set[str] = set()  # its columns
+        self._visits: set[tuple] = set()  # (file, how it is read) of every file read so far
 
     def _warn(self, error: RowError) -> None:
         self.stats.warn(error)
@@ -213,21 +214,29 @@ class RowPipeline:
         limit = source.limit
         produced = 0
         for path in expand_paths(source.path):
-            fmt = forced
+            fmt = None
             at = Where(str(path), 0)
+            # The same file may be read again with other columns or where (two sources, one file); read the same
+            # way again, its rows count twice, which is rarely meant: said per row, never refused.
+            visit = (str(path.resolve()), source.format, renames, source.where, source.limit, source.tags)
+            again = visit in self._visits
+            self._visits.add(visit)
             for record in iter_records(path, on_error=lambda e: self._reject(e, None)):
                 self.stats.read += 1
                 row = record.row
                 at.line = record.line
+                if again:
+                    message = "read again (an earlier source reads this file the same way)"
+                    self.stats.warn(at.error("read-twice", message, None))
                 if renames:
                     row = self._rename(row, renames, at, strict=source.registry is None)
                     if row is None:
                         continue
-                if at.file not in self.stats.formats:  # the first readable row of this file
+                if fmt is None:  # the first readable row of this file in this source
                     _check_where_columns(where_columns, row, at)
                     fmt = forced or detect(row, at.file, at.line)
                     self.options.check_applies(fmt.name, at.file)
-                    self.stats.formats[at.file] = fmt.name
+                    self.stats.formats.setdefault(at.file, fmt.name)
                 if predicate is not None:
                     try:
                         if not predicate(row):
