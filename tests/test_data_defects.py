@@ -8,6 +8,7 @@ from pathlib import Path
 from dpo_cli.data.convert import ConvertOptions, convert
 from dpo_cli.data.inspection import inspect
 from dpo_cli.data.load import load_training_data
+from test_data_convert import run_cli  # pytest puts tests/ on sys.path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
@@ -39,3 +40,18 @@ def test_one_file_read_by_two_sources_with_different_columns_and_where(tmp_path)
     assert dataset["chosen"] == ["yes 0", "yes 1", "no 2", "no 3"]
     report = inspect([str(path), str(path)], columns={"prompt": "q", "chosen": "good", "rejected": "bad"})
     assert report.rows == 8
+
+
+def test_inspect_and_convert_name_the_same_line_and_reason_for_array_lines(tmp_path):
+    path = tmp_path / "arrays.jsonl"
+    path.write_text('[1, 2]\n["a"]\n', encoding="utf-8")
+    place = f"{path}:1: expected a JSON object, found an array"
+    converted = run_cli("convert-data", str(path), "-o", str(tmp_path / "out.jsonl"))
+    assert converted.returncode == 2 and place in converted.stderr
+    inspected = run_cli("inspect-data", str(path))
+    assert inspected.returncode == 2, inspected.stderr
+    assert place in " ".join(inspected.stdout.split())  # rich may wrap the line
+    report = inspect([str(path)])
+    assert report.stats.read == 2 and report.stats.dropped == {"not-object": 2} and report.rows == 0
+    skipped = run_cli("convert-data", str(path), "-o", str(tmp_path / "out.jsonl"), "--skip-invalid")
+    assert skipped.returncode == 2 and "2 rows read; 2 dropped: not-object" in skipped.stderr

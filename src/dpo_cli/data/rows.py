@@ -204,6 +204,11 @@ class RowPipeline:
         if self.on_reject is not None:
             self.on_reject(error, row)
 
+    def _unreadable(self, error: DataError) -> None:
+        """A line the reader could not make a row of (not JSON, not an object) was read all the same: counted."""
+        self.stats.read += 1
+        self._reject(error, None)
+
     def rows(self, source: Source) -> Iterator[tuple[Record, dict]]:
         """Yield ``(record, output row)`` for every good row of the source, in file order."""
         forced = get_format(source.format) if source.format else None
@@ -221,7 +226,7 @@ class RowPipeline:
             visit = (str(path.resolve()), source.format, renames, source.where, source.limit, source.tags)
             again = visit in self._visits
             self._visits.add(visit)
-            for record in iter_records(path, on_error=lambda e: self._reject(e, None)):
+            for record in iter_records(path, on_error=self._unreadable):
                 self.stats.read += 1
                 row = record.row
                 at.line = record.line
