@@ -55,3 +55,10 @@ def test_inspect_and_convert_name_the_same_line_and_reason_for_array_lines(tmp_p
     assert report.stats.read == 2 and report.stats.dropped == {"not-object": 2} and report.rows == 0
     skipped = run_cli("convert-data", str(path), "-o", str(tmp_path / "out.jsonl"), "--skip-invalid")
     assert skipped.returncode == 2 and "2 rows read; 2 dropped: not-object" in skipped.stderr
+
+
+def test_typographic_punctuation_keeps_an_english_row_english():
+    from dpo_cli.data.rows import guess_language
+
+    assert guess_language("Don\u2019t panic \u2014 it\u2019s \u201cfine\u201d\u2026 \U0001f600") == "en"
+    assert guess_language("\u201c天空是\u201d") == "zh" and guess_language("\u00bfQu\u00e9 tal?") == "other"

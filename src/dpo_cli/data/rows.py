@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -129,6 +130,10 @@ def guess_language(text: str) -> str:
         return "ko"
     if _CYRILLIC.search(text):
         return "ru"
+    # Curly quotes, dashes, ellipses, no-break spaces and emoji are common in English text; only letters outside
+    # ASCII (é, ß, ...) say another language.
+    if all(ch.isascii() or unicodedata.category(ch)[0] in "PSZ" for ch in text):
+        return "en"
     return "other"
 
 
