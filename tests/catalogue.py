@@ -428,8 +428,9 @@ CASES = [
          "--eval-split must be a fraction between 0 and 1, such as 0.05", {"in.jsonl": GOOD_ROW}),
     Case("convert-map-form", "option", "a --map without '='", [*CONVERT, "--map", "prompt"],
          "--map 'prompt' must be CANONICAL=COLUMN, for example --map prompt=question", {"in.jsonl": GOOD_ROW}),
-    Case("convert-map-unknown", "option", "a --map onto a column no format reads", [*CONVERT, "--map", "bogus=prompt"],
-         "--map 'bogus=prompt': 'bogus' is not a column any format reads", {"in.jsonl": GOOD_ROW}),
+    Case("convert-map-missing", "option", "a --map naming a column the row lacks", [*CONVERT, "--map", "prompt=question"],
+         "{tmp}/in.jsonl:1: field 'question': column 'question' (named by --map prompt=question) is missing",
+         {"in.jsonl": GOOD_ROW}),
     Case("convert-rejects-is-output", "option", "convert-data --rejects naming the --output file",
          [*CONVERT, "--skip-invalid", "--rejects", "{tmp}/out.jsonl"],
          "{tmp}/out.jsonl is named for two outputs (--output, its .eval split, --rejects); each needs a file of its "

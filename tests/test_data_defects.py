@@ -62,3 +62,19 @@ def test_typographic_punctuation_keeps_an_english_row_english():
 
     assert guess_language("Don\u2019t panic \u2014 it\u2019s \u201cfine\u201d\u2026 \U0001f600") == "en"
     assert guess_language("\u201c天空是\u201d") == "zh" and guess_language("\u00bfQu\u00e9 tal?") == "other"
+
+
+def test_map_and_recipe_columns_take_the_same_renames(tmp_path):
+    """A verl-style GRPO file: the answer a reward function reads lives at reward_model.ground_truth."""
+    path = _write(tmp_path / "gsm.jsonl", [{"prompt": [{"role": "user", "content": f"{i} + 1?"}],
+                                           "reward_model": {"style": "rule", "ground_truth": str(i + 1)}}
+                                          for i in range(3)])
+    out = tmp_path / "out.jsonl"
+    result = run_cli("convert-data", str(path), "--map", "answer=reward_model.ground_truth", "-o", str(out))
+    assert result.returncode == 0, result.stderr
+    assert [json.loads(line)["answer"] for line in out.read_text().splitlines()] == ["1", "2", "3"]
+    dataset, _ = load_training_data({"path": str(path), "columns": {"answer": "reward_model.ground_truth"}},
+                                    kind="prompt")
+    assert dataset["answer"] == ["1", "2", "3"]
+    bad = run_cli("convert-data", str(path), "--map", "answer", "-o", str(out), "--force")
+    assert bad.returncode == 2 and "CANONICAL=COLUMN" in bad.stderr
