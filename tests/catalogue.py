@@ -281,7 +281,7 @@ CASES = [
          "prompt-only rows, which cannot become preference pairs",
          {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: orpo"), "train.jsonl": PROMPT}),
     Case("pairs-wrong-data", "data", "rows without a prompt given to a stage that samples from prompts", TRAIN,
-         "{tmp}/train.jsonl:1: stage pairs reads prompts: a prompt column (text or messages), plus any columns the "
+         "{tmp}/train.jsonl:1: field 'prompt': stage pairs reads prompts: a prompt column (text or messages), plus any columns the "
          "reward functions read, such as an answer; *",
          {"r.yaml": PAIRS_RECIPE, "train.jsonl": '{"chosen": "Paris.", "rejected": "No idea."}\n'}),
     Case("data-missing", "data", "a data file that does not exist", TRAIN,
@@ -408,6 +408,16 @@ CASES = [
          "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
          "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, llamafactory-v1, openai-dpo, kto, "
          "prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+    Case("data-wrong-values", "data", "TRL's column names (after --map) holding values TRL cannot read",
+         [*CONVERT, "--map", "chosen=good", "--map", "rejected=bad"],
+         "{tmp}/in.jsonl:1: field 'chosen': the columns (chosen, prompt, rejected) are those of format trl, but: "
+         "expected a list of messages, found an object",
+         {"in.jsonl": '{"prompt": "q", "good": {"text": "a"}, "bad": {"text": "b"}}\n'}),
+    Case("train-unknown-format", "data", "training data whose columns match no format (the hint names recipe keys)",
+         TRAIN, "{tmp}/train.jsonl:1: stage dpo reads preference pairs (prompt, chosen, rejected); cannot tell the "
+         "data format from the columns (answer, question); name it with "
+         "the source's format: (*) or rename columns with columns: {prompt: COLUMN}",
+         {"r.yaml": GOOD_RECIPE, "train.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-ambiguous-format", "data", "columns that fit several formats", CONVERT,
          "{tmp}/in.jsonl:1: the columns (chosen, input, instruction, prompt, rejected) fit several formats: trl, "
          "alpaca; choose one with --format",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from dpo_cli.data.convert import ConvertOptions, convert
 from dpo_cli.data.inspection import inspect
 from dpo_cli.data.load import load_training_data
@@ -78,3 +80,35 @@ def test_map_and_recipe_columns_take_the_same_renames(tmp_path):
     assert dataset["answer"] == ["1", "2", "3"]
     bad = run_cli("convert-data", str(path), "--map", "answer", "-o", str(out), "--force")
     assert bad.returncode == 2 and "CANONICAL=COLUMN" in bad.stderr
+
+
+def test_a_row_with_trl_columns_but_wrong_values_says_what_is_wrong(tmp_path):
+    path = _write(tmp_path / "qa.jsonl", [{"q": "Hi", "good": {"text": "Hello"}, "bad": {"text": "Go"}}])
+    result = run_cli("convert-data", str(path), "--map", "prompt=q", "--map", "chosen=good", "--map", "rejected=bad",
+                     "-o", str(tmp_path / "out.jsonl"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {path}:1: field 'chosen': the columns (chosen, prompt, rejected) are "
+                                    "those of format trl, but: expected a list of messages, found an object")
+    mixed = _write(tmp_path / "mixed.jsonl", [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello",
+                                               "rejected": "Go"}])
+    result = run_cli("convert-data", str(mixed), "-o", str(tmp_path / "out.jsonl"))
+    assert result.returncode == 2 and "field 'prompt'" in result.stderr and "prompt must be text" in result.stderr
+
+
+def test_errors_under_train_name_the_recipe_keys_not_the_flags(tmp_path):
+    from dpo_cli.core.errors import DataError
+
+    path = _write(tmp_path / "qa.jsonl", [{"question": "Hi", "answer": "Hello", "lang": "en"}])
+    cases = [(str(path), "name it with the source's format: (", "--format"),
+             ({"path": str(path), "columns": {"prompt": "query"}}, "(named by columns: {prompt: query})", "--map"),
+             ({"path": str(path), "where": "language == 'en'"}, "where: names column 'language'", "--where")]
+    for source, said, flag in cases:
+        with pytest.raises(DataError) as err:
+            load_training_data(source)
+        assert said in str(err.value) and flag not in str(err.value)
+    unused = _write(tmp_path / "pairs.jsonl", [{"prompt": "Hi", "chosen": "Hello", "rejected": "Go", "note": "x"}])
+    from dpo_cli.data.load import _read
+
+    _, _, stats = _read(str(unused), "preference")
+    [(what, _, meaning, _)] = stats.findings()
+    assert what == "columns not used" and "columns:" in meaning and "--" not in meaning

@@ -726,14 +726,35 @@ def candidates(row: dict) -> list[str]:
     return found
 
 
-def detect(row: dict, file: str, line: int) -> Format:
-    """The one format this row's columns fit; none or several is an error that says what to do."""
+def _wrong_values(row: dict, file: str, line: int) -> RowError | None:
+    """Why a row that no format fits is not read by the format whose columns it has (TRL's own names after a
+    rename, say): that format's adapter names the field and what is wrong with its value."""
+    names = row.keys() - {"tools", "system"}
+    if len(names) < 2:
+        return None
+    overlap = {name: len(names & fmt.columns) for name, fmt in FORMATS.items() if names <= fmt.columns}
+    for name in sorted(overlap, key=lambda n: -overlap[n]):  # stable: FORMATS order breaks ties
+        try:
+            FORMATS[name].adapter(row, Where(file, line), AdapterOptions())
+        except RowError as exc:
+            return RowError(exc.check, f"the columns ({', '.join(sorted(map(str, row)))}) are those of format "
+                            f"{name}, but: {exc.reason}", file=file, line=line, field=exc.field)
+        except Exception:  # the adapter found nothing wrong it can name
+            continue
+    return None
+
+
+def detect(row: dict, file: str, line: int, format_option: str = "--format",
+           rename_option: str = "--map prompt=COLUMN") -> Format:
+    """The one format this row's columns fit; none or several is an error that says what to do, in the words of
+    where the data was named (convert-data's flags by default, a recipe source's keys under train)."""
     found = candidates(row)
     if len(found) == 1:
         return FORMATS[found[0]]
     columns = ", ".join(sorted(map(str, row))) or "none"
     if not found:
-        raise DataError(f"cannot tell the data format from the columns ({columns}); name it with --format "
-                        f"({', '.join(FORMATS)}) or rename columns with --map prompt=COLUMN", file=file, line=line)
-    raise DataError(f"the columns ({columns}) fit several formats: {', '.join(found)}; choose one with --format",
-                    file=file, line=line)
+        raise _wrong_values(row, file, line) or DataError(
+            f"cannot tell the data format from the columns ({columns}); name it with {format_option} "
+            f"({', '.join(FORMATS)}) or rename columns with {rename_option}", file=file, line=line)
+    raise DataError(f"the columns ({columns}) fit several formats: {', '.join(found)}; choose one with "
+                    f"{format_option}", file=file, line=line)

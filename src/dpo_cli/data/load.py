@@ -15,7 +15,7 @@ from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.readers import Record
-from dpo_cli.data.rows import RowPipeline, Source, Stats
+from dpo_cli.data.rows import RECIPE_KEYS, RowPipeline, Source, Stats
 from dpo_cli.data.targets import KINDS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
 
@@ -47,7 +47,7 @@ def _rejects_writer(source: Source, write: bool) -> Iterator[Any]:
 def _pipeline(kind: str) -> RowPipeline:
     if kind not in KINDS:
         raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
-    return RowPipeline(KINDS[kind])
+    return RowPipeline(KINDS[kind], words=RECIPE_KEYS)
 
 
 def _stream(pipeline: RowPipeline, sources: Any, write_rejects: bool = True) -> Iterator[tuple[Record, dict]]:

@@ -62,6 +62,23 @@ class Source:
         raise DataError(f"a data source must be a path or an object with a path, not {type(value).__name__}")
 
 
+@dataclass(frozen=True)
+class Words:
+    """How messages name a source's options: convert-data's and inspect-data's flags, or a recipe source's keys
+    (under train, a hint to pass --map would name a flag train does not take)."""
+
+    format: str
+    rename: str  # with {canonical} and {column}
+    where: str
+    unused: str  # what to do with a column no output keeps
+
+
+FLAGS = Words(format="--format", rename="--map {canonical}={column}", where="--where",
+              unused="keep one with --keep COLUMN, or rename it with --map")
+RECIPE_KEYS = Words(format="the source's format:", rename="columns: {{{canonical}: {column}}}", where="where:",
+                    unused="rename one under the source's columns: to use it")
+
+
 @dataclass
 class Stats:
     """What happened to the rows: read, filtered out, dropped per check, warned, left out, unused columns."""
@@ -79,6 +96,7 @@ class Stats:
     languages: Counter = field(default_factory=Counter)
     languages_guessed: bool = False
     formats: dict[str, str] = field(default_factory=dict)
+    words: Words = FLAGS
 
     @staticmethod
     def _note(counter: Counter, where: dict, key: str, message: str) -> None:
@@ -106,9 +124,8 @@ class Stats:
         out += [(f"left out: {k}", n, OMISSIONS.get(k, k), self.omitted_at.get(k, [])) for k, n in
                 self.omitted.most_common()]
         if self.unused:
-            out.append(("columns not used", len(self.unused), "they held values the output has no place for: keep "
-                        "one with --keep COLUMN, or rename it with --map", [f"{k} ({n:,} rows)" for k, n in
-                                                                            self.unused.most_common()]))
+            out.append(("columns not used", len(self.unused), "they held values the output has no place for: "
+                        f"{self.words.unused}", [f"{k} ({n:,} rows)" for k, n in self.unused.most_common()]))
         return out
 
 
@@ -172,11 +189,11 @@ def _take(row: dict, path: str) -> Any:
     return value
 
 
-def _check_where_columns(names: set[str], row: dict, at: Where) -> None:
+def _check_where_columns(names: set[str], row: dict, at: Where, words: Words) -> None:
     """A --where column missing from the first row of a file is almost always a typo: say so before filtering."""
     for name in sorted(names):
         if name not in row:
-            raise DataError(f"--where names column '{name}', which the first row does not have"
+            raise DataError(f"{words.where} names column '{name}', which the first row does not have"
                             f"{did_you_mean(name, map(str, row))}", file=at.file, line=at.line)
 
 
@@ -186,7 +203,7 @@ class RowPipeline:
     def __init__(self, target: Callable[[dict, Where], list[dict]], options: AdapterOptions | None = None, *,
                  keep: Sequence[str] = (), skip_invalid: bool = False,
                  on_reject: Callable[[DataError, dict | None], None] | None = None,
-                 count_languages: bool = False):
+                 count_languages: bool = False, words: Words = FLAGS):
         self.target = target
         self.options = options or AdapterOptions()
         self.options.warn = self._warn
@@ -194,7 +211,8 @@ class RowPipeline:
         self.skip_invalid = skip_invalid
         self.on_reject = on_reject
         self.count_languages = count_languages
-        self.stats = Stats()
+        self.words = words
+        self.stats = Stats(words=words)
         self._kind: tuple[str, bool] | None = None  # (shape, text prompt) of the first output row
         self._keys: set[str] = set()  # its columns
         self._visits: set[tuple] = set()  # (file, how it is read) of every file read so far
@@ -243,8 +261,9 @@ class RowPipeline:
                     if row is None:
                         continue
                 if fmt is None:  # the first readable row of this file in this source
-                    _check_where_columns(where_columns, row, at)
-                    fmt = forced or detect(row, at.file, at.line)
+                    _check_where_columns(where_columns, row, at, self.words)
+                    fmt = forced or detect(row, at.file, at.line, self.words.format,
+                                           self.words.rename.format(canonical="prompt", column="COLUMN"))
                     self.options.check_applies(fmt.name, at.file)
                     self.stats.formats.setdefault(at.file, fmt.name)
                 if predicate is not None:
@@ -330,8 +349,8 @@ class RowPipeline:
             if value is _MISSING and not strict:
                 continue
             if value is _MISSING:
-                self._reject(at.error("missing-field", f"column '{column}' (named by --map {canonical}={column}) "
-                                      "is missing", column), row)
+                named = self.words.rename.format(canonical=canonical, column=column)
+                self._reject(at.error("missing-field", f"column '{column}' (named by {named}) is missing", column), row)
                 return None
             row[canonical] = value
         return row
