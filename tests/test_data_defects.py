@@ -112,3 +112,45 @@ def test_errors_under_train_name_the_recipe_keys_not_the_flags(tmp_path):
     _, _, stats = _read(str(unused), "preference")
     [(what, _, meaning, _)] = stats.findings()
     assert what == "columns not used" and "columns:" in meaning and "--" not in meaning
+
+
+def _imported(tmp_path, text: str) -> tuple[dict, str]:
+    from dpo_cli.recipe.llamafactory import import_recipe
+    from dpo_cli.recipe.yamlfile import load_yaml
+
+    (tmp_path / "lf.yaml").write_text(text)
+    import_recipe(tmp_path / "lf.yaml", tmp_path / "r.yaml", force=True)
+    return load_yaml(tmp_path / "r.yaml")[0], (tmp_path / "r.yaml").read_text()
+
+
+def test_import_maps_llamafactory_keys_that_have_a_trl_equivalent(tmp_path):
+    recipe, text = _imported(tmp_path, "stage: dpo\nmodel_name_or_path: m\ndataset: a\n"
+                             "disable_gradient_checkpointing: true\nuse_reentrant_gc: false\npref_bco_weight: 0.5\n"
+                             "pref_ftx: 0.2\nld_alpha: 0.5\n")
+    trainer = recipe["trainer"]
+    assert trainer["gradient_checkpointing"] is False
+    assert trainer["gradient_checkpointing_kwargs"] == {"use_reentrant": False}
+    # LLaMA-Factory: (dpo + w * bco) / (1 + w) + ftx * sft
+    assert trainer["loss_type"] == ["sigmoid", "bco_pair", "sft"]
+    assert trainer["loss_weights"] == pytest.approx([1 / 1.5, 0.5 / 1.5, 0.2])
+    assert trainer["ld_alpha"] == 0.5 and "NOT MAPPED" not in text
+
+    recipe, text = _imported(tmp_path, "stage: sft\nmodel_name_or_path: m\ndataset: a\nfinetuning_type: full\n"
+                             "use_galore: true\ngalore_target: q_proj,v_proj\ngalore_rank: 8\ngalore_layerwise: true\n"
+                             "use_dft_loss: true\nneat_packing: true\ntrain_on_prompt: true\n"
+                             "disable_gradient_checkpointing: false\n")
+    trainer = recipe["trainer"]
+    assert trainer["optim"] == "galore_adamw_layerwise" and trainer["optim_target_modules"] == ["q_proj", "v_proj"]
+    assert trainer["optim_args"] == "rank=8,update_proj_gap=200,scale=2.0,proj_type=std"
+    assert trainer["loss_type"] == "dft" and trainer["packing"] is True
+    assert trainer["completion_only_loss"] is False and "gradient_checkpointing" not in trainer
+    assert "disable_gradient_checkpointing: false  -- " in text and "NOT MAPPED" not in text
+
+    recipe, text = _imported(tmp_path, "stage: sft\nmodel_name_or_path: m\ndataset: a\nadditional_target: embed_tokens\n"
+                             "use_apollo: true\ntrain_on_prompt: false\nmask_history: true\n")
+    assert recipe["lora"]["modules_to_save"] == ["embed_tokens"]
+    assert recipe["trainer"]["optim"] == "apollo_adamw" and recipe["trainer"]["optim_target_modules"] == "all-linear"
+    assert recipe["trainer"]["optim_args"] == ("rank=16,update_proj_gap=200,scale=32.0,proj_type=std,proj=random,"
+                                               "scale_type=channel")
+    assert "#   train_on_prompt: false  -- TRL trains whole conversations unless trainer.assistant_only_loss" in text
+    assert "#   mask_history: true  -- " in text
