@@ -154,3 +154,22 @@ def test_import_maps_llamafactory_keys_that_have_a_trl_equivalent(tmp_path):
                                                "scale_type=channel")
     assert "#   train_on_prompt: false  -- TRL trains whole conversations unless trainer.assistant_only_loss" in text
     assert "#   mask_history: true  -- " in text
+
+
+def test_dry_run_checks_the_columns_reward_functions_read(tmp_path, capsys):
+    from helpers import run_cli as run_in_process
+
+    repo = Path(__file__).resolve().parents[1]
+    args = ["train", str(repo / "recipes" / "tiny" / "grpo.yaml"), f"output_dir={tmp_path / 'out'}",
+            "reward.weights=null", "--dry-run"]
+    code, _, err = run_in_process(capsys, *args, "reward.functions=[contains_answer]")
+    assert code == 2
+    assert "compares with column 'answer', which the training data does not have (it has: prompt)" in err
+    user = tmp_path / "rewards.py"
+    user.write_text("def exact(completions, solution, **kwargs):\n    return [1.0 for _ in completions]\n\n"
+                    "def free(completions, trainer_state, log_metric=None, **kwargs):\n"
+                    "    return [1.0 for _ in completions]\n")
+    code, _, err = run_in_process(capsys, *args, f"reward.functions=[{user}:exact]")
+    assert code == 2 and "reward function 'exact' reads column 'solution'" in err, err
+    code, _, err = run_in_process(capsys, *args, f"reward.functions=[{user}:free]")
+    assert code == 0, err

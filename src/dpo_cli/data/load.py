@@ -183,18 +183,23 @@ def load_splits(data, seed: int, kind: str):
 def check_data(data, kind: str) -> dict[str, dict]:
     """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
     no rejects file (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records
-    it), and what was dropped, left out or unused. With data.eval_split, ``held_out`` is how many training rows
-    the split will take (datasets' train_test_split: the share, rounded up)."""
+    it), the columns the dataset will have (what reward functions can read), and what was dropped, left out or
+    unused. With data.eval_split, ``held_out`` is how many training rows the split will take (datasets'
+    train_test_split: the share, rounded up)."""
     out = {}
     for split, sources in (("train", data.train), ("eval", data.eval)):
         if not sources:
             continue
         pipeline = _pipeline(kind)
         digest = hashlib.sha256()
-        rows = sum(1 for _ in _checked(pipeline, sources, digest, write_rejects=False))
+        rows, columns = 0, {}
+        for row in _checked(pipeline, sources, digest, write_rejects=False):
+            rows += 1
+            columns.update(dict.fromkeys(row))  # in first-seen order, as to_dataset orders them
         if rows == 0:
             raise _no_rows(kind, f"data.{split}")
-        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), **findings(pipeline.stats)}
+        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), "columns": list(columns),
+                      **findings(pipeline.stats)}
     if data.eval_split and "train" in out:
         out["train"]["held_out"] = math.ceil(data.eval_split * out["train"]["rows"])
     return out
