@@ -173,3 +173,24 @@ def test_dry_run_checks_the_columns_reward_functions_read(tmp_path, capsys):
     assert code == 2 and "reward function 'exact' reads column 'solution'" in err, err
     code, _, err = run_in_process(capsys, *args, f"reward.functions=[{user}:free]")
     assert code == 0, err
+
+
+def test_inspect_data_and_train_count_the_same_sft_rows_cut_by_max_length(capsys):
+    """Multi-turn tool-call SFT rows: a row loses every response token when its first assistant token lies past
+    max_length (TRL's SFTTrainer keeps the start), not when the whole conversation is longer than max_length."""
+    from transformers import AutoTokenizer
+
+    from dpo_cli.core.builtins import resolve_builtin
+    from dpo_cli.evidence.truncation import response_loss
+    from helpers import run_cli as run_in_process
+
+    path = str(FIXTURES / "llamafactory" / "glaive_toolcall_en_demo.json")
+    tokenizer = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-chat"))
+    dataset, _ = load_training_data(path, "sft")
+    lost = response_loss(tokenizer, dataset, 45)
+    assert (lost.lost, lost.rows) == (1, 4)
+    code, out, err = run_in_process(capsys, "inspect-data", path, "--tokenizer", "builtin:tiny-chat",
+                                    "--max-length", "45")
+    assert code == 0, err
+    said = " ".join(out.split())
+    assert "over --max-length 45: 4 rows (100.0%); no response token kept: 1 (25.0%); response truncated: 3" in said
