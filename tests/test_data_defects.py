@@ -194,3 +194,67 @@ def test_inspect_data_and_train_count_the_same_sft_rows_cut_by_max_length(capsys
     assert code == 0, err
     said = " ".join(out.split())
     assert "over --max-length 45: 4 rows (100.0%); no response token kept: 1 (25.0%); response truncated: 3" in said
+
+
+def _tokenizer(template: str | None = None):
+    from transformers import AutoTokenizer
+
+    from dpo_cli.core.builtins import resolve_builtin
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_builtin("builtin:tiny-chat"))
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_tool_calls_schemas_and_reasoning_the_template_ignores_are_counted():
+    from dpo_cli.evidence.template import TemplateDrops
+    from test_data_recipes import TOOL_TEMPLATE
+
+    glaive, _ = load_training_data(str(FIXTURES / "llamafactory" / "glaive_toolcall_en_demo.json"), "sft")
+    reasoning, _ = load_training_data(str(FIXTURES / "llamafactory" / "reason_tool_use_demo_50.jsonl"), "sft")
+    drops = TemplateDrops(_tokenizer())  # tiny-chat renders role and content only
+    for row in [*glaive, *reasoning]:
+        drops.add(row)
+    assert drops.counts == {"tool_calls": 4, "reasoning_content": 2, "tools": 5}
+    message = drops.message()
+    assert message.startswith("the chat template leaves out what 11 turns and rows hold (4 assistant turns' "
+                              "tool_calls, 2 assistant turns' reasoning_content, 5 rows' tools)"), message
+    renders = TemplateDrops(_tokenizer(TOOL_TEMPLATE))  # renders tools and tool calls, not reasoning
+    for row in [*glaive, *reasoning]:
+        renders.add(row)
+    assert renders.counts == {"reasoning_content": 2}
+    pairs = TemplateDrops(_tokenizer())  # a pair's shared prompt turns count once
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": {
+        "name": "f", "arguments": {}}}]}
+    pairs.add({"prompt": [{"role": "user", "content": "a"}, call, {"role": "tool", "content": "1"},
+                          {"role": "user", "content": "b"}],
+               "chosen": [{"role": "assistant", "content": "yes"}], "rejected": [call]})
+    assert pairs.counts == {"tool_calls": 2}
+
+
+def test_inspect_data_warns_once_about_what_the_template_ignores(capsys):
+    from helpers import run_cli as run_in_process
+
+    code, out, err = run_in_process(capsys, "inspect-data", str(FIXTURES / "llamafactory" /
+                                                                  "glaive_toolcall_en_demo.json"),
+                                    "--tokenizer", "builtin:tiny-chat")
+    said = " ".join((out + err).split())
+    assert code == 0 and said.count("the chat template leaves out") == 1
+    assert "(3 assistant turns' tool_calls, 3 rows' tools)" in said
+
+
+@pytest.mark.slow
+def test_train_warns_once_about_what_the_template_ignores(tiny_model, write_recipe, tmp_path, capsys):
+    from helpers import run_cli as run_in_process
+
+    data = FIXTURES / "llamafactory" / "glaive_toolcall_en_demo.json"
+    recipe = write_recipe(f"stage: sft\nmodel:\n  name_or_path: builtin:tiny-chat\ndata:\n  train: {data}\n"
+                          f"trainer:\n  max_steps: 1\n  per_device_train_batch_size: 2\n  save_strategy: 'no'\n"
+                          f"output_dir: {tmp_path / 'run'}\nplot: false\n")
+    code, _, err = run_in_process(capsys, "train", str(recipe))
+    said = " ".join(err.split())
+    assert code == 0, err
+    assert said.count("the chat template leaves out") == 1
+    assert "train data: the chat template leaves out what 6 turns and rows hold (3 assistant turns' tool_calls, " \
+           "3 rows' tools)" in said

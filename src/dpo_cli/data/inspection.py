@@ -36,6 +36,7 @@ class InspectReport:
     # per row, as training measures it: the token where its learning signal starts, and its full length
     signal_starts: array = field(default_factory=lambda: array("l"))
     signal_lengths: array = field(default_factory=lambda: array("l"))
+    template_warning: str | None = None  # what the chat template leaves out (tool calls, reasoning, tools)
 
     @property
     def clean(self) -> bool:
@@ -62,11 +63,13 @@ def _responses(example: dict) -> dict[str, Any]:
 def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, str] | None = None,
             tokenizer=None, max_length: int | None = None, preference: str | None = None,
             pairs: str | None = None, registry: str | None = None, name: str | None = None,
-            signal: Callable[[Any, dict], tuple[int, int] | None] | None = None) -> InspectReport:
+            signal: Callable[[Any, dict], tuple[int, int] | None] | None = None,
+            template_drops=None) -> InspectReport:
     """Read every row with every check on (bad rows are counted, not fatal) and gather the statistics; a tokenizer
     (a transformers tokenizer object) adds token lengths as the trainer will see them. ``signal`` is training's
     rule for where a row's learning signal starts (evidence.truncation.signal, handed in: data/ imports none of
-    the training side), so that --max-length counts the rows training warns about."""
+    the training side), so that --max-length counts the rows training warns about; ``template_drops``
+    (evidence.template.TemplateDrops) counts what the chat template leaves out, as training warns of it."""
     started = time.perf_counter()
     pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
                         skip_invalid=True, count_languages=True)
@@ -92,7 +95,8 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
     report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
                            char_lengths=chars, max_length=max_length, samples=samples)
     if tokenizer is not None:
-        _token_statistics(report, sources, tokenizer, preference, pairs, signal if max_length else None)
+        _token_statistics(report, sources, tokenizer, preference, pairs, signal if max_length else None,
+                          template_drops)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -105,7 +109,7 @@ def _sources(inputs: list[str], format: str | None, columns: dict[str, str] | No
 
 
 def _token_statistics(report: InspectReport, sources: list[Source], tok, preference: str | None,
-                      pairs: str | None, signal=None) -> None:
+                      pairs: str | None, signal=None, template_drops=None) -> None:
     """Token lengths as the trainer will see them: the prompt through the chat template, each response after it."""
     report.chat_template = bool(getattr(tok, "chat_template", None))
 
@@ -120,6 +124,8 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
                         skip_invalid=True)
     for source in sources:
         for _record, example in pipeline.rows(source):
+            if template_drops is not None:
+                template_drops.add(example)
             if signal is not None:
                 measured = signal(tok, example)
                 if measured is None:  # prompt-only rows: no response to lose
@@ -148,6 +154,8 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
                 full = render(prompt + value, False, tools) if type(value) is list else rendered_prompt + value
                 lengths.setdefault(name, array("l")).append(max(0, count(full) - prompt_tokens))
     report.token_lengths = lengths
+    if template_drops is not None:
+        report.template_warning = template_drops.message()
     for example in report.samples:
         if report.chat_template and type(example.get("prompt")) is list:
             first = next(iter(_responses(example).values()), None)
@@ -241,6 +249,8 @@ def print_report(console, report: InspectReport) -> None:
         console.print(f"over --max-length {report.max_length}: {total:,} rows ({total / n:.1%}); "
                       f"no response token kept: {over['lost']:,} ({over['lost'] / n:.1%}); "
                       f"response truncated: {over['cut']:,} ({over['cut'] / n:.1%})")
+    if report.template_warning:
+        console.print("warning: " + report.template_warning, style="yellow", markup=False, highlight=False)
     for i, example in enumerate(report.samples):
         console.rule(f"sample {i + 1}")
         if i < len(report.rendered):

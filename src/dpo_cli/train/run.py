@@ -19,6 +19,7 @@ from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.template import template_warning
 from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
@@ -230,6 +231,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         tokenizer = load_tokenizer(recipe.model)
         if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
+        if is_main and (warning := template_warning(tokenizer, train_dataset)):
+            console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
         ref_cache = ref_logp_cache(recipe, manifest["data"], plan.precision) if stage.uses_ref_model else None
