@@ -410,8 +410,8 @@ CASES = [
          "prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-wrong-values", "data", "TRL's column names (after --map) holding values TRL cannot read",
          [*CONVERT, "--map", "chosen=good", "--map", "rejected=bad"],
-         "{tmp}/in.jsonl:1: field 'chosen': the columns (chosen, prompt, rejected) are those of format trl, but: "
-         "expected a list of messages, found an object",
+         "{tmp}/in.jsonl:1: field 'chosen': the row has format trl's columns, but: expected a list of messages, "
+         "found an object",
          {"in.jsonl": '{"prompt": "q", "good": {"text": "a"}, "bad": {"text": "b"}}\n'}),
     Case("train-unknown-format", "data", "training data whose columns match no format (the hint names recipe keys)",
          TRAIN, "{tmp}/train.jsonl:1: stage dpo reads preference pairs (prompt, chosen, rejected); cannot tell the "

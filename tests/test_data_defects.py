@@ -87,8 +87,8 @@ def test_a_row_with_trl_columns_but_wrong_values_says_what_is_wrong(tmp_path):
     result = run_cli("convert-data", str(path), "--map", "prompt=q", "--map", "chosen=good", "--map", "rejected=bad",
                      "-o", str(tmp_path / "out.jsonl"))
     assert result.returncode == 2
-    assert result.stderr.startswith(f"error: {path}:1: field 'chosen': the columns (chosen, prompt, rejected) are "
-                                    "those of format trl, but: expected a list of messages, found an object")
+    assert result.stderr.startswith(f"error: {path}:1: field 'chosen': the row has format trl's columns, but: "
+                                    "expected a list of messages, found an object")
     mixed = _write(tmp_path / "mixed.jsonl", [{"prompt": [{"role": "user", "content": "Hi"}], "chosen": "Hello",
                                                "rejected": "Go"}])
     result = run_cli("convert-data", str(mixed), "-o", str(tmp_path / "out.jsonl"))

@@ -737,8 +737,8 @@ def _wrong_values(row: dict, file: str, line: int) -> RowError | None:
         try:
             FORMATS[name].adapter(row, Where(file, line), AdapterOptions())
         except RowError as exc:
-            return RowError(exc.check, f"the columns ({', '.join(sorted(map(str, row)))}) are those of format "
-                            f"{name}, but: {exc.reason}", file=file, line=line, field=exc.field)
+            return RowError(exc.check, f"the row has format {name}'s columns, but: {exc.reason}", file=file,
+                            line=line, field=exc.field)
         except Exception:  # the adapter found nothing wrong it can name
             continue
     return None
