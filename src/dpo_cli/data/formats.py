@@ -197,13 +197,13 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     else:
         if type(prompt) is not list:
             raise at.error("wrong-type", "with conversational chosen/rejected the prompt must be a list of "
-                           "messages (for a text prompt beside full conversations use --format messages)",
+                           "messages (for a text prompt beside full conversations read it as format messages)",
                            "prompt")
         prompt_turns = c.messages(prompt, at, "prompt")
         for name, turns in (("chosen", chosen_turns), ("rejected", rejected_turns)):
             if len(turns) != 1:
                 raise at.error("bad-value", f"with an explicit prompt, {name} must be one assistant message "
-                               f"(found {len(turns)}; for full conversations use --format messages)", name)
+                               f"(found {len(turns)}; for full conversations read it as format messages)", name)
         chosen_turn, rejected_turn = chosen_turns[0], rejected_turns[0]
     return [_with_tools(c.check_pair(prompt_turns, chosen_turn, rejected_turn, at), c.tools(row.get("tools"), at))]
 
