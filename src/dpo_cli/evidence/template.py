@@ -9,6 +9,7 @@ from typing import Any
 TURN_FIELDS = ("tool_calls", "reasoning_content")
 ROW_FIELD = "tools"
 SAMPLE = 2000  # rows holding such fields checked at most (each costs a few renders)
+READ = 20000  # training rows read at most to find them (each decodes its JSON columns)
 WHAT = {"tool_calls": "assistant turns' tool_calls", "reasoning_content": "assistant turns' reasoning_content",
         "tools": "rows' tools"}
 
@@ -39,6 +40,7 @@ class TemplateDrops:
         self.counts: Counter = Counter()
         self.checked = 0  # rows holding such fields that were checked
         self.skipped = 0  # rows holding such fields beyond the sample
+        self.stopped_at: int | None = None  # rows read, when the caller stopped before the end
 
     def _render(self, turns: list[dict], tools: Any) -> str | None:
         try:
@@ -79,7 +81,8 @@ class TemplateDrops:
         total = sum(self.counts.values())
         parts = ", ".join(f"{self.counts[name]:,} {WHAT[name]}" for name in (*TURN_FIELDS, ROW_FIELD)
                           if self.counts[name])
-        sampled = f" (of the first {self.checked:,} rows holding them)" if self.skipped else ""
+        sampled = f" (of the first {self.checked:,} rows holding them)" if self.skipped else \
+            f" (in the first {self.stopped_at:,} rows)" if self.stopped_at else ""
         return (f"the chat template leaves out what {total:,} turns and rows hold ({parts}){sampled}: the model "
                 "is trained without them; use a chat template that renders them (model.chat_template)")
 
@@ -105,8 +108,11 @@ def template_warning(tokenizer, rows) -> str | None:
     if not _may_hold(rows):
         return None
     drops = TemplateDrops(tokenizer)
-    for row in rows:
+    for read, row in enumerate(rows, start=1):
         drops.add(row)
         if drops.skipped:
+            break
+        if read >= READ and read < len(rows):
+            drops.stopped_at = read
             break
     return drops.message()
