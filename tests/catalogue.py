@@ -281,7 +281,7 @@ CASES = [
          "prompt-only rows, which cannot become preference pairs",
          {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: orpo"), "train.jsonl": PROMPT}),
     Case("pairs-wrong-data", "data", "rows without a prompt given to a stage that samples from prompts", TRAIN,
-         "{tmp}/train.jsonl:1: stage pairs reads prompts: a prompt column (text or messages), plus any columns the "
+         "{tmp}/train.jsonl:1: field 'prompt': stage pairs reads prompts: a prompt column (text or messages), plus any columns the "
          "reward functions read, such as an answer; *",
          {"r.yaml": PAIRS_RECIPE, "train.jsonl": '{"chosen": "Paris.", "rejected": "No idea."}\n'}),
     Case("data-missing", "data", "a data file that does not exist", TRAIN,
@@ -416,6 +416,16 @@ CASES = [
          "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
          "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, nectar, argilla, shp, helpsteer, "
          "align-anything, llamafactory-v1, openai-dpo, kto, prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+    Case("data-wrong-values", "data", "TRL's column names (after --map) holding values TRL cannot read",
+         [*CONVERT, "--map", "chosen=good", "--map", "rejected=bad"],
+         "{tmp}/in.jsonl:1: field 'chosen': the row has format trl's columns, but: expected a list of messages, "
+         "found an object",
+         {"in.jsonl": '{"prompt": "q", "good": {"text": "a"}, "bad": {"text": "b"}}\n'}),
+    Case("train-unknown-format", "data", "training data whose columns match no format (the hint names recipe keys)",
+         TRAIN, "{tmp}/train.jsonl:1: stage dpo reads preference pairs (prompt, chosen, rejected); cannot tell the "
+         "data format from the columns (answer, question); name it with "
+         "the source's format: (*) or rename columns with columns: {prompt: COLUMN}",
+         {"r.yaml": GOOD_RECIPE, "train.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-ambiguous-format", "data", "columns that fit several formats", CONVERT,
          "{tmp}/in.jsonl:1: the columns (chosen, input, instruction, prompt, rejected) fit several formats: trl, "
          "alpaca; choose one with --format",
@@ -436,8 +446,9 @@ CASES = [
          "--eval-split must be a fraction between 0 and 1, such as 0.05", {"in.jsonl": GOOD_ROW}),
     Case("convert-map-form", "option", "a --map without '='", [*CONVERT, "--map", "prompt"],
          "--map 'prompt' must be CANONICAL=COLUMN, for example --map prompt=question", {"in.jsonl": GOOD_ROW}),
-    Case("convert-map-unknown", "option", "a --map onto a column no format reads", [*CONVERT, "--map", "bogus=prompt"],
-         "--map 'bogus=prompt': 'bogus' is not a column any format reads", {"in.jsonl": GOOD_ROW}),
+    Case("convert-map-missing", "option", "a --map naming a column the row lacks", [*CONVERT, "--map", "prompt=question"],
+         "{tmp}/in.jsonl:1: field 'question': column 'question' (named by --map prompt=question) is missing",
+         {"in.jsonl": GOOD_ROW}),
     Case("convert-rejects-is-output", "option", "convert-data --rejects naming the --output file",
          [*CONVERT, "--skip-invalid", "--rejects", "{tmp}/out.jsonl"],
          "{tmp}/out.jsonl is named for two outputs (--output, its .eval split, --rejects); each needs a file of its "

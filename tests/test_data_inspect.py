@@ -56,8 +56,8 @@ def test_token_statistics_and_samples_through_the_chat_template(tiny_model):
     assert all(n > 0 for n in tokens["chosen"])
     over = over_limit(report)
     prompt_side = sum(1 for p in tokens["prompt"] if p >= 12)
-    assert over["prompt_side"] == prompt_side
-    assert over["response_side"] == sum(1 for p, c, r in zip(tokens["prompt"], tokens["chosen"], tokens["rejected"])
+    assert over["lost"] == prompt_side
+    assert over["cut"] == sum(1 for p, c, r in zip(tokens["prompt"], tokens["chosen"], tokens["rejected"])
                                         if p < 12 and p + max(c, r) > 12)
     assert report.chat_template and len(report.rendered) == 3
     assert "What is 2+2?" in report.rendered[0] and "4" in report.rendered[0]

@@ -61,7 +61,7 @@ def test_recipe_sources_take_registry_skip_invalid_and_rejects(write_recipe, tmp
 
 @pytest.mark.parametrize("train, message", [
     ("{registry: r.json}", "registry and name go together: the dataset_info.json and the entry to read"),
-    ("{path: a.jsonl, registry: r.json, name: x}", "a data source needs either path, or registry and name"),
+    ("{path: a.jsonl, registry: r.json, name: x}", "a data source needs exactly one of path, registry (with name) or hub"),
     ("{path: a.jsonl, rejects: bad.jsonl}", "rejects only applies with skip_invalid: true"),
     ("{registry: r.json, name: x, format: alpaca}", "a registry source takes format and columns from its entry"),
 ])

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from conftest import REPO
+from dpo_cli.core.builtins import resolve_builtin
 from dpo_cli.recipe.load import load_recipe
 from dpo_cli.recipe.pipeline import is_pipeline, load_pipeline
 from dpo_cli.train.stages import unavailable
@@ -39,11 +43,18 @@ def test_ppo_recipes_name_the_extra(path):
 
 
 @pytest.mark.parametrize("path", GPU_RECIPES, ids=lambda p: p.name)
-def test_gpu_recipes_pass_dry_run(path, capsys):
+def test_gpu_recipes_pass_dry_run(path, capsys, tmp_path):
     if _uses_ppo(path) and unavailable("ppo"):
         pytest.skip("PPO needs trl<1.13")
-    # --dry-run reads and checks every row: give the recipe data this machine has (its own is the user's)
-    code, out, err = run_cli(capsys, "train", str(path), "data.train=builtin:demo/train.jsonl", "--dry-run")
+    # --dry-run reads and checks every row: give the recipe data this machine has (its own is the user's); a
+    # reward that reads an answer gets the demo prompts with one (the dry run checks the column is there)
+    data = "builtin:demo/train.jsonl"
+    if "contains_answer" in path.read_text(encoding="utf-8"):
+        demo = resolve_builtin(data)
+        rows = [json.loads(line) for line in Path(demo).read_text(encoding="utf-8").splitlines()]
+        data = tmp_path / "prompts.jsonl"
+        data.write_text("".join(json.dumps({"prompt": row["prompt"], "answer": "4"}) + "\n" for row in rows))
+    code, out, err = run_cli(capsys, "train", str(path), f"data.train={data}", "--dry-run")
     assert code == 0, err
     assert "dry run: no weights loaded" in out and "Qwen/Qwen2.5-0.5B-Instruct" in out
     if any(line.strip() == "stage: pairs" for line in path.read_text().splitlines()):

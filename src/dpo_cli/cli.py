@@ -322,13 +322,17 @@ def inspect_data(
         raise typer.BadParameter("--max-length counts tokens; give --tokenizer too", param_hint="--max-length")
     if bool(inputs) == (registry is not None) or (registry is None) != (name is None):
         raise InputError("name the input files, or one registry entry with --registry FILE --name NAME")
-    if tokenizer is not None:
+    signal = drops = None
+    if tokenizer is not None:  # training's own measures, so both say the same
+        from dpo_cli.evidence.template import TemplateDrops
+        from dpo_cli.evidence.truncation import signal
         from dpo_cli.recipe.schema import ModelSection
         from dpo_cli.train.models import load_tokenizer
 
         tokenizer = load_tokenizer(ModelSection(name_or_path=tokenizer))
+        drops = TemplateDrops(tokenizer)
     report = inspect(inputs or [], format=format, columns=parse_map(map_ or []), tokenizer=tokenizer,
-                     max_length=max_length, registry=registry, name=name)
+                     max_length=max_length, registry=registry, name=name, signal=signal, template_drops=drops)
     print_report(console.stdout, report)
     if not report.clean:
         raise typer.Exit(2)

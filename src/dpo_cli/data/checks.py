@@ -33,6 +33,7 @@ CHECKS = {
 WARNINGS = {
     "score-order": "the chosen response's score is below the rejected one's (the row is kept as labelled)",
     "unsafe-chosen": "the chosen response is marked unsafe (is_response_N_safe: false)",
+    "read-twice": "a file named twice, read the same way both times: its rows are in the data twice",
     "loss-weight": "an assistant turn TRL trains on has a weight of 0 (loss_weight, weight), which TRL cannot honour",
 }
 

@@ -16,7 +16,7 @@ from typing import Any
 from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, InputError, did_you_mean
 from dpo_cli.data.checks import reject_record
-from dpo_cli.data.formats import FORMATS, AdapterOptions
+from dpo_cli.data.formats import AdapterOptions
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import TARGETS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
@@ -69,16 +69,14 @@ class ConvertSummary:
 
 
 def parse_map(items: list[str]) -> dict[str, str]:
-    """``--map prompt=question`` -> {"prompt": "question"}."""
+    """``--map prompt=question`` -> {"prompt": "question"}. Any name may be given, as a recipe source's ``columns:``
+    takes any: prompt-only rows keep extra columns (``--map answer=reward_model.ground_truth`` for a reward
+    function), and a name the detected format does not read is listed under *columns not used*."""
     out = {}
-    known = {column for fmt in FORMATS.values() for column in fmt.columns}
     for item in items:
         target, sep, column = item.partition("=")
         if not sep or not target.strip() or not column.strip():
             raise InputError(f"--map '{item}' must be CANONICAL=COLUMN, for example --map prompt=question")
-        if target.strip() not in known:
-            raise InputError(f"--map '{item}': '{target.strip()}' is not a column any format reads"
-                             f"{did_you_mean(target.strip(), known)}")
         out[target.strip()] = column.strip()
     return out
 

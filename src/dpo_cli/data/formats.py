@@ -223,13 +223,13 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     else:
         if type(prompt) is not list:
             raise at.error("wrong-type", "with conversational chosen/rejected the prompt must be a list of "
-                           "messages (for a text prompt beside full conversations use --format messages)",
+                           "messages (for a text prompt beside full conversations read it as format messages)",
                            "prompt")
         prompt_turns = c.messages(prompt, at, "prompt")
         for name, turns in (("chosen", chosen_turns), ("rejected", rejected_turns)):
             if len(turns) != 1:
                 raise at.error("bad-value", f"with an explicit prompt, {name} must be one assistant message "
-                               f"(found {len(turns)}; for full conversations use --format messages)", name)
+                               f"(found {len(turns)}; for full conversations read it as format messages)", name)
         chosen_turn, rejected_turn = chosen_turns[0], rejected_turns[0]
     pair = c.check_pair(prompt_turns, chosen_turn, rejected_turn, at)
     _check_scores(row, at, options)
@@ -923,14 +923,35 @@ def candidates(row: dict) -> list[str]:
     return found
 
 
-def detect(row: dict, file: str, line: int) -> Format:
-    """The one format this row's columns fit; none or several is an error that says what to do."""
+def _wrong_values(row: dict, file: str, line: int) -> RowError | None:
+    """Why a row that no format fits is not read by the format whose columns it has (TRL's own names after a
+    rename, say): that format's adapter names the field and what is wrong with its value."""
+    names = row.keys() - {"tools", "system"}
+    if len(names) < 2:
+        return None
+    overlap = {name: len(names & fmt.columns) for name, fmt in FORMATS.items() if names <= fmt.columns}
+    for name in sorted(overlap, key=lambda n: -overlap[n]):  # stable: FORMATS order breaks ties
+        try:
+            FORMATS[name].adapter(row, Where(file, line), AdapterOptions())
+        except RowError as exc:
+            return RowError(exc.check, f"the row has format {name}'s columns, but: {exc.reason}", file=file,
+                            line=line, field=exc.field)
+        except Exception:  # the adapter found nothing wrong it can name
+            continue
+    return None
+
+
+def detect(row: dict, file: str, line: int, format_option: str = "--format",
+           rename_option: str = "--map prompt=COLUMN") -> Format:
+    """The one format this row's columns fit; none or several is an error that says what to do, in the words of
+    where the data was named (convert-data's flags by default, a recipe source's keys under train)."""
     found = candidates(row)
     if len(found) == 1:
         return FORMATS[found[0]]
     columns = ", ".join(sorted(map(str, row))) or "none"
     if not found:
-        raise DataError(f"cannot tell the data format from the columns ({columns}); name it with --format "
-                        f"({', '.join(FORMATS)}) or rename columns with --map prompt=COLUMN", file=file, line=line)
-    raise DataError(f"the columns ({columns}) fit several formats: {', '.join(found)}; choose one with --format",
-                    file=file, line=line)
+        raise _wrong_values(row, file, line) or DataError(
+            f"cannot tell the data format from the columns ({columns}); name it with {format_option} "
+            f"({', '.join(FORMATS)}) or rename columns with {rename_option}", file=file, line=line)
+    raise DataError(f"the columns ({columns}) fit several formats: {', '.join(found)}; choose one with "
+                    f"{format_option}", file=file, line=line)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,10 @@ class InspectReport:
     rendered: list[str] = field(default_factory=list)
     chat_template: bool = False
     seconds: float = 0.0
+    # per row, as training measures it: the token where its learning signal starts, and its full length
+    signal_starts: array = field(default_factory=lambda: array("l"))
+    signal_lengths: array = field(default_factory=lambda: array("l"))
+    template_warning: str | None = None  # what the chat template leaves out (tool calls, reasoning, tools)
 
     @property
     def clean(self) -> bool:
@@ -57,9 +62,14 @@ def _responses(example: dict) -> dict[str, Any]:
 
 def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, str] | None = None,
             tokenizer=None, max_length: int | None = None, preference: str | None = None,
-            pairs: str | None = None, registry: str | None = None, name: str | None = None) -> InspectReport:
+            pairs: str | None = None, registry: str | None = None, name: str | None = None,
+            signal: Callable[[Any, dict], tuple[int, int] | None] | None = None,
+            template_drops=None) -> InspectReport:
     """Read every row with every check on (bad rows are counted, not fatal) and gather the statistics; a tokenizer
-    (a transformers tokenizer object) adds token lengths as the trainer will see them."""
+    (a transformers tokenizer object) adds token lengths as the trainer will see them. ``signal`` is training's
+    rule for where a row's learning signal starts (evidence.truncation.signal, handed in: data/ imports none of
+    the training side), so that --max-length counts the rows training warns about; ``template_drops``
+    (evidence.template.TemplateDrops) counts what the chat template leaves out, as training warns of it."""
     started = time.perf_counter()
     pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
                         skip_invalid=True, count_languages=True)
@@ -85,7 +95,8 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
     report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
                            char_lengths=chars, max_length=max_length, samples=samples)
     if tokenizer is not None:
-        _token_statistics(report, sources, tokenizer, preference, pairs)
+        _token_statistics(report, sources, tokenizer, preference, pairs, signal if max_length else None,
+                          template_drops)
     report.seconds = time.perf_counter() - started
     return report
 
@@ -98,7 +109,7 @@ def _sources(inputs: list[str], format: str | None, columns: dict[str, str] | No
 
 
 def _token_statistics(report: InspectReport, sources: list[Source], tok, preference: str | None,
-                      pairs: str | None) -> None:
+                      pairs: str | None, signal=None, template_drops=None) -> None:
     """Token lengths as the trainer will see them: the prompt through the chat template, each response after it."""
     report.chat_template = bool(getattr(tok, "chat_template", None))
 
@@ -113,6 +124,15 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
                         skip_invalid=True)
     for source in sources:
         for _record, example in pipeline.rows(source):
+            if template_drops is not None:
+                template_drops.add(example)
+            if signal is not None:
+                measured = signal(tok, example)
+                if measured is None:  # prompt-only rows: no response to lose
+                    signal = None
+                else:
+                    report.signal_starts.append(measured[0])
+                    report.signal_lengths.append(measured[1])
             prompt, tools = example.get("prompt"), example.get("tools")
             if prompt is None:  # a whole conversation: all of it is trained on
                 turns = example["messages"]
@@ -134,6 +154,8 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
                 full = render(prompt + value, False, tools) if type(value) is list else rendered_prompt + value
                 lengths.setdefault(name, array("l")).append(max(0, count(full) - prompt_tokens))
     report.token_lengths = lengths
+    if template_drops is not None:
+        report.template_warning = template_drops.message()
     for example in report.samples:
         if report.chat_template and type(example.get("prompt")) is list:
             first = next(iter(_responses(example).values()), None)
@@ -150,12 +172,18 @@ def _quantiles(values: array) -> tuple[int, int, int, int, float]:
 
 
 def over_limit(report: InspectReport) -> dict[str, int]:
-    """With keep_start truncation (TRL's only mode): rows whose prompt alone fills max_length keep no response
-    token (prompt side); rows whose prompt fits but prompt + longest response does not lose response tokens."""
+    """With keep_start truncation: rows that keep no response token (``lost``; for pairs, none after chosen and
+    rejected part) and rows whose response is cut (``cut``). Measured as training measures them when the report has
+    training's signal; otherwise rows whose prompt alone fills max_length, and rows whose prompt + longest response
+    does not fit."""
     tokens, limit = report.token_lengths, report.max_length
     prompt = tokens.get("prompt")
     if limit is None or prompt is None:
         return {}
+    starts, lengths = report.signal_starts, report.signal_lengths
+    if starts and len(starts) == len(prompt):
+        return {"lost": sum(1 for s in starts if s >= limit),
+                "cut": sum(1 for s, n in zip(starts, lengths) if s < limit < n), "rows": len(starts)}
     responses = [tokens[k] for k in ("chosen", "rejected", "completion") if k in tokens]
     prompt_side = response_side = 0
     for i, p in enumerate(prompt):
@@ -164,7 +192,7 @@ def over_limit(report: InspectReport) -> dict[str, int]:
             prompt_side += 1
         elif p + longest > limit:
             response_side += 1
-    return {"prompt_side": prompt_side, "response_side": response_side, "rows": len(prompt)}
+    return {"lost": prompt_side, "cut": response_side, "rows": len(prompt)}
 
 
 def print_report(console, report: InspectReport) -> None:
@@ -217,11 +245,12 @@ def print_report(console, report: InspectReport) -> None:
     over = over_limit(report)
     if over and over["rows"]:
         n = over["rows"]
-        total = over["prompt_side"] + over["response_side"]
+        total = over["lost"] + over["cut"]
         console.print(f"over --max-length {report.max_length}: {total:,} rows ({total / n:.1%}); "
-                      f"prompt side (no response token kept): {over['prompt_side']:,} ({over['prompt_side'] / n:.1%}); "
-                      f"response side (response truncated): {over['response_side']:,} "
-                      f"({over['response_side'] / n:.1%})")
+                      f"no response token kept: {over['lost']:,} ({over['lost'] / n:.1%}); "
+                      f"response truncated: {over['cut']:,} ({over['cut'] / n:.1%})")
+    if report.template_warning:
+        console.print("warning: " + report.template_warning, style="yellow", markup=False, highlight=False)
     for i, example in enumerate(report.samples):
         console.rule(f"sample {i + 1}")
         if i < len(report.rendered):

@@ -20,7 +20,7 @@ from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data import cache, hub
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.readers import Record
-from dpo_cli.data.rows import RowPipeline, Source, Stats
+from dpo_cli.data.rows import RECIPE_KEYS, RowPipeline, Source, Stats
 from dpo_cli.data.targets import KINDS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
 
@@ -48,7 +48,7 @@ def _rejects_writer(source: Source, write: bool) -> Iterator[Any]:
 def _pipeline(kind: str) -> RowPipeline:
     if kind not in KINDS:
         raise DataError(f"unknown data kind '{kind}'{did_you_mean(kind, KINDS)}")
-    return RowPipeline(KINDS[kind])
+    return RowPipeline(KINDS[kind], words=RECIPE_KEYS)
 
 
 def _stream(pipeline: RowPipeline, sources: Any, write_rejects: bool = True) -> Iterator[tuple[Record, dict]]:
@@ -150,6 +150,7 @@ def say(split: str, stats: Stats) -> None:
 def _split_info(sources: list, kind: str, cache_dir: Path | None) -> tuple[Any, dict, Stats]:
     dataset, meta = _read(sources, kind, cache_dir)
     stats = Stats.from_json(meta["stats"])
+    stats.words = RECIPE_KEYS
     info: dict[str, Any] = {"files": sources, "rows": meta["rows"], "fingerprint": meta["fingerprint"],
                             **findings(stats)}
     for name in ("hub", "rejects"):
@@ -190,18 +191,23 @@ def load_splits(data, seed: int, kind: str, quiet: bool = False):
 def check_data(data, kind: str) -> dict[str, dict]:
     """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
     no rejects file (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records
-    it), and what was dropped, left out or unused. With data.eval_split, ``held_out`` is how many training rows
-    the split will take (datasets' train_test_split: the share, rounded up)."""
+    it), the columns the dataset will have (what reward functions can read), and what was dropped, left out or
+    unused. With data.eval_split, ``held_out`` is how many training rows the split will take (datasets'
+    train_test_split: the share, rounded up)."""
     out = {}
     for split, sources in (("train", data.train), ("eval", data.eval)):
         if not sources:
             continue
         pipeline = _pipeline(kind)
         digest = hashlib.sha256()
-        rows = sum(1 for _ in _checked(pipeline, sources, digest, write_rejects=False))
+        rows, columns = 0, {}
+        for row in _checked(pipeline, sources, digest, write_rejects=False):
+            rows += 1
+            columns.update(dict.fromkeys(row))  # in first-seen order, as to_dataset orders them
         if rows == 0:
             raise _no_rows(kind, f"data.{split}")
-        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), **findings(pipeline.stats)}
+        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), "columns": list(columns),
+                      **findings(pipeline.stats)}
     if data.eval_split and "train" in out:
         out["train"]["held_out"] = math.ceil(data.eval_split * out["train"]["rows"])
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -110,6 +111,23 @@ class Source:
             yield str(path), iter_records(path, on_error=on_error)
 
 
+@dataclass(frozen=True)
+class Words:
+    """How messages name a source's options: convert-data's and inspect-data's flags, or a recipe source's keys
+    (under train, a hint to pass --map would name a flag train does not take)."""
+
+    format: str
+    rename: str  # with {canonical} and {column}
+    where: str
+    unused: str  # what to do with a column no output keeps
+
+
+FLAGS = Words(format="--format", rename="--map {canonical}={column}", where="--where",
+              unused="keep one with --keep COLUMN, or rename it with --map")
+RECIPE_KEYS = Words(format="the source's format:", rename="columns: {{{canonical}: {column}}}", where="where:",
+                    unused="rename one under the source's columns: to use it")
+
+
 @dataclass
 class Stats:
     """What happened to the rows: read, filtered out, dropped per check, warned, left out, unused columns."""
@@ -127,9 +145,11 @@ class Stats:
     languages: Counter = field(default_factory=Counter)
     languages_guessed: bool = False
     formats: dict[str, str] = field(default_factory=dict)
+    words: Words = FLAGS
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The counts, for prepared data to keep (the wording is the reader's, not the data's)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "words"}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Stats:
@@ -163,9 +183,8 @@ class Stats:
         out += [(f"left out: {k}", n, OMISSIONS.get(k, k), self.omitted_at.get(k, [])) for k, n in
                 self.omitted.most_common()]
         if self.unused:
-            out.append(("columns not used", len(self.unused), "they held values the output has no place for: keep "
-                        "one with --keep COLUMN, or rename it with --map", [f"{k} ({n:,} rows)" for k, n in
-                                                                            self.unused.most_common()]))
+            out.append(("columns not used", len(self.unused), "they held values the output has no place for: "
+                        f"{self.words.unused}", [f"{k} ({n:,} rows)" for k, n in self.unused.most_common()]))
         return out
 
 
@@ -187,6 +206,10 @@ def guess_language(text: str) -> str:
         return "ko"
     if _CYRILLIC.search(text):
         return "ru"
+    # Curly quotes, dashes, ellipses, no-break spaces and emoji are common in English text; only letters outside
+    # ASCII (é, ß, ...) say another language.
+    if all(ch.isascii() or unicodedata.category(ch)[0] in "PSZ" for ch in text):
+        return "en"
     return "other"
 
 
@@ -225,11 +248,11 @@ def _take(row: dict, path: str) -> Any:
     return value
 
 
-def _check_where_columns(names: set[str], row: dict, at: Where) -> None:
+def _check_where_columns(names: set[str], row: dict, at: Where, words: Words) -> None:
     """A --where column missing from the first row of a file is almost always a typo: say so before filtering."""
     for name in sorted(names):
         if name not in row:
-            raise DataError(f"--where names column '{name}', which the first row does not have"
+            raise DataError(f"{words.where} names column '{name}', which the first row does not have"
                             f"{did_you_mean(name, map(str, row))}", file=at.file, line=at.line)
 
 
@@ -239,7 +262,7 @@ class RowPipeline:
     def __init__(self, target: Callable[[dict, Where], list[dict]], options: AdapterOptions | None = None, *,
                  keep: Sequence[str] = (), skip_invalid: bool = False,
                  on_reject: Callable[[DataError, dict | None], None] | None = None,
-                 count_languages: bool = False):
+                 count_languages: bool = False, words: Words = FLAGS):
         self.target = target
         self.options = options or AdapterOptions()
         self.options.warn = self._warn
@@ -247,9 +270,11 @@ class RowPipeline:
         self.skip_invalid = skip_invalid
         self.on_reject = on_reject
         self.count_languages = count_languages
-        self.stats = Stats()
+        self.words = words
+        self.stats = Stats(words=words)
         self._kind: tuple[str, bool] | None = None  # (shape, text prompt) of the first output row
         self._keys: set[str] = set()  # its columns
+        self._visits: set[tuple] = set()  # (file, how it is read) of every file read so far
 
     def _warn(self, error: RowError) -> None:
         self.stats.warn(error)
@@ -260,6 +285,11 @@ class RowPipeline:
         self.stats.drop(error)
         if self.on_reject is not None:
             self.on_reject(error, row)
+
+    def _unreadable(self, error: DataError) -> None:
+        """A line the reader could not make a row of (not JSON, not an object) was read all the same: counted."""
+        self.stats.read += 1
+        self._reject(error, None)
 
     def rows(self, source: Source) -> Iterator[tuple[Record, dict]]:
         """Yield ``(record, output row)`` for every good row of the source, in file order."""
@@ -277,22 +307,32 @@ class RowPipeline:
         renames = tuple(source.columns.items())
         limit = source.limit
         produced = 0
-        for file, records in source.inputs(on_error=lambda e: self._reject(e, None)):
-            fmt = forced
+        for file, records in source.inputs(on_error=self._unreadable):
+            fmt = None
             at = Where(file, 0)
+            # The same file may be read again with other columns or where (two sources, one file); read the same
+            # way again, its rows count twice, which is rarely meant: said per row, never refused.
+            place = file if source.hub is not None else str(Path(file).resolve())
+            visit = (place, source.format, renames, source.where, source.limit, source.tags)
+            again = visit in self._visits
+            self._visits.add(visit)
             for record in records:
                 self.stats.read += 1
                 row = record.row
                 at.line = record.line
+                if again:
+                    message = "read again (an earlier source reads this file the same way)"
+                    self.stats.warn(at.error("read-twice", message, None))
                 if renames:
                     row = self._rename(row, renames, at, strict=source.registry is None)
                     if row is None:
                         continue
-                if at.file not in self.stats.formats:  # the first readable row of this file
-                    _check_where_columns(where_columns, row, at)
-                    fmt = forced or detect(row, at.file, at.line)
+                if fmt is None:  # the first readable row of this file in this source
+                    _check_where_columns(where_columns, row, at, self.words)
+                    fmt = forced or detect(row, at.file, at.line, self.words.format,
+                                           self.words.rename.format(canonical="prompt", column="COLUMN"))
                     self.options.check_applies(fmt.name, at.file)
-                    self.stats.formats[at.file] = fmt.name
+                    self.stats.formats.setdefault(at.file, fmt.name)
                 if predicate is not None:
                     try:
                         if not predicate(row):
@@ -376,8 +416,8 @@ class RowPipeline:
             if value is _MISSING and not strict:
                 continue
             if value is _MISSING:
-                self._reject(at.error("missing-field", f"column '{column}' (named by --map {canonical}={column}) "
-                                      "is missing", column), row)
+                named = self.words.rename.format(canonical=canonical, column=column)
+                self._reject(at.error("missing-field", f"column '{column}' (named by {named}) is missing", column), row)
                 return None
             row[canonical] = value
         return row

@@ -25,11 +25,12 @@ class ResponseLoss:
         return self.lost / self.rows if self.rows else 0.0
 
 
-def _signal(tokenizer, row: dict) -> tuple[int, int] | None:
+def signal(tokenizer, row: dict) -> tuple[int, int] | None:
     """(token where the learning signal starts, full length) of one canonical row; None for prompt-only rows.
 
     A pair teaches nothing before chosen and rejected differ; a completion or a conversation, before its first
-    response token.
+    response token (a conversation's first assistant turn: TRL's SFTTrainer keeps the start of a long one). The one
+    rule for training's warning and for inspect-data --max-length.
     """
     everything = Truncation()
     if "chosen" in row:
@@ -58,7 +59,7 @@ def response_loss(tokenizer, rows, max_length: int | None, mode: str = "keep_sta
     step = max(1, math.ceil(len(rows) / sample))
     points, lengths = [], []
     for index in range(0, len(rows), step):
-        measured = _signal(tokenizer, rows[index])
+        measured = signal(tokenizer, rows[index])
         if measured is None:
             return None
         points.append(measured[0])

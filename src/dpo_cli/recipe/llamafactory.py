@@ -32,8 +32,17 @@ UNMAPPED = {
     "flash_attn": "dpo-cli loads the model's default attention implementation",
     "adapter_name_or_path": "start from a merged model instead (dpo-cli merge-lora RUN --output DIR)",
 }
-# LLaMA-Factory keys that are TRL fields under another name
-RENAMED = {"enable_liger_kernel": "use_liger_kernel"}
+# LLaMA-Factory keys that are TRL fields under another name (PPO's: TRL's PPOConfig up to 1.12)
+RENAMED = {"enable_liger_kernel": "use_liger_kernel", "ppo_epochs": "num_ppo_epochs",
+           "ppo_whiten_rewards": "whiten_rewards", "ppo_buffer_size": "num_mini_batches"}
+# LLaMA-Factory's low-rank optimizers -> transformers' optim and optim_args: (LLaMA-Factory suffix, optim_args name,
+# LLaMA-Factory's default); the rest of each family's keys is unmapped when set
+LOW_RANK = {
+    "galore": [("rank", "rank", 16), ("update_interval", "update_proj_gap", 200), ("scale", "scale", 2.0),
+               ("proj_type", "proj_type", "std")],
+    "apollo": [("rank", "rank", 16), ("update_interval", "update_proj_gap", 200), ("scale", "scale", 32.0),
+               ("proj_type", "proj_type", "std"), ("proj", "proj", "random"), ("scale_type", "scale_type", "channel")],
+}
 # LLaMA-Factory's pref_loss -> TRL's DPO loss_type
 PREF_LOSSES = {"sigmoid": "sigmoid", "hinge": "hinge", "ipo": "ipo"}
 # LLaMA-Factory's pref_loss values that are trainers of their own in TRL, and so stages of their own here
@@ -126,6 +135,9 @@ def _lora(data: dict, out: Imported) -> None:
     for key in ("use_dora", "use_rslora"):
         if key in data:
             out.set(("lora", key), bool(data[key]), _from(key, data[key]), key)
+    if data.get("additional_target"):  # modules trained and saved whole beside the adapters: peft's modules_to_save
+        out.set(("lora", "modules_to_save"), _names(data["additional_target"]),
+                _from("additional_target", data["additional_target"]), "additional_target")
 
 
 def _quantization(data: dict, out: Imported, key: str, path: tuple) -> None:
@@ -170,17 +182,34 @@ def _preference(data: dict, stage: str, out: Imported) -> None:
                 out.set(("trainer", ours), float(data[key]), _from(key, data[key]), key)
         return
     loss, ftx = data.get("pref_loss", "sigmoid"), float(data.get("pref_ftx") or 0.0)
+    bco = float(data.get("pref_bco_weight") or 0.0)
     if loss not in PREF_LOSSES:
         out.unmap("pref_loss", loss, KTO_PAIR if loss == "kto_pair" else
                   "no such loss in TRL's DPO trainer; this recipe uses the sigmoid (DPO) loss")
-    elif ftx > 0:  # LLaMA-Factory adds pref_ftx times the SFT loss on chosen; TRL combines losses the same way
-        out.set(("trainer", "loss_type"), [PREF_LOSSES[loss], "sft"],
-                f"{_from('pref_loss', loss)} plus the SFT loss on chosen", "pref_loss")
-        out.set(("trainer", "loss_weights"), [1.0, ftx], _from("pref_ftx", data["pref_ftx"]), "pref_ftx")
+    elif ftx > 0 or bco > 0:
+        # LLaMA-Factory: (loss + w * BCO) / (1 + w), plus pref_ftx times the SFT loss on chosen; TRL sums its
+        # loss_type list weighted by loss_weights
+        types, weights, said = [PREF_LOSSES[loss]], [1.0], [_from("pref_loss", loss)]
+        if bco > 0:
+            types.append("bco_pair")
+            weights = [1.0 / (1.0 + bco), bco / (1.0 + bco)]
+            said.append(_from("pref_bco_weight", data["pref_bco_weight"]) + " as (loss + w * bco_pair) / (1 + w)")
+        if ftx > 0:
+            types.append("sft")
+            weights.append(ftx)
+            said.append(_from("pref_ftx", data["pref_ftx"]) + " times the SFT loss on chosen")
+        out.set(("trainer", "loss_type"), types, "; ".join(said), "pref_loss", "pref_bco_weight")
+        out.set(("trainer", "loss_weights"), weights, "; ".join(said[1:]), "pref_ftx")
     elif loss == "sigmoid" and "pref_loss" in data:
         out.drop("pref_loss", loss, "sigmoid is TRL's default DPO loss")
     elif "pref_loss" in data:
         out.set(("trainer", "loss_type"), PREF_LOSSES[loss], _from("pref_loss", loss), "pref_loss")
+    if "pref_bco_weight" in data and "pref_bco_weight" not in out.covered:
+        if bco == 0:
+            out.drop("pref_bco_weight", data["pref_bco_weight"], "0: no BCO term, TRL's default")
+        else:
+            out.unmap("pref_bco_weight", data["pref_bco_weight"], f"a BCO term needs a TRL DPO loss, and pref_loss "
+                      f"{loss} is not")
     if "pref_ftx" in data and "pref_ftx" not in out.covered:
         if ftx == 0:
             out.drop("pref_ftx", data["pref_ftx"], "0: no SFT term, TRL's default")
@@ -189,6 +218,54 @@ def _preference(data: dict, stage: str, out: Imported) -> None:
     if "dpo_label_smoothing" in data:
         out.set(("trainer", "label_smoothing"), float(data["dpo_label_smoothing"]),
                 _from("dpo_label_smoothing", data["dpo_label_smoothing"]), "dpo_label_smoothing")
+
+
+def _training(data: dict, stage: str, config_fields: set[str], out: Imported) -> None:
+    """Gradient checkpointing, low-rank optimizers and SFT's loss and packing, as the TRL fields that do the same."""
+    if "disable_gradient_checkpointing" in data:
+        if data["disable_gradient_checkpointing"]:
+            out.set(("trainer", "gradient_checkpointing"), False, _from("disable_gradient_checkpointing", True),
+                    "disable_gradient_checkpointing")
+        else:
+            out.drop("disable_gradient_checkpointing", data["disable_gradient_checkpointing"],
+                     "gradient checkpointing is on in TRL too (trainer.gradient_checkpointing: true)")
+    if "use_reentrant_gc" in data:
+        out.set(("trainer", "gradient_checkpointing_kwargs"), {"use_reentrant": bool(data["use_reentrant_gc"])},
+                _from("use_reentrant_gc", data["use_reentrant_gc"]), "use_reentrant_gc")
+    for family, options in LOW_RANK.items():
+        keys = [key for key in data if key.startswith(f"{family}_")] + [f"use_{family}"]
+        if not data.get(f"use_{family}"):
+            for key in keys:
+                if key in data:
+                    out.drop(key, data[key], f"use_{family} is off")
+            continue
+        layerwise = bool(data.get(f"{family}_layerwise"))
+        optim = f"{family}_adamw" + ("_layerwise" if layerwise else "")
+        said = f"use_{family}: true" + (f"; {family}_layerwise: true" if layerwise else "")
+        out.set(("trainer", "optim"), optim, said, f"use_{family}", f"{family}_layerwise")
+        target = data.get(f"{family}_target", "all")
+        targets = _names(target)
+        out.set(("trainer", "optim_target_modules"), "all-linear" if targets in (["all"], []) else targets,
+                _from(f"{family}_target", target), f"{family}_target")
+        args = ",".join(f"{ours}={data.get(f'{family}_{suffix}', default)}" for suffix, ours, default in options)
+        out.set(("trainer", "optim_args"), args, "; ".join(_from(f"{family}_{suffix}", data[f"{family}_{suffix}"])
+                                                         for suffix, _, _ in options if f"{family}_{suffix}" in data)
+                or f"LLaMA-Factory's {family} defaults", *(f"{family}_{suffix}" for suffix, _, _ in options))
+    if stage != "sft":
+        return
+    if data.get("use_dft_loss") and "loss_type" in config_fields:
+        out.set(("trainer", "loss_type"), "dft", _from("use_dft_loss", True), "use_dft_loss")
+    if data.get("neat_packing") and "packing" in config_fields:  # TRL's bfd packing keeps sequences apart
+        out.set(("trainer", "packing"), True, f"{_from('neat_packing', True)} (TRL's packing_strategy bfd keeps "
+                "packed sequences from attending to each other)", "neat_packing", "packing")
+    if data.get("train_on_prompt") and "completion_only_loss" in config_fields:
+        out.set(("trainer", "completion_only_loss"), False, _from("train_on_prompt", True), "train_on_prompt")
+    elif "train_on_prompt" in data:
+        out.unmap("train_on_prompt", data["train_on_prompt"], "TRL trains whole conversations unless "
+                  "trainer.assistant_only_loss: true (which needs a chat template with generation markers), and masks "
+                  "the prompt of prompt-completion rows")
+    if "mask_history" in data:
+        out.unmap("mask_history", data["mask_history"], "TRL trains on every assistant turn of a conversation")
 
 
 def translate(data: dict) -> tuple[str, Imported]:
@@ -243,6 +320,7 @@ def translate(data: dict) -> tuple[str, Imported]:
                 _from("preprocessing_num_workers", data["preprocessing_num_workers"]), "preprocessing_num_workers")
     if "packing" in data and "packing" not in config_fields and not data["packing"]:
         out.drop("packing", data["packing"], f"stage {stage} does not pack sequences")
+    _training(data, stage, config_fields, out)
     if stage == "ppo" and data.get("reward_model"):
         out.set(("reward", "model"), str(data["reward_model"]), "reward_model", "reward_model")
     for key, path in (("output_dir", ("output_dir",)), ("seed", ("seed",)), ("plot_loss", ("plot",))):

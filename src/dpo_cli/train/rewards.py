@@ -224,8 +224,44 @@ class GuardedReward:
         return out
 
 
+# what TRL's trainers pass every reward function besides the dataset's columns
+TRL_ARGUMENTS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
+                           "environments"})
+
+
+def _required(function: Callable) -> list[str]:
+    """The keyword parameters a function cannot be called without (none when it takes **kwargs only)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.default is p.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_columns(specs: Sequence[RewardSpec], columns: Sequence[str]) -> None:
+    """Every column a reward function reads is in the training data: contains_answer's column, and each parameter
+    without a default of a user function that TRL does not fill itself. Training and --dry-run both ask."""
+    has = ", ".join(columns)
+    for spec in specs:
+        if spec.builtin and spec.name == "contains_answer":
+            column = spec.options.get("column", "answer")
+            if column not in columns:
+                raise SpecError(f"reward 'contains_answer' compares with column '{column}', which the training data "
+                                f"does not have (it has: {has}); keep it in prompt-only rows or set "
+                                "{contains_answer: {column: NAME}}")
+        elif not spec.builtin:
+            for name in _required(load_user_function(spec.name)):
+                if name not in TRL_ARGUMENTS and name not in columns:
+                    raise SpecError(f"reward function '{spec.label}' reads column '{name}' (a parameter without a "
+                                    f"default), which the training data does not have (it has: {has}); keep it in "
+                                    f"prompt-only rows (a source's columns: {{{name}: COLUMN}}) or give the "
+                                    "parameter a default")
+
+
 def build_reward_functions(specs: Sequence[RewardSpec], columns: Sequence[str], load_reward_model: Callable):
     """(functions, processing classes) for GRPOTrainer; checks the dataset has every column a reward reads."""
+    check_columns(specs, columns)
     functions, processing = [], []
     for spec in specs:
         if spec.name == "reward_model" and spec.builtin:
@@ -233,12 +269,6 @@ def build_reward_functions(specs: Sequence[RewardSpec], columns: Sequence[str], 
             functions.append(model)
             processing.append(tokenizer)
             continue
-        if spec.builtin and spec.name == "contains_answer":
-            column = spec.options.get("column", "answer")
-            if column not in columns:
-                raise SpecError(f"reward 'contains_answer' compares with column '{column}', which the training data "
-                                f"does not have (it has: {', '.join(columns)}); keep it in prompt-only rows or set "
-                                "{contains_answer: {column: NAME}}")
         function = (_OPTIONS[spec.name][0](**spec.options) if spec.builtin else load_user_function(spec.name))
         functions.append(GuardedReward(spec.label, function))
         processing.append(None)

@@ -12,13 +12,14 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TransformersProgress
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError
+from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError, RecipeError
 from dpo_cli.core.paths import run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.template import template_warning
 from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
@@ -29,6 +30,7 @@ from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.stages.dpo import ref_logp_cache
@@ -67,6 +69,8 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         else:
             notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
     train = checked.get("train")
+    if train is not None and data_error is None and stage.uses_reward and recipe.reward is not None:
+        data_error = _reward_columns(recipe, train["columns"])
     # as load_splits records it for a run; None when the data is not here (the default says it could not count)
     train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
         if train else None
@@ -93,6 +97,15 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
+
+
+def _reward_columns(recipe: Recipe, columns: list[str]) -> InputError | None:
+    """The run's own check that every column a reward function reads is in the data, made before any weight loads."""
+    try:
+        check_columns([parse_spec(entry) for entry in recipe.reward.functions], columns)
+    except SpecError as exc:
+        return RecipeError(str(exc), field="reward.functions")
+    return None
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
@@ -218,6 +231,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         tokenizer = load_tokenizer(recipe.model)
         if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
+        if is_main and (warning := template_warning(tokenizer, train_dataset)):
+            console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
         ref_cache = ref_logp_cache(recipe, manifest["data"], plan.precision) if stage.uses_ref_model else None
