@@ -172,7 +172,8 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
         return None
     return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, tokenizer,
                    Truncation(args.max_length, getattr(args, "truncation_mode", "keep_start")),
-                   getattr(args, "beta", None), args.per_device_eval_batch_size)
+                   getattr(args, "beta", None), args.per_device_eval_batch_size,
+                   from_start=not stage.reference(recipe).explicit)
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
