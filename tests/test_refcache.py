@@ -153,7 +153,7 @@ def test_weights_held_as_zero3_partitions_are_refused_not_hashed_empty(tiny_mode
 def test_a_reference_that_cannot_be_fingerprinted_disables_the_cache_with_a_note(tmp_path, monkeypatch, capsys):
     from dpo_cli.train import refcache
 
-    def unavailable(trainer):
+    def unavailable(trainer, separate=True):
         raise refcache.WeightsUnavailable("model.embed_tokens.weight is a DeepSpeed ZeRO-3 partition")
 
     monkeypatch.setattr(refcache, "reference_weights_fingerprint", unavailable)
@@ -162,3 +162,21 @@ def test_a_reference_that_cannot_be_fingerprinted_disables_the_cache_with_a_note
     assert hook._lookup(None, [], "train") == (None, None, None)
     assert hook.cache is None
     assert "reference log-prob cache not used: the reference weights cannot be fingerprinted" in capsys.readouterr().err
+
+
+def test_an_fsdp_sharded_reference_is_refused_and_trls_own_copy_is_keyed_by_the_policy(tiny_model):
+    """Under FSDP TRL shards the reference at once (a separate one, or its own copy of the policy when the run gave
+    none); state_dict() there is a gather every rank must join, so only the main process may never call it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from dpo_cli.train.refcache import WeightsUnavailable, reference_weights_fingerprint, weights_fingerprint
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    copy = SimpleNamespace(state_dict=lambda **kw: pytest.fail("state_dict() of an FSDP-sharded reference"))
+    trainer = SimpleNamespace(ref_model=copy, model=policy, is_fsdp_enabled=True,
+                              accelerator=SimpleNamespace(unwrap_model=lambda model: model))
+    with pytest.raises(WeightsUnavailable, match="sharded by FSDP"):
+        reference_weights_fingerprint(trainer, separate=True)
+    assert reference_weights_fingerprint(trainer, separate=False) == weights_fingerprint(policy)

@@ -201,11 +201,17 @@ def cache_components(trainer, dataset, reference_weights: str) -> dict[str, Any]
     }
 
 
-def reference_weights_fingerprint(trainer) -> str:
-    """The weights that score the reference: a separate model, else the policy before training (adapter disabled)."""
+def reference_weights_fingerprint(trainer, separate: bool = True) -> str:
+    """The weights that score the reference: a separate model, else the policy before training (adapter disabled).
+
+    ``separate``: the run gave the trainer a reference model of its own. Without one TRL may still build a copy of
+    the policy (under FSDP, sharded at once); the policy, not yet wrapped when TRL precomputes, has the same weights.
+    """
     from accelerate.utils import is_peft_model
 
-    if trainer.ref_model is not None:
+    if trainer.ref_model is not None and separate:
+        if trainer.is_fsdp_enabled:  # asked before state_dict(), which under FSDP1 gathers: a collective
+            raise WeightsUnavailable("the reference model is sharded by FSDP")
         return weights_fingerprint(trainer.accelerator.unwrap_model(trainer.ref_model))
     model = trainer.accelerator.unwrap_model(trainer.model)
     return weights_fingerprint(model, adapters_disabled=is_peft_model(model))
@@ -220,15 +226,16 @@ class ReferencePrecompute:
     that only the main process's machine (or its temporary directory) holds.
     """
 
-    def __init__(self, cache: RefLogpCache | None):
+    def __init__(self, cache: RefLogpCache | None, separate: bool = True):
         self.cache = cache
+        self.separate = separate  # the run passed the trainer a reference model of its own
         self._weights: str | None = None  # hashing the weights once serves the train and the eval pass
 
     def _lookup(self, trainer, dataset, name: str):
         """On the main process: (key, components, found log-probs or None); (None, None, None) with no key."""
         if self._weights is None:
             try:
-                self._weights = reference_weights_fingerprint(trainer)
+                self._weights = reference_weights_fingerprint(trainer, self.separate)
             except WeightsUnavailable as exc:
                 console.note(f"reference log-prob cache not used: the reference weights cannot be fingerprinted "
                              f"in this process ({exc}); the log-probs are computed and not stored")

@@ -196,7 +196,8 @@ def build_trainer(inputs: StageInputs):
     warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
     if inputs.args.precompute_ref_log_probs:
         # our pass, not TRL's: TRL hands its log-probs to the other ranks through a file they cannot see (refcache.py)
-        trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, ReferencePrecompute(inputs.ref_cache))
+        hook = ReferencePrecompute(inputs.ref_cache, separate=inputs.ref_model is not None)
+        trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, hook)
     trainer = trainer_class(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
                             train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                             processing_class=inputs.tokenizer, callbacks=inputs.callbacks,
