@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -191,7 +193,7 @@ def _two_nodes(workdirs, homes, recipe, *overrides, timeout=300):
                                "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                                "-m", "dpo_cli", "train", str(recipe), *overrides],
                               cwd=workdirs[rank], env=_cpu_env(DPO_CLI_HOME=str(homes[rank])),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
              for rank in (0, 1)]
     results = []
     try:
@@ -199,9 +201,10 @@ def _two_nodes(workdirs, homes, recipe, *overrides, timeout=300):
             stdout, stderr = node.communicate(timeout=timeout)
             results.append((node.returncode, stdout, stderr))
     finally:
-        for node in nodes:
-            if node.poll() is None:
-                node.kill()
+        for node in nodes:  # a hung node: torchrun and its workers, which killing torchrun alone leaves running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait()
     return results
 
 
