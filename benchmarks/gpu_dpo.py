@@ -1,8 +1,12 @@
 """DPO on one CUDA GPU: a plain TRL script against dpo-cli's defaults and dpo-cli's explicit slow settings.
 
-Each run is a child process of its own (a clean peak-memory count), the variants alternate within every repeat, and
-the table gives steps/s, tokens/s, estimated MFU, peak memory, the dry-run plan's error against that peak, and how far
-each variant's logged losses are from the plain script's (bf16 noise is a few 1e-3).
+Each run is a child process of its own (a clean peak-memory count; the parent never touches the GPU, the model is
+built in a child too), the variants alternate within every repeat, and the table gives steps/s, tokens/s, estimated
+MFU, peak memory, the dry-run plan's error against that peak, and how far each variant's logged losses are from the
+plain script's (bf16 noise is a few 1e-3). A variant that precomputes the reference pays for that pass in its figures:
+TRL runs it in the trainer's constructor, outside train_runtime, so its seconds are added to the time and its forward
+FLOPs to the MFU. Every dpo-cli run gets a fresh reference log-prob cache: the figures are a first run's, never a
+cache hit from an earlier round.
 
     PYTHONPATH=src python benchmarks/gpu_dpo.py --shape qwen2.5-0.5b --max-length 1024 --tokens 836 --steps 60
     PYTHONPATH=src python benchmarks/gpu_dpo.py --shape qwen2.5-7b --batch 2 --gradient-checkpointing --lora 16
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -54,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     run.add_argument("--work", type=Path, default=Path("/tmp/dpo-cli-gpu-bench"))
     run.add_argument("--worker", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
+    run.add_argument("--prepare-only", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -80,8 +86,10 @@ def recipe(args: argparse.Namespace, variant: str, out: Path) -> dict:
             "output_dir": str(out / "run"), "seed": 42, "plot": False}
     if args.lora:
         text["lora"] = {"r": args.lora}
+    # a cache of this run's own: the defaults precompute and cache, and a later round must not load this one's
+    text["ref_model"] = {"cache_dir": str(out / "ref-cache")}
     if variant == "dpo-cli-slow":
-        text["ref_model"] = {"precompute": False}
+        text["ref_model"]["precompute"] = False
         text["trainer"]["use_liger_kernel"] = False
     return text
 
@@ -117,13 +125,14 @@ def prepare(args: argparse.Namespace) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_chat())
     config = Qwen2Config(max_position_embeddings=max(4096, args.max_length), **model_config(args))
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device("cuda"):  # in a child process (main runs it so): the GPU is free again when it exits
         model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
     model.save_pretrained(args.work / "model")
     tokenizer.save_pretrained(args.work / "model")
     params = sum(p.numel() for p in model.parameters())
     del model
+    torch.cuda.empty_cache()
     # canonical rows (TRL's own format), which the plain script reads as they are
     rows = list(load_training_data([str(args.data or asset_path("demo/train.jsonl"))], "preference")[0])
     if args.data is None:  # lengthen every answer to about --tokens tokens with its prompt
@@ -137,7 +146,9 @@ def prepare(args: argparse.Namespace) -> dict:
     rows = (rows * (args.rows // len(rows) + 1))[:args.rows]
     (args.work / "pairs.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
                                            encoding="utf-8")
-    return {"params": params}
+    info = {"params": params}
+    (args.work / "prepared.json").write_text(json.dumps(info))
+    return info
 
 
 def plain_trl(args: argparse.Namespace, out: Path) -> tuple[dict, list]:
@@ -168,16 +179,43 @@ def plain_trl(args: argparse.Namespace, out: Path) -> tuple[dict, list]:
     return metrics, [log["loss"] for log in logs if "loss" in log]
 
 
+def pass_tokens(dataset, max_length: int | None) -> int:
+    """Tokens the reference pass scores over TRL's tokenized rows: prompt + chosen and prompt + rejected, truncated."""
+    limit = max_length or float("inf")
+    return int(sum(min(len(p) + len(c), limit) + min(len(p) + len(r), limit)
+                   for p, c, r in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"])))
+
+
 def dpo_cli_run(args: argparse.Namespace, variant: str, out: Path) -> tuple[dict, list]:
+    import torch
+
     from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train import trl_compat
     from dpo_cli.train.run import train
 
+    # time the reference pass a precomputing run makes before training (refcache.py calls it through the module)
+    reference_pass = {"seconds": 0.0, "tokens": 0}
+    original = trl_compat.dpo_reference_logps
+
+    def timed(trainer, dataset, batch_size):
+        started = time.perf_counter()
+        result = original(trainer, dataset, batch_size)
+        torch.cuda.synchronize()
+        reference_pass["seconds"] += time.perf_counter() - started
+        reference_pass["tokens"] += pass_tokens(dataset, trainer.args.max_length)
+        return result
+
+    trl_compat.dpo_reference_logps = timed
     path = out / "recipe.json"
     path.write_text(json.dumps(recipe(args, variant, out)))
-    train(load_recipe(path), overwrite=True)
+    try:
+        train(load_recipe(path), overwrite=True)
+    finally:
+        trl_compat.dpo_reference_logps = original
     lines = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     summary = next(m for m in lines if m["split"] == "summary")
     summary["num_tokens"] = max((m.get("num_tokens", 0) for m in lines if m["split"] == "train"), default=0)
+    summary["reference_pass_s"], summary["reference_pass_tokens"] = reference_pass["seconds"], reference_pass["tokens"]
     return summary, [m["loss"] for m in lines if m["split"] == "train"]
 
 
@@ -188,10 +226,20 @@ def worker(args: argparse.Namespace, variant: str, out: Path) -> None:
     torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
     metrics, losses = plain_trl(args, out) if variant == "plain-trl" else dpo_cli_run(args, variant, out)
-    result = {"steps_per_s": metrics["train_steps_per_second"], "runtime_s": metrics["train_runtime"],
-              "num_tokens": metrics["num_tokens"], "losses": losses, "peak": torch.cuda.max_memory_allocated(),
+    result = {"steps": args.steps, "runtime_s": metrics["train_runtime"], "num_tokens": metrics["num_tokens"],
+              "reference_pass_s": metrics.get("reference_pass_s", 0.0),
+              "reference_pass_tokens": metrics.get("reference_pass_tokens", 0),
+              "losses": losses, "peak": torch.cuda.max_memory_allocated(),
               "wall_s": time.perf_counter() - started, "device": torch.cuda.get_device_name(0)}
     (out / "result.json").write_text(json.dumps(result))
+
+
+def rates(result: dict, train_flops: int, forward_flops: int, peak: float | None) -> tuple[float, float, float | None]:
+    """(steps/s, tokens/s, MFU) of one run over its training and its reference pass, if it made one: the pass's time
+    counts, and so do its forward FLOPs (``forward_flops`` per token) beside training's ``train_flops`` per token."""
+    seconds = result["runtime_s"] + result.get("reference_pass_s", 0.0)
+    flops = result["num_tokens"] * train_flops + result.get("reference_pass_tokens", 0) * forward_flops
+    return result["steps"] / seconds, result["num_tokens"] / seconds, flops / seconds / peak if peak else None
 
 
 def loss_gap(losses: list[float], reference: list[float]) -> float | None:
@@ -205,14 +253,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         worker(args, args.worker[0], Path(args.worker[1]))
         return 0
+    if args.prepare_only:
+        prepare(args)
+        return 0
     import torch
 
     from dpo_cli.train.throughput import flops_per_token, peak_flops
 
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available():  # asks the driver; creates no CUDA context in this process
         print("gpu_dpo.py needs a CUDA GPU", file=sys.stderr)
         return 2
-    info = prepare(args)
+    command = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+    if subprocess.run([*command, "--prepare-only"], env=os.environ.copy()).returncode != 0:
+        print("building the model and data failed", file=sys.stderr)
+        return 1
+    info = json.loads((args.work / "prepared.json").read_text())
     runs: dict[str, list[dict]] = {v: [] for v in args.variants}
     plans = {}
     for variant in args.variants:
@@ -222,14 +277,17 @@ def main(argv: list[str] | None = None) -> int:
     for round_ in range(args.repeats):
         for variant in args.variants:  # alternating: a slow spell of the machine hits every variant alike
             out = args.work / f"{variant}-{round_}"
+            shutil.rmtree(out / "ref-cache", ignore_errors=True)  # an earlier invocation's, in the same --work
             out.mkdir(parents=True, exist_ok=True)
-            done = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
-                                   "--worker", variant, str(out)], env=os.environ.copy())
+            done = subprocess.run([*command, "--worker", variant, str(out)], env=os.environ.copy())
             if done.returncode != 0:
                 print(f"{variant} round {round_} failed (exit {done.returncode})", file=sys.stderr)
                 continue
             runs[variant].append(json.loads((out / "result.json").read_text()))
-    device = next((r["device"] for rs in runs.values() for r in rs), torch.cuda.get_device_name(0))
+    device = next((r["device"] for rs in runs.values() for r in rs), None)
+    if device is None:
+        print("every run failed", file=sys.stderr)
+        return 1
     peak = peak_flops(device)
     print(f"{device}; {info['params'] / 1e6:.1f}M parameters; batch {args.batch}, max_length {args.max_length}, "
           f"{args.steps} steps, {args.repeats} alternating round(s); medians")
@@ -239,14 +297,19 @@ def main(argv: list[str] | None = None) -> int:
     for variant, results in runs.items():
         if not results:
             continue
-        tokens = statistics.median(r["num_tokens"] / r["runtime_s"] for r in results)
         total, defaults = plans[variant]
-        flops = flops_per_token_of(args, not defaults.get("ref_model.precompute", False), flops_per_token)
-        mfu = f"{tokens * flops / peak:.1%}" if peak else "unknown"
+        live = variant == "plain-trl" or not defaults.get("ref_model.precompute", False)
+        train_flops = flops_per_token_of(args, live, flops_per_token)
+        # a forward pass of the reference per token: what one step adds for a live reference
+        forward_flops = flops_per_token_of(args, True, flops_per_token) - flops_per_token_of(args, False,
+                                                                                              flops_per_token)
+        measured = [rates(r, train_flops, forward_flops, peak) for r in results]
+        steps, tokens = statistics.median(m[0] for m in measured), statistics.median(m[1] for m in measured)
+        mfu = f"{statistics.median(m[2] for m in measured):.1%}" if peak else "unknown"
         peak_bytes = max(r["peak"] for r in results)
         error = plan_error(total, peak_bytes)
         gap = loss_gap(results[0]["losses"], plain[0]["losses"]) if plain and variant != "plain-trl" else None
-        print(f"{variant:18} {statistics.median(r['steps_per_s'] for r in results):8.3f} {tokens:9.0f} {mfu:>6} "
+        print(f"{variant:18} {steps:8.3f} {tokens:9.0f} {mfu:>6} "
               f"{peak_bytes / 2**30:9.2f} {total / 2**30:9.2f} {error:+9.1%} "
               f"{'-' if gap is None else f'{gap:.2e}':>9}  "
               f"{'' if variant == 'plain-trl' else json.dumps(defaults)}")

@@ -67,7 +67,7 @@ def test_held_out_accuracy_and_margin_match_trl_eval(tiny_model, write_recipe, t
     _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
     args = trainer.args
     held = HeldOut("preference", kind, rows, trainer.processing_class, Truncation(args.max_length), args.beta,
-                   args.per_device_eval_batch_size)
+                   args.per_device_eval_batch_size, from_start=kind != "separate")
     held.score_before(trainer)
     trainer.train()
     ours = held.figures(trainer)["after"]
@@ -80,3 +80,38 @@ def test_held_out_accuracy_and_margin_match_trl_eval(tiny_model, write_recipe, t
     assert ours["reward_chosen"] == pytest.approx(theirs["eval_rewards/chosen"], rel=1e-3, abs=1e-5)
     assert ours["logps_chosen"] == pytest.approx(theirs["eval_logps/chosen"], rel=1e-4)
     assert ours["logps_rejected"] == pytest.approx(theirs["eval_logps/rejected"], rel=1e-4)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_a_precomputed_or_cached_reference_reads_like_a_live_one(tiny_model, write_recipe, tmp_path, lora):
+    """Before training the policy is its reference: accuracy and margin 0 and KL 0, as with a live reference (not
+    the rounding between dpo-cli's scoring and TRL's pass: accuracy 0.237 once); after training the KL row is
+    measured where the reference is still in memory (LoRA: the adapter disabled) and marked not measured otherwise."""
+    from dpo_cli.evidence.tables import evaluation_table
+    from dpo_cli.train.refcache import RefLogpCache
+
+    extra = f"ref_model: {{precompute: true, cache_dir: {tmp_path / 'cache'}}}\n"
+    extra += "lora: {r: 8, alpha: 16, dropout: 0.0}\n" if lora else ""
+    recipe = load_recipe(write_recipe(RECIPE.format(train=_head("train", 24, tmp_path),
+                                                    eval=_head("eval", 16, tmp_path), out=tmp_path / "run",
+                                                    extra=extra)))
+    _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
+    for attempt in ("computed", "cached"):
+        cache = RefLogpCache(tmp_path / "cache")
+        trainer = build_trainer(recipe, eval_data=True, ref_cache=cache)
+        assert [event for event, _, _ in cache.events] == (["miss", "miss"] if attempt == "computed" else ["hit"] * 2)
+        args = trainer.args
+        held = HeldOut("preference", "precomputed", rows, trainer.processing_class, Truncation(args.max_length),
+                       args.beta, args.per_device_eval_batch_size, from_start=True)
+        held.score_before(trainer)
+        trainer.train()
+        figures = held.figures(trainer)
+        before, after = figures["before"], figures["after"]
+        assert before["reward_accuracy"] == 0.0 and before["reward_margin"] == 0.0
+        assert before["kl_chosen_per_token"] == 0.0
+        assert after["reward_accuracy"] > 0.0
+        if lora:
+            assert after["kl_chosen_per_token"] > 0.0
+        else:
+            assert "kl_chosen_per_token" in after and after["kl_chosen_per_token"] is None
+        assert "KL to reference on chosen, per token" in evaluation_table(before, after).columns[0]._cells

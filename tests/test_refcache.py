@@ -118,3 +118,65 @@ def test_tokenizer_fingerprint_covers_chat_template(tiny_model):
     before = tokenizer_fingerprint(tokenizer)
     tokenizer.chat_template = tokenizer.chat_template + " "
     assert tokenizer_fingerprint(tokenizer) != before
+
+
+def _partitioned(model, seed: int):
+    """``model`` as DeepSpeed ZeRO-3 leaves it on a rank: each parameter's data an empty partition, its real shape
+    in ds_shape (what zero.Init does to every parameter)."""
+    import torch
+
+    torch.manual_seed(seed)
+    for param in model.parameters():
+        shape = param.shape
+        param.data = torch.empty(0, dtype=param.dtype)
+        param.ds_shape, param.ds_numel = shape, shape.numel()
+    return model
+
+
+def test_weights_held_as_zero3_partitions_are_refused_not_hashed_empty(tiny_model):
+    """The hash of ZeRO-3's empty partitions used to be the same for every model of a shape: a different model
+    loaded the first one's reference log-probs."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dpo_cli.train.refcache import WeightsUnavailable, weights_fingerprint
+
+    other = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        other.model.norm.weight.mul_(1.5)
+    assert weights_fingerprint(other) != weights_fingerprint(AutoModelForCausalLM.from_pretrained(tiny_model))
+    for model in (AutoModelForCausalLM.from_pretrained(tiny_model), other):
+        with pytest.raises(WeightsUnavailable, match="ZeRO-3 partition"):
+            weights_fingerprint(_partitioned(model, 0))
+
+
+def test_a_reference_that_cannot_be_fingerprinted_disables_the_cache_with_a_note(tmp_path, monkeypatch, capsys):
+    from dpo_cli.train import refcache
+
+    def unavailable(trainer, separate=True):
+        raise refcache.WeightsUnavailable("model.embed_tokens.weight is a DeepSpeed ZeRO-3 partition")
+
+    monkeypatch.setattr(refcache, "reference_weights_fingerprint", unavailable)
+    monkeypatch.setattr(refcache, "cache_components", lambda *a: pytest.fail("a key was made without the weights"))
+    hook = refcache.ReferencePrecompute(refcache.RefLogpCache(tmp_path))
+    assert hook._lookup(None, [], "train") == (None, None, None)
+    assert hook.cache is None
+    assert "reference log-prob cache not used: the reference weights cannot be fingerprinted" in capsys.readouterr().err
+
+
+def test_an_fsdp_sharded_reference_is_refused_and_trls_own_copy_is_keyed_by_the_policy(tiny_model):
+    """Under FSDP TRL shards the reference at once (a separate one, or its own copy of the policy when the run gave
+    none); state_dict() there is a gather every rank must join, so only the main process may never call it."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM
+
+    from dpo_cli.train.refcache import WeightsUnavailable, reference_weights_fingerprint, weights_fingerprint
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    copy = SimpleNamespace(state_dict=lambda **kw: pytest.fail("state_dict() of an FSDP-sharded reference"))
+    trainer = SimpleNamespace(ref_model=copy, model=policy, is_fsdp_enabled=True,
+                              accelerator=SimpleNamespace(unwrap_model=lambda model: model))
+    with pytest.raises(WeightsUnavailable, match="sharded by FSDP"):
+        reference_weights_fingerprint(trainer, separate=True)
+    assert reference_weights_fingerprint(trainer, separate=False) == weights_fingerprint(policy)

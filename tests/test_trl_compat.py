@@ -68,23 +68,27 @@ def test_an_option_the_trainer_ignores_is_found_from_trl_itself():
 
 
 @pytest.mark.slow
-def test_the_precompute_hook_sees_trls_pass_and_can_replace_it(tiny_model, write_recipe, tmp_path):
-    """Built the way stages/dpo.py builds it: the hook is called per split and TRL's own pass runs inside it."""
+def test_the_precompute_hook_replaces_trls_pass_with_the_same_log_probs(tiny_model, write_recipe, tmp_path):
+    """Built the way stages/dpo.py builds it: the hook is called per split, and dpo_reference_logps gives exactly
+    the log-probs TRL's own pass (still reachable as the parent method) gives."""
     from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.trl_compat import dpo_reference_logps
     from helpers import build_trainer
 
     calls = []
 
-    def hook(trainer, dataset, name, compute):
-        result = compute()
-        calls.append((name, len(dataset), sorted(set(result.column_names) - set(dataset.column_names))))
-        return result
+    def hook(trainer, dataset, name, batch_size):
+        ours = dpo_reference_logps(trainer, dataset, batch_size)
+        theirs = super(type(trainer), trainer)._precompute_ref_logps(dataset, name, batch_size)
+        calls.append((name, len(dataset), sorted(set(theirs.column_names) - set(dataset.column_names))))
+        assert ours[0].tolist() == theirs["ref_chosen_logps"] and ours[1].tolist() == theirs["ref_rejected_logps"]
+        return theirs
 
     recipe = load_recipe(write_recipe(f"""\
 stage: dpo
 model: {{name_or_path: builtin:tiny-chat}}
 ref_model: {{precompute: true, cache: false}}
-data: {{train: {{path: builtin:demo/train.jsonl, limit: 8}}}}
+data: {{train: {{path: builtin:demo/train.jsonl, limit: 10}}}}
 trainer: {{max_steps: 1, per_device_train_batch_size: 4, max_length: 64}}
 output_dir: {tmp_path / 'out'}
 """))
@@ -97,5 +101,5 @@ output_dir: {tmp_path / 'out'}
                              train_dataset=inputs.train_dataset, processing_class=inputs.tokenizer)
 
     trainer = build_trainer(recipe, build=build_with_hook)
-    assert calls == [("train", 8, ["ref_chosen_logps", "ref_rejected_logps"])]
+    assert calls == [("train", 10, ["ref_chosen_logps", "ref_rejected_logps"])]  # 10 rows: a last short batch
     assert trainer.train_dataset.column_names[-2:] == ["ref_chosen_logps", "ref_rejected_logps"]

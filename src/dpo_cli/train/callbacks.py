@@ -13,6 +13,7 @@ from transformers import TrainerCallback
 from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.train import checkpoints
+from dpo_cli.train.ranks import first_problem
 
 # The few metrics worth a place on the progress line; everything is in metrics.jsonl.
 _HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "reward", "objective/scores", "loss/policy_avg",
@@ -116,10 +117,22 @@ class CompleteCheckpoints(TrainerCallback):
         args.save_total_limit = None  # rotation is ours, after the new checkpoint is complete
 
     def on_save(self, args, state, control, **kwargs):
-        if not args.should_save:  # only the main process writes
-            return
         run_dir = Path(args.output_dir)
         folder = run_dir / f"checkpoint-{state.global_step}"
+        if args.world_size > 1:
+            # every rank writes its own RNG state into the checkpoint, and may get here before the others have
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+            missing = checkpoints.missing_rank_files(folder, args) if args.should_save else None
+            problem = first_problem(
+                f"{folder} lacks {', '.join(missing)} that the other ranks wrote: output_dir is not one folder all "
+                f"of them see (with several nodes it must be shared storage); the checkpoint is left unmarked and "
+                f"is never resumed from" if missing else None)
+            if problem:
+                raise checkpoints.SaveFailedError(problem)
+        if not args.should_save:  # only the main process writes
+            return
         checkpoints.replace_pickled_args(folder, args)
         files = {f.name: {"bytes": f.stat().st_size, "sha256": checkpoints.file_digest(f)}
                  for f in sorted(folder.iterdir()) if f.is_file() and f.name != checkpoints.MARKER}

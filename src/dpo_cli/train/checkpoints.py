@@ -55,6 +55,14 @@ def save_failure(run_dir: Path, step: int, exc: BaseException) -> SaveFailedErro
     return SaveFailedError(f"saving {folder.name} failed ({reason}); {kept}")
 
 
+def missing_rank_files(folder: Path, args) -> list[str]:
+    """The per-rank files transformers writes into a checkpoint under several processes that ``folder`` lacks."""
+    if args.world_size <= 1 or args.save_only_model:
+        return []
+    return [name for name in (f"rng_state_{rank}.pth" for rank in range(args.world_size))
+            if not (folder / name).is_file()]
+
+
 def replace_pickled_args(folder: Path, args) -> None:
     """Replace transformers' pickled training_args.bin (needs an unsafe torch.load) by a JSON copy."""
     pickled = folder / "training_args.bin"

@@ -53,16 +53,22 @@ def config_warnings(config: dict, recipe, device: str) -> list[str]:
     zero_stage = (config.get("deepspeed_config") or {}).get("zero_stage")
     if device == "cpu" and kind in {"DEEPSPEED", "FSDP", "MULTI_GPU"}:
         found.append(f"{kind} needs GPUs; on this CPU-only machine --nproc runs torchrun with gloo instead")
-    if kind == "DEEPSPEED" and zero_stage == 3 and recipe.stage == "dpo" \
-            and not recipe.trainer.get("precompute_ref_log_probs"):
-        found.append("ZeRO-3 with full fine-tuning keeps a separate reference model that DeepSpeed must shard too "
-                     "(slow, and an unsharded reference is a full copy per GPU); prefer LoRA, which shares the "
-                     "policy's weights as the reference, or trainer.precompute_ref_log_probs=true")
+    # only where the reference plan is a frozen copy of the policy: not precomputed, not LoRA's shared weights
+    if kind == "DEEPSPEED" and zero_stage == 3 and _reference_kind(recipe) == "copy":
+        found.append("ZeRO-3 with full fine-tuning keeps a frozen copy of the policy as the reference, which DeepSpeed "
+                     "must shard too (slow, and an unsharded reference is a full copy per GPU); prefer LoRA, which "
+                     "shares the policy's weights as the reference, or ref_model.precompute: true")
     precision = config.get("mixed_precision")
     wanted = "bf16" if recipe.trainer.get("bf16") else "fp16" if recipe.trainer.get("fp16") else None
     if precision in {"bf16", "fp16"} and wanted and precision != wanted:
         found.append(f"the config asks for {precision} mixed precision but the recipe sets trainer.{wanted}")
     return found
+
+
+def _reference_kind(recipe) -> str:
+    from dpo_cli.train.stages import get_stage
+
+    return get_stage(recipe.stage).reference(recipe).kind
 
 
 def check_processes(nproc: int, plan, share_gpus: bool) -> None:

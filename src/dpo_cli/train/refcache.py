@@ -9,6 +9,7 @@ from typing import Any
 
 from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_path, atomic_write_text
+from dpo_cli.train.ranks import from_main
 
 FORMAT = 1
 COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
@@ -23,20 +24,40 @@ def _tensor_bytes(tensor) -> bytes:
     return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
+class WeightsUnavailable(ValueError):
+    """The process does not hold the whole of a weight (ZeRO-3, FSDP, a meta tensor): its bytes say nothing."""
+
+
+def _partial(name: str, value) -> str | None:
+    """Why ``value`` (a parameter or buffer as the model keeps it) is not the whole weight, or None."""
+    if getattr(value, "ds_shape", None) is not None or getattr(value, "ds_numel", None) is not None:
+        return f"{name} is a DeepSpeed ZeRO-3 partition"  # its data is this rank's slice, often empty
+    if getattr(value, "_is_flat_param", False) or type(value).__name__ == "DTensor":
+        return f"{name} is sharded by FSDP"
+    if getattr(value, "is_meta", False):
+        return f"{name} is on the meta device (not loaded)"
+    return None
+
+
 def weights_fingerprint(model, *, adapters_disabled: bool = False) -> str:
     """SHA-256 over parameter and buffer names, dtypes, shapes and bytes; LoRA layers left out when disabled.
 
     Names are normalised to the plain model's, so a LoRA run with its adapter disabled and a full fine-tuning run
-    from the same weights (or LoRA runs with another rank) share reference log-probs.
+    from the same weights (or LoRA runs with another rank) share reference log-probs. Raises WeightsUnavailable when
+    this process holds only part of a weight: the hash of ZeRO-3's empty partitions is the same for every model of a
+    shape, and another model's log-probs would load under it.
     """
     import torch
 
     items = []
-    for name, value in model.state_dict().items():
+    # keep_vars: the Parameter objects, with the attributes DeepSpeed and FSDP put on them (detach() drops them)
+    for name, value in model.state_dict(keep_vars=True).items():
         if adapters_disabled:
             if any(marker in name for marker in _ADAPTER_MARKERS):
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer", "").replace(".original_module", "")
+        if (why := _partial(name, value)) is not None:
+            raise WeightsUnavailable(why)
         items.append((name, value))
     digest = hashlib.sha256()
     for name, value in sorted(items, key=lambda item: item[0]):
@@ -180,44 +201,75 @@ def cache_components(trainer, dataset, reference_weights: str) -> dict[str, Any]
     }
 
 
-def reference_weights_fingerprint(trainer) -> str:
-    """The weights that score the reference: a separate model, else the policy before training (adapter disabled)."""
+def reference_weights_fingerprint(trainer, separate: bool = True) -> str:
+    """The weights that score the reference: a separate model, else the policy before training (adapter disabled).
+
+    ``separate``: the run gave the trainer a reference model of its own. Without one TRL may still build a copy of
+    the policy (under FSDP, sharded at once); the policy, not yet wrapped when TRL precomputes, has the same weights.
+    """
     from accelerate.utils import is_peft_model
 
-    if trainer.ref_model is not None:
+    if trainer.ref_model is not None and separate:
+        if trainer.is_fsdp_enabled:  # asked before state_dict(), which under FSDP1 gathers: a collective
+            raise WeightsUnavailable("the reference model is sharded by FSDP")
         return weights_fingerprint(trainer.accelerator.unwrap_model(trainer.ref_model))
     model = trainer.accelerator.unwrap_model(trainer.model)
     return weights_fingerprint(model, adapters_disabled=is_peft_model(model))
 
 
-class CachedPrecompute:
-    """The reference precompute of a DPO trainer, looked up in (and added to) a RefLogpCache first."""
+class ReferencePrecompute:
+    """The reference precompute of a DPO trainer, looked up in (and added to) a RefLogpCache first when there is one.
 
-    def __init__(self, cache: RefLogpCache):
+    The main process alone hashes and reads the cache and tells every rank what it found (the log-probs
+    themselves), so ranks and nodes with caches of their own never disagree: on a miss all ranks run the reference
+    pass together, on a hit none does. The log-probs are attached in memory, not through a datasets cache file
+    that only the main process's machine (or its temporary directory) holds.
+    """
+
+    def __init__(self, cache: RefLogpCache | None, separate: bool = True):
         self.cache = cache
+        self.separate = separate  # the run passed the trainer a reference model of its own
         self._weights: str | None = None  # hashing the weights once serves the train and the eval pass
 
-    def __call__(self, trainer, dataset, name: str, compute):
+    def _lookup(self, trainer, dataset, name: str):
+        """On the main process: (key, components, found log-probs or None); (None, None, None) with no key."""
         if self._weights is None:
-            self._weights = reference_weights_fingerprint(trainer)
+            try:
+                self._weights = reference_weights_fingerprint(trainer, self.separate)
+            except WeightsUnavailable as exc:
+                console.note(f"reference log-prob cache not used: the reference weights cannot be fingerprinted "
+                             f"in this process ({exc}); the log-probs are computed and not stored")
+                self.cache = None
+                return None, None, None
         components = cache_components(trainer, dataset, self._weights)
         key = cache_key(components)
-        cache = self.cache
-        found = cache.load(key, len(dataset), name)
+        return key, components, self.cache.load(key, len(dataset), name)
+
+    def __call__(self, trainer, dataset, name: str, batch_size: int):
+        from dpo_cli.train.trl_compat import dpo_reference_logps
+
+        accelerator, cache = trainer.accelerator, self.cache
+        key = components = found = None
+        if cache is not None:
+            key, components, found = from_main(
+                self._lookup(trainer, dataset, name) if accelerator.is_main_process else None)
+            if key is None:
+                self.cache = cache = None  # the main process could not key it: no rank uses the cache
         if found is not None:
             cache.events.append(("hit", name, cache.path(key)))
-            if name == "train" and trainer.accelerator.is_main_process:
-                cache.remember(key)
-            if trainer.accelerator.is_main_process:
+            if accelerator.is_main_process:
+                if name == "train":
+                    cache.remember(key)
                 console.note(f"reference log-probs for {name} ({len(dataset)} pairs) loaded from cache "
                              f"{cache.path(key)}")
             return _attach(dataset, *found)
-        result = compute()
-        if trainer.accelerator.is_main_process:
-            path = cache.store(key, components, result[COLUMNS[0]], result[COLUMNS[1]])
-            cache.events.append(("miss", name, path))
-            if name == "train":
-                cache.remember(key)
-            console.note(f"reference log-probs for {name} ({len(dataset)} pairs) computed and cached in {path}")
-        trainer.accelerator.wait_for_everyone()
-        return result
+        chosen, rejected = dpo_reference_logps(trainer, dataset, batch_size)
+        if cache is not None:
+            if accelerator.is_main_process:
+                path = cache.store(key, components, chosen, rejected)
+                if name == "train":
+                    cache.remember(key)
+                console.note(f"reference log-probs for {name} ({len(dataset)} pairs) computed and cached in {path}")
+            cache.events.append(("miss", name, cache.path(key)))
+            accelerator.wait_for_everyone()
+        return _attach(dataset, chosen, rejected)

@@ -30,6 +30,7 @@ from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
@@ -184,7 +185,8 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
         return None
     return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, tokenizer,
                    Truncation(args.max_length, getattr(args, "truncation_mode", "keep_start")),
-                   getattr(args, "beta", None), args.per_device_eval_batch_size)
+                   getattr(args, "beta", None), args.per_device_eval_batch_size,
+                   from_start=not stage.reference(recipe).explicit)
 
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
@@ -204,6 +206,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     run = RunDir(recipe.output_dir)
     check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
+    check_shared_folder(run.path)  # several nodes: checkpoints and --resume need one output_dir they all see
     record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, args.world_size))
     manifest = record.manifest
     # a signal is handled from here to the end (what it does depends on the phase); the lock keeps other runs out
@@ -221,7 +224,10 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         record.update()
         # the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data is known;
         # recipe.resolved.yaml keeps the recipe as given (auto), run.json what auto became and why
-        recipe, defaults = settle_defaults(recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"]))
+        # decided once, on the main process: ranks and nodes with caches or installs of their own would otherwise
+        # choose differently (one precomputing, another not: a silent mix, or a hang in the reference pass)
+        recipe, defaults = from_main(settle_defaults(
+            recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"])) if is_main else None)
         args = build_config(recipe, plan)
         record.update(defaults=defaults_record(defaults))
         if is_main and (note := defaults_note(defaults)):

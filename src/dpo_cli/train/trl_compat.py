@@ -63,20 +63,53 @@ def dpo_liger_is_fused_loss() -> bool:
 def dpo_trainer_with_precompute_hook(trainer_class: type, hook: Callable[..., Any]) -> type:
     """A subclass of TRL's DPOTrainer whose reference precompute goes through ``hook``.
 
-    ``hook(trainer, dataset, name, compute)`` returns the dataset with ``ref_chosen_logps`` and ``ref_rejected_logps``
-    columns; ``compute()`` runs TRL's own pass. TRL offers no public way to supply precomputed reference log-probs
-    (its ``_precompute_ref_logps`` always recomputes), and this private method has kept its signature from TRL 1.0
-    to 1.16.
+    ``hook(trainer, dataset, name, batch_size)`` returns the dataset with ``ref_chosen_logps`` and
+    ``ref_rejected_logps`` columns (dpo_reference_logps computes them). TRL offers no public way to supply
+    precomputed reference log-probs (its ``_precompute_ref_logps`` always recomputes), and this private method has
+    kept its signature from TRL 1.0 to 1.16.
     """
 
     class PrecomputeHookDPOTrainer(trainer_class):
         def _precompute_ref_logps(self, dataset, name: str, batch_size: int):
-            parent = super()._precompute_ref_logps
-            return hook(self, dataset, name, lambda: parent(dataset, name, batch_size))
+            return hook(self, dataset, name, batch_size)
 
     PrecomputeHookDPOTrainer.__name__ = PrecomputeHookDPOTrainer.__qualname__ = trainer_class.__name__
     return PrecomputeHookDPOTrainer
 
+
+def dpo_reference_logps(trainer, dataset, batch_size: int):
+    """TRL's reference pass over ``dataset``: ``(chosen, rejected)`` log-prob tensors in row order, on every rank.
+
+    The loop of TRL 1.16's ``_precompute_ref_logps`` (each rank scores its share of the batches with the trainer's
+    public ``compute_ref_log_probs``, ``gather_for_metrics`` hands every rank all of them) without its last step,
+    which writes the log-probs as a datasets cache file beside the dataset on the main process and reads that file
+    back on every rank: for TRL's in-memory tokenized dataset the file lands in the main process's own temporary
+    directory, so every other rank fails with FileNotFoundError (and a node without shared storage would too).
+    Under DeepSpeed without a separate reference the policy's parameters are still on the CPU or sharded here; TRL
+    wraps them in an inference engine it builds once and keeps in ``_precompute_engine`` for its later passes.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    args = trainer.args
+    loader = trainer.accelerator.prepare(DataLoader(
+        dataset, batch_size=batch_size, collate_fn=trainer.data_collator, num_workers=args.dataloader_num_workers,
+        pin_memory=args.dataloader_pin_memory, shuffle=False))
+    model = trainer.ref_model or trainer.model
+    if trainer.ref_model is None and trainer.is_deepspeed_enabled:
+        from trl.models import prepare_deepspeed
+
+        if getattr(trainer, "_precompute_engine", None) is None:
+            trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
+        model = trainer._precompute_engine
+    chosen, rejected = [], []
+    for batch in loader:
+        logps = trainer.accelerator.gather_for_metrics(trainer.compute_ref_log_probs(model, batch))
+        chosen.append(logps[0].float().cpu())
+        rejected.append(logps[1].float().cpu())
+    if not chosen:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(chosen), torch.cat(rejected)
 
 
 # TRL documents an option its trainer no longer applies in the field's help: "Temporarily unavailable: ... falls back"

@@ -10,7 +10,7 @@ from typing import Any
 from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.refcache import CachedPrecompute, RefLogpCache, cache_key
+from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_loss_types
 from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
@@ -194,8 +194,10 @@ def build_trainer(inputs: StageInputs):
     # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
     # liger-kernel package (offline), so TRL's notice is not news to the user
     warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
-    if inputs.ref_cache is not None:
-        trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, CachedPrecompute(inputs.ref_cache))
+    if inputs.args.precompute_ref_log_probs:
+        # our pass, not TRL's: TRL hands its log-probs to the other ranks through a file they cannot see (refcache.py)
+        hook = ReferencePrecompute(inputs.ref_cache, separate=inputs.ref_model is not None)
+        trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, hook)
     trainer = trainer_class(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,
                             train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                             processing_class=inputs.tokenizer, callbacks=inputs.callbacks,
