@@ -30,7 +30,8 @@ SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN", "WA
 NOT_SECRET_ENV = ("PWD", "OLDPWD", "XDG_", "SSH_AUTH_SOCK", "DBUS_", "GPG_", "TERM_SESSION")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # The userinfo of a URL (scheme://user:password@host): a credential wherever it appears, in any key or message
-_USERINFO = re.compile(r"(?<=://)[^/\s@'\"<>]+(?=@)")
+# (also after a single slash: a URL read as a path, https:/user:pass@host, keeps its credential)
+_USERINFO = re.compile(r"(?<=[A-Za-z0-9]:/)/?([^/\s@'\"<>]+)(?=@)")
 _MIN_LENGTH = 4  # shorter values ("no", "1") are too common to scrub from text
 _remembered: set[str] = set()
 
@@ -64,7 +65,8 @@ def _userinfo(text: str) -> Iterator[str]:
     """The userinfo of each URL in ``text``, and its password part alone (it may be printed without the URL)."""
     for found in _USERINFO.findall(text):
         yield found
-        yield found.partition(":")[2]
+        if ":" in found:
+            yield found.partition(":")[2]
 
 
 def _secrets_in(value: Any) -> Iterator[str]:
@@ -108,7 +110,7 @@ def _known(value: Any) -> list[str]:
 
 def redact_text(text: str, known: list[str] | None = None) -> str:
     if "@" in text:
-        text = _USERINFO.sub(REDACTED, text)
+        text = _USERINFO.sub(lambda m: m.group(0)[:-len(m.group(1))] + REDACTED, text)
     for secret in _known(None) if known is None else known:
         text = text.replace(secret, REDACTED)
     return text
