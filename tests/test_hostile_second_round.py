@@ -165,7 +165,7 @@ SECRET_VALUES = [v.rpartition(":")[2].partition("@")[0] if "://" in v else v for
 
 
 @pytest.mark.parametrize("key", [*(k for k in SECRETS if k != "DATABASE_URL"), "AWS_SECRET_ACCESS_KEY", "DB_DSN", "session_cookie", "clientSecret",
-                                 "access_token", "basic_auth", "DB_PASSWORD_2"])
+                                 "access_token", "basic_auth", "DB_PASSWORD_2", "API_KEY_2", "HF_TOKEN2"])
 def test_credential_names_are_secret(key):
     from dpo_cli.core.redact import is_secret_key
 

@@ -33,13 +33,15 @@ _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 # (also after a single slash: a URL read as a path, https:/user:pass@host, keeps its credential)
 _USERINFO = re.compile(r"(?<=[A-Za-z0-9]:/)/?([^/\s@'\"<>]+)(?=@)")
 _MIN_LENGTH = 4  # shorter values ("no", "1") are too common to scrub from text
+# values a secret-named setting may hold that are no secret and too common to scrub (USE_AUTH=true)
+_FLAGS = {"true", "false", "none", "null", "auto", "yes", "enabled", "disabled"}
 _remembered: set[str] = set()
 
 
 def is_secret_key(key: object) -> bool:
     if not isinstance(key, str) or key.lower() in NOT_SECRET:
         return False
-    words = [w.lower() for w in _WORD.findall(key)]
+    words = [w.lower() for w in _WORD.findall(key) if not w.isdigit()]  # API_KEY_2 ends in KEY
     if any(w in STRONG_WORDS or w.endswith(tuple(STRONG_WORDS)) for w in words):
         return True
     if not words:
@@ -85,10 +87,14 @@ def _secrets_in(value: Any) -> Iterator[str]:
             yield from _userinfo(item)
 
 
+def _scrubbable(value: str) -> bool:
+    return len(value) >= _MIN_LENGTH and value.lower() not in _FLAGS
+
+
 def remember(value: Any) -> None:
     """Note every secret in ``value`` (a recipe, overrides): under a secret key, or a URL's userinfo, to scrub it
     wherever it reappears, messages and files alike."""
-    _remembered.update(s for s in _secrets_in(value) if len(s) >= _MIN_LENGTH)
+    _remembered.update(s for s in _secrets_in(value) if _scrubbable(s))
 
 
 def _environment() -> set[str]:
@@ -100,11 +106,11 @@ def _environment() -> set[str]:
             found.add(value)
         elif "@" in value:
             found.update(_userinfo(value))
-    return {v for v in found if len(v) >= _MIN_LENGTH}
+    return {v for v in found if _scrubbable(v)}
 
 
 def _known(value: Any) -> list[str]:
-    known = _environment() | _remembered | {s for s in _secrets_in(value) if len(s) >= _MIN_LENGTH}
+    known = _environment() | _remembered | {s for s in _secrets_in(value) if _scrubbable(s)}
     return sorted(known, key=len, reverse=True)  # a longer secret first, should one contain another
 
 
