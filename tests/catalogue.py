@@ -540,6 +540,12 @@ CASES = [
     Case("override-recursive", "option", "an override value that is recursive YAML", [*TRAIN, "trainer.beta=&a [*a]"],
          "override value '&a [*a]': a YAML alias refers to the value that holds it (recursive YAML), which has no "
          "end; a recipe must be a tree", recipe_with("", ""), timeout=60),
+    Case("override-too-deep", "option", "an override value nested 5000 levels deep",
+         [*TRAIN, "trainer.beta=" + "[" * 5000 + "]" * 5000],
+         "override value '" + "[" * 60 + "...': the YAML nests values more than 100 levels deep", recipe_with("", "")),
+    Case("recipe-too-deep", "recipe", "a recipe nested 5000 levels deep", TRAIN,
+         "{tmp}/r.yaml: the YAML nests values more than 100 levels deep",
+         {"r.yaml": "stage: dpo\nmodel: " + "[" * 5000 + "]" * 5000 + "\n"}),
     Case("recipe-is-a-directory", "recipe", "a recipe path that is a directory", ["train", "{tmp}/recipes"],
          "{tmp}/recipes is a directory; give the recipe's YAML file", {"recipes/": ""}),
     Case("recipe-is-a-pipe", "recipe", "a recipe path that is a named pipe", TRAIN,

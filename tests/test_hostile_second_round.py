@@ -227,6 +227,17 @@ def test_a_map_under_a_secret_key_is_not_echoed_by_validation(tmp_path, capsys, 
     assert code == 2 and "zzzz-9999-secret" not in err and "<redacted>" in _one_error_line(err)
 
 
+def test_a_password_in_the_model_url_reaches_no_message_and_no_file(tmp_path, capsys, write_recipe):
+    train, _ = _write_data(tmp_path)
+    recipe = write_recipe(f"stage: dpo\nmodel: {{name_or_path: 'https://me:url-Secret-55@models.example/org/m'}}\n"
+                          f"data: {{train: {{path: {train}, skip_invalid: true}}}}\noutput_dir: {tmp_path / 'run'}\n")
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and "https://<redacted>@models.example/org/m" in _one_error_line(err)
+    assert "url-Secret-55" not in err
+    written = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert [p for p in written if b"url-Secret-55" in p.read_bytes()] == []
+
+
 def test_a_password_in_a_registry_file_name_is_not_echoed(tmp_path, capsys):
     registry = tmp_path / "dataset_info.json"
     registry.write_text(json.dumps({"pairs": {"file_name": "https://me:reg-Secret-77@data.example/p.json",

@@ -106,7 +106,7 @@ def _compose(text: str) -> yaml.Node | None:
     try:
         return yaml.compose(text, Loader=Loader)
     except RecursionError:
-        raise yaml.YAMLError(f"the YAML nests values more than {MAX_DEPTH} levels deep") from None
+        raise NodeProblem(None, f"the YAML nests values more than {MAX_DEPTH} levels deep") from None
 
 
 def _construct(text: str) -> tuple[Any, yaml.Node | None]:
@@ -127,7 +127,7 @@ def _construct(text: str) -> tuple[Any, yaml.Node | None]:
 class NodeProblem(yaml.YAMLError):
     """A document check_node refuses."""
 
-    def __init__(self, line: int, reason: str):
+    def __init__(self, line: int | None, reason: str):
         super().__init__(reason)
         self.line, self.reason = line, reason
 
