@@ -332,3 +332,12 @@ def test_a_key_twice_beside_a_merge_key_is_still_refused(tmp_path, capsys, write
     code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 2 and "key 'name_or_path' appears twice in the same section, at lines 5 and 6" in \
         _one_error_line(err)
+
+
+def test_an_error_beside_a_merge_key_points_at_the_key_that_wins(tmp_path, capsys, write_recipe):
+    train, _ = _write_data(tmp_path)
+    recipe = write_recipe(f"stage: dpo\nmodel: {{name_or_path: builtin:tiny-chat}}\ndata:\n  train: &source\n    "
+                          f"path: {train}\n    limit: 5\n  eval:\n    <<: *source\n    limit: -1\n"
+                          f"output_dir: {tmp_path / 'run'}\n")
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 2 and _one_error_line(err).startswith(f"error: {recipe}:9: field 'data.eval.0.limit'"), err

@@ -157,13 +157,16 @@ class Located:
     def line(self, path: Sequence[Any]) -> int | None:
         node, line = self.root, None
         for key in path:
+            if isinstance(node, yaml.MappingNode) and key == 0 and not any(k.value == 0 for k, _ in node.value):
+                continue  # one item given where a list may be (train: {path: ...}): the error is about that item
             if isinstance(node, yaml.MappingNode):
-                match = next((v for k, v in node.value if k.value == key), None)
+                # the last pair wins, as in PyYAML: a merge key (<<: *base) puts the base's pairs first
+                match = next((v for k, v in reversed(node.value) if k.value == key), None)
                 if match is None:
                     # an unknown key: point at the key itself
                     key_node = next((k for k, _ in node.value if k.value == key), None)
                     return key_node.start_mark.line + 1 if key_node else line
-                line = next(k for k, _ in node.value if k.value == key).start_mark.line + 1
+                line = next(k for k, _ in reversed(node.value) if k.value == key).start_mark.line + 1
                 node = match
             elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
                 node = node.value[key]
