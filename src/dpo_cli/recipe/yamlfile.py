@@ -61,6 +61,14 @@ MAX_EXPANDED = 200_000
 MAX_DEPTH = 100  # sections within sections: a real recipe nests fewer than ten
 
 
+class NodeProblem(yaml.YAMLError):
+    """A document check_node refuses."""
+
+    def __init__(self, line: int | None, reason: str):
+        super().__init__(reason)
+        self.line, self.reason = line, reason
+
+
 def check_node(root: yaml.Node | None) -> tuple[int, str] | None:
     """What makes a composed YAML document unsafe to build: ``(line, reason)`` for an alias that refers to the value
     holding it (recursive YAML), aliases that expand past MAX_EXPANDED values (a "billion laughs"), or nesting deeper
@@ -82,11 +90,8 @@ def check_node(root: yaml.Node | None) -> tuple[int, str] | None:
                 return line, (f"YAML aliases expand this value to more than {MAX_EXPANDED:,} values (aliases of "
                               f"aliases, a 'billion laughs'); write the values out, or alias fewer times")
             continue
-        if id(node) in size:
+        if id(node) in size:  # an alias of a value walked already
             continue
-        if id(node) in on_path:
-            return line, ("a YAML alias refers to the value that holds it (recursive YAML), which has no end; "
-                          "a recipe must be a tree")
         if len(on_path) >= MAX_DEPTH:
             return line, f"the YAML nests values more than {MAX_DEPTH} levels deep"
         on_path.add(id(node))
@@ -102,7 +107,7 @@ def check_node(root: yaml.Node | None) -> tuple[int, str] | None:
 
 
 def _compose(text: str) -> yaml.Node | None:
-    """The node tree of ``text``; a document too deep for PyYAML's recursive parser is a YAMLError like the others."""
+    """The node tree of ``text``; a document too deep for PyYAML's recursive parser is a NodeProblem, not a crash."""
     try:
         return yaml.compose(text, Loader=Loader)
     except RecursionError:
@@ -122,14 +127,6 @@ def _construct(text: str) -> tuple[Any, yaml.Node | None]:
         return loader.construct_document(node), node
     finally:
         loader.dispose()
-
-
-class NodeProblem(yaml.YAMLError):
-    """A document check_node refuses."""
-
-    def __init__(self, line: int | None, reason: str):
-        super().__init__(reason)
-        self.line, self.reason = line, reason
 
 
 def parse_scalar(text: str) -> Any:
@@ -157,7 +154,7 @@ class Located:
     def line(self, path: Sequence[Any]) -> int | None:
         node, line = self.root, None
         for key in path:
-            if isinstance(node, yaml.MappingNode) and key == 0 and not any(k.value == 0 for k, _ in node.value):
+            if isinstance(node, yaml.MappingNode) and isinstance(key, int) and key == 0:
                 continue  # one item given where a list may be (train: {path: ...}): the error is about that item
             if isinstance(node, yaml.MappingNode):
                 # the last pair wins, as in PyYAML: a merge key (<<: *base) puts the base's pairs first
