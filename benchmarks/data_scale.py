@@ -44,10 +44,12 @@ def write_pairs(path: Path, n: int) -> None:
                                 "rejected": [{"role": "assistant", "content": text(110)}]}) + "\n")
 
 
-def peak_rss_mb() -> float:
-    """This process's peak, or its child's where the child did the work (the dpo-cli command)."""
-    usage = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    return usage / 1024
+def usage() -> dict:
+    """Peak RSS (this process's, or its child's where the child did the work: the dpo-cli command) and CPU seconds
+    of both: on a shared machine CPU seconds move less with the neighbours' load than wall time."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"rss_mb": max(own.ru_maxrss, children.ru_maxrss) / 1024,
+            "cpu_s": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime}
 
 
 def plain(data: Path, out: Path, beta: float) -> None:
@@ -102,11 +104,11 @@ def child(kind: str, data: Path, home: Path, out: Path, beta: float) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"seconds": seconds, "rss_mb": report["rss_mb"]}
+    return {"seconds": seconds, **report}
 
 
 def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):7.1f} ({min(values):.1f}-{max(values):.1f})"
+    return f"{statistics.median(values):.1f} ({min(values):.1f}-{max(values):.1f})"
 
 
 def main() -> None:
@@ -121,12 +123,13 @@ def main() -> None:
     opts = parser.parse_args()
     if opts.worker:
         WORKERS[opts.worker](Path(opts.data), Path(opts.out), opts.beta)
-        print(json.dumps({"rss_mb": peak_rss_mb()}))
+        print(json.dumps(usage()))
         return
 
     kinds = ("load-plain", "load-dpo-cli") if opts.load_only else ("plain", "dpo-cli")
     phases = ("read",) if opts.load_only else ("first", "second")
-    print(f"{'rows':>8} {'phase':7} {'tool':13} {'seconds: median (min-max)':>26} {'peak RSS MB':>22}  ratio s / RSS")
+    print(f"{'rows':>8} {'phase':6} {'tool':12} {'wall s: median (min-max)':>25} {'CPU s':>22} "
+          f"{'peak RSS MB':>22}  dpo-cli/plain: wall, CPU, RSS")
     for size in opts.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             data = Path(tmp) / "pairs.jsonl"
@@ -142,11 +145,11 @@ def main() -> None:
                 base = runs[phase, kinds[0]]
                 for kind in kinds:
                     results = runs[phase, kind]
-                    seconds, rss = [r["seconds"] for r in results], [r["rss_mb"] for r in results]
-                    ratio = "" if kind == kinds[0] else (
-                        f"  {statistics.median(seconds) / statistics.median(r['seconds'] for r in base):.2f} / "
-                        f"{statistics.median(rss) / statistics.median(r['rss_mb'] for r in base):.2f}")
-                    print(f"{size:8,} {phase:7} {kind:13} {spread(seconds):>26} {spread(rss):>22}{ratio}")
+                    columns = [[r[name] for r in results] for name in ("seconds", "cpu_s", "rss_mb")]
+                    ratio = "" if kind == kinds[0] else "  " + ", ".join(
+                        f"{statistics.median(values) / statistics.median(r[name] for r in base):.2f}"
+                        for values, name in zip(columns, ("seconds", "cpu_s", "rss_mb")))
+                    print(f"{size:8,} {phase:6} {kind:12} " + " ".join(f"{spread(v):>22}" for v in columns) + ratio)
             sys.stdout.flush()
 
 

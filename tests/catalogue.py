@@ -27,6 +27,18 @@ TINY_LLAMA = ('{"architectures": ["LlamaForCausalLM"], "model_type": "llama", "v
               '"max_position_embeddings": 512, "tie_word_embeddings": true}')
 
 
+@dataclass(frozen=True)
+class Special:
+    """A file the case makes that is not plain content: a named pipe (``Special("fifo")``) or a symbolic link to
+    ``target`` (``Special("link", "/dev/zero")``)."""
+
+    kind: str
+    target: str = ""
+
+
+FIFO = Special("fifo")
+
+
 @dataclass
 class Case:
     name: str
@@ -34,8 +46,10 @@ class Case:
     what: str
     argv: list[str]
     message: str
-    files: dict[str, str | bytes] = field(default_factory=dict)  # a name ending in "/" is an empty directory
+    # a name ending in "/" is an empty directory
+    files: dict[str, str | bytes | Special] = field(default_factory=dict)
     exit_code: int = 2
+    timeout: int | None = None  # a case that hung once runs in its own process, stopped after this many seconds
 
 
 def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
@@ -432,10 +446,10 @@ CASES = [
          {"in.jsonl": '{"prompt": "q", "chosen": "a", "rejected": "b", "instruction": "x", "input": ""}\n'}),
     Case("convert-output-is-input", "option", "convert-data --output naming the input",
          ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/in.jsonl"],
-         "the output {tmp}/in.jsonl is the input {tmp}/in.jsonl (or a link to it); inputs are never written to, "
-         "choose another --output", {"in.jsonl": GOOD_ROW}),
+         "--output {tmp}/in.jsonl is the input {tmp}/in.jsonl: writing it would destroy what is being read; choose "
+         "another path", {"in.jsonl": GOOD_ROW}),
     Case("convert-output-exists", "option", "convert-data onto an existing file without --force", CONVERT,
-         "{tmp}/out.jsonl exists; pass --force to replace it", {"in.jsonl": GOOD_ROW, "out.jsonl": "x\n"}),
+         "--output {tmp}/out.jsonl exists; pass --force to replace it", {"in.jsonl": GOOD_ROW, "out.jsonl": "x\n"}),
     Case("convert-unknown-format", "option", "a --format name that does not exist", [*CONVERT, "--format", "alpacca"],
          "unknown format 'alpacca'; did you mean 'alpaca'?", {"in.jsonl": GOOD_ROW}),
     Case("convert-where-column", "option", "a --where naming a column the data lacks",
@@ -474,4 +488,92 @@ CASES = [
                                 ("not", "in 'not'", "not " * 5000 + "prompt == 'Q'")]],
     Case("inspect-empty", "data", "inspect-data on a file with no rows", ["inspect-data", "{tmp}/in.jsonl"],
          "{tmp}/in.jsonl: no rows: the files hold nothing to inspect or train on", {"in.jsonl": ""}),
+
+    # the second hostile round (issue 22): every file a command writes goes through one output check
+    *[Case(f"rejects-{name}", "recipe", what, [*TRAIN, "--dry-run"], "{tmp}/r.yaml:5: field 'data.train.0.rejects': "
+           "rejects file " + message, recipe_with("train: {tmp}/train.jsonl", "train: {path: {tmp}/train.jsonl, "
+                                                  "skip_invalid: true, rejects: " + rejects + "}", **files))
+      for name, what, rejects, message, files in [
+          ("is-the-source", "a data source whose rejects: is the source itself", "{tmp}/train.jsonl",
+           "{tmp}/train.jsonl is the input {tmp}/train.jsonl: writing it would destroy what is being read; choose "
+           "another path", {}),
+          ("is-the-recipe", "a data source whose rejects: is the recipe", "{tmp}/r.yaml",
+           "{tmp}/r.yaml is the input {tmp}/r.yaml: writing it would destroy what is being read; choose another "
+           "path", {}),
+          ("in-a-model", "a data source whose rejects: is a file of a saved model", "{tmp}/model/tokenizer.json",
+           "{tmp}/model/tokenizer.json lies inside the saved model {tmp}/model; writing there would corrupt it: "
+           "write it elsewhere", {"model/config.json": TINY_LLAMA, "model/tokenizer.json": "{}"}),
+      ]],
+    Case("rejects-exists", "option", "a data source's rejects: file that exists, without --overwrite", TRAIN,
+         "rejects file {tmp}/rejects.jsonl exists; pass --overwrite to replace it",
+         recipe_with("train: {tmp}/train.jsonl", "train: {path: {tmp}/train.jsonl, skip_invalid: true, rejects: "
+                     "{tmp}/rejects.jsonl}", **{"rejects.jsonl": "mine\n"})),
+    Case("import-recipe-over-itself", "option", "import-recipe -o naming its own input, even with --force",
+         ["import-recipe", "{tmp}/lf.yaml", "-o", "{tmp}/lf.yaml", "--force"],
+         "--output {tmp}/lf.yaml is the input {tmp}/lf.yaml: writing it would destroy what is being read; choose "
+         "another path", {"lf.yaml": "stage: dpo\nmodel_name_or_path: m\ndataset: dpo_en_demo\n"}),
+    Case("convert-output-in-a-model", "option", "convert-data -o into a saved model's directory, even with --force",
+         [*CONVERT[:-1], "{tmp}/model/tokenizer.json", "--force"],
+         "--output {tmp}/model/tokenizer.json lies inside the saved model {tmp}/model; writing there would corrupt "
+         "it: write it elsewhere", {"in.jsonl": GOOD_ROW, "model/config.json": TINY_LLAMA,
+                                    "model/model.safetensors": "weights", "model/tokenizer.json": "{}"}),
+    Case("report-output-exists", "option", "dpo-cli report -o onto an existing file without --force",
+         ["report", "{tmp}/run", "-o", "{tmp}/notes.html"], "--output {tmp}/notes.html exists; pass --force to "
+         "replace it", {"run/run.json": '{"status": "completed"}', "run/recipe.resolved.yaml": GOOD_RECIPE,
+                        "notes.html": "mine"}),
+    Case("score-output-exists", "option", "dpo-cli score -o onto an existing file without --force",
+         ["score", "builtin:tiny-chat", "--data", "{tmp}/train.jsonl", "-o", "{tmp}/scores.jsonl"],
+         "--output {tmp}/scores.jsonl exists; pass --force to replace it",
+         {"train.jsonl": PAIR, "scores.jsonl": "mine"}),
+    # secrets: never echoed, whatever their type or name
+    Case("secret-number-echoed", "recipe", "a number under a secret key where text is due", TRAIN,
+         "{tmp}/r.yaml:9: field 'env.DB_PASSWORD': Input should be a valid string (got <redacted>)",
+         recipe_with("output_dir: {tmp}/run\n", "output_dir: {tmp}/run\nenv: {DB_PASSWORD: 98765.4321}\n")),
+    Case("secret-list-echoed", "recipe", "a list under a secret key", TRAIN,
+         "{tmp}/r.yaml:9: field 'env.PGPASSWORD': Input should be a valid string (got <redacted>)",
+         recipe_with("output_dir: {tmp}/run\n", "output_dir: {tmp}/run\nenv: {PGPASSWORD: [hunter22, s3cr3t99]}\n")),
+    Case("secret-in-a-url", "model", "a password in the URL given as the model", TRAIN,
+         "model 'https://<redacted>@example.invalid/org/model' is not a local directory and could not be fetched "
+         "from the Hugging Face Hub (*). On a machine with access run `huggingface-cli download "
+         "https://<redacted>@example.invalid/org/model --local-dir DIR`, copy DIR here and set "
+         "model.name_or_path=DIR",
+         recipe_with("builtin:tiny-chat", "'https://user:hunter2pass@example.invalid/org/model'")),
+    # hangs: each runs in its own process, stopped after a minute should it hang again
+    Case("yaml-billion-laughs", "recipe", "YAML aliases of aliases that expand to a billion values", TRAIN,
+         "{tmp}/r.yaml:13: YAML aliases expand this value to more than 200,000 values (aliases of aliases, a "
+         "'billion laughs'); write the values out, or alias fewer times",
+         recipe_with("trainer:\n  beta: 0.1\n", "trainer:\n  beta: 0.1\n  a0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+                     + "".join(f"  a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))),
+         timeout=60),
+    Case("import-recipe-billion-laughs", "recipe", "a LLaMA-Factory YAML whose aliases expand to a billion values",
+         ["import-recipe", "{tmp}/lf.yaml", "-o", "{tmp}/r.yaml"],
+         "{tmp}/lf.yaml:8: YAML aliases expand this value to more than 200,000 values (aliases of aliases, a "
+         "'billion laughs'); write the values out, or alias fewer times",
+         {"lf.yaml": "stage: dpo\nmodel_name_or_path: m\na0: &a0 [x, x, x, x, x, x, x, x, x]\n"
+                     + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n" for i in range(1, 10))},
+         timeout=60),
+    Case("yaml-recursive", "recipe", "a YAML alias inside the value it names", TRAIN,
+         "{tmp}/r.yaml:2: a YAML alias refers to the value that holds it (recursive YAML), which has no end; a "
+         "recipe must be a tree", {"r.yaml": "stage: dpo\nmodel: &m\n  name_or_path: builtin:tiny-chat\n"
+                                            "  again: *m\n"}, timeout=60),
+    Case("override-recursive", "option", "an override value that is recursive YAML", [*TRAIN, "trainer.beta=&a [*a]"],
+         "override value '&a [*a]': a YAML alias refers to the value that holds it (recursive YAML), which has no "
+         "end; a recipe must be a tree", recipe_with("", ""), timeout=60),
+    Case("override-too-deep", "option", "an override value nested 5000 levels deep",
+         [*TRAIN, "trainer.beta=" + "[" * 5000 + "]" * 5000],
+         "override value '" + "[" * 60 + "...': the YAML nests values more than 100 levels deep", recipe_with("", "")),
+    Case("recipe-too-deep", "recipe", "a recipe nested 5000 levels deep", TRAIN,
+         "{tmp}/r.yaml: the YAML nests values more than 100 levels deep",
+         {"r.yaml": "stage: dpo\nmodel: " + "[" * 5000 + "]" * 5000 + "\n"}),
+    Case("recipe-is-a-directory", "recipe", "a recipe path that is a directory", ["train", "{tmp}/recipes"],
+         "{tmp}/recipes is a directory; give the recipe's YAML file", {"recipes/": ""}),
+    Case("recipe-is-a-pipe", "recipe", "a recipe path that is a named pipe", TRAIN,
+         "{tmp}/r.yaml is not a regular file (a pipe, device or socket); give the recipe's YAML file",
+         {"r.yaml": FIFO}, timeout=60),
+    Case("data-is-a-pipe", "data", "a data file that is a named pipe (reading it would block for ever)", CONVERT,
+         "{tmp}/in.jsonl: not a regular file (a pipe, device or socket); give a data file or directory",
+         {"in.jsonl": FIFO}, timeout=60),
+    Case("data-is-a-device", "data", "a data file that is a link to /dev/zero (reading it never ends)",
+         [*TRAIN, "--dry-run"], "{tmp}/train.jsonl: not a regular file (a pipe, device or socket); give a data file "
+         "or directory", {"r.yaml": GOOD_RECIPE, "train.jsonl": Special("link", "/dev/zero")}, timeout=60),
 ]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
-from catalogue import CASES
+from catalogue import CASES, Special
 from helpers import run_cli
 
 
@@ -32,11 +36,19 @@ def test_catalogue_entry(case, capsys, tmp_path, tiny_model):
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, bytes):  # a file that is not UTF-8 text
+        if isinstance(content, Special):
+            os.mkfifo(path) if content.kind == "fifo" else path.symlink_to(content.target)
+        elif isinstance(content, bytes):  # a file that is not UTF-8 text
             path.write_bytes(content)
         else:
             path.write_text(content.replace("{tmp}", str(tmp_path)), encoding="utf-8")
-    code, _, err = run_cli(capsys, *(arg.replace("{tmp}", str(tmp_path)) for arg in case.argv))
+    argv = [arg.replace("{tmp}", str(tmp_path)) for arg in case.argv]
+    if case.timeout is None:
+        code, _, err = run_cli(capsys, *argv)
+    else:  # a hang would stop here, not hang the suite
+        done = subprocess.run([sys.executable, "-m", "dpo_cli", *argv], capture_output=True, text=True,
+                              timeout=case.timeout)
+        code, err = done.returncode, done.stderr
     last = err.strip().splitlines()[-1]
     assert code == case.exit_code, err
     assert _matches("error: " + case.message.replace("{tmp}", str(tmp_path)), last), last

@@ -223,11 +223,12 @@ def score(
                                                    show_default=False)] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate to this many tokens.",
                                                       show_default=False)] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file.")] = False,
 ):
     """Score text with a reward model: one score per row, or chosen and rejected scores per pair."""
     from dpo_cli.evidence.reward_scores import pairwise_accuracy, score_file, scores_table, write_scores
 
-    scored = score_file(model, data, max_length=max_length, output=output)
+    scored = score_file(model, data, max_length=max_length, output=output, force=force)
     if output is not None:
         write_scores(scored, output)
         console.stdout.print(f"{len(scored.rows)} rows scored, written to {output}")
@@ -252,11 +253,13 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html.",
                                                    show_default=False)] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing --output file (RUN_DIR/report.html is always "
+                                        "replaced).")] = False,
 ):
     """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations."""
     from dpo_cli.evidence.report import write_report
 
-    console.stdout.print(f"report written to {write_report(run_dir, output)}")
+    console.stdout.print(f"report written to {write_report(run_dir, output, force=force)}")
 
 
 @app.command("convert-data")

@@ -20,20 +20,43 @@ def _resolved(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
+# Files that make a directory a saved model, adapter or tokenizer: writing among them would corrupt it
+_MODEL_FILES = ("adapter_config.json", "tokenizer_config.json", "tokenizer.json")
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
+
+
+def model_directory(path: Path) -> Path | None:
+    """The saved model (or adapter, or tokenizer) directory that ``path`` lies inside, if any."""
+    for folder in path.parents:
+        if any((folder / name).is_file() for name in _MODEL_FILES) or (
+                (folder / "config.json").is_file() and any(next(folder.glob(w), None) for w in _WEIGHTS)):
+            return folder
+    return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Two names of one file (a hard link, or a symbolic link resolve() did not see through)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def check_output(output: str | Path, reads: Iterable[str | Path], *, what: str = "output",
-                 allowed: Iterable[str | Path] = ()) -> None:
-    """Refuse an ``output`` that is, contains or lies inside anything the command reads.
+                 allowed: Iterable[str | Path] = (), owned: str | Path | None = None) -> None:
+    """Refuse an ``output`` that is, contains or lies inside anything the command reads, or lies inside a saved model.
 
     ``reads`` are the command's inputs (files or directories, run directories included); ``allowed`` are the paths
-    inside them the command itself owns (a run's report.html), which it may replace.
+    inside them the command itself owns (a run's report.html), which it may replace; ``owned`` is a directory the
+    command writes (a run's output_dir), which may hold a saved model of its own.
     """
     out = _resolved(output)
     allowed = {_resolved(a) for a in allowed}
+    if out in allowed:
+        return
     for source in reads:
         src = _resolved(source)
-        if out in allowed:
-            continue
-        if out == src:
+        if out == src or _same_file(out, src):
             raise InputError(f"{what} {output} is the input {source}: writing it would destroy what is being read; "
                              f"choose another path")
         if src.is_relative_to(out):
@@ -41,6 +64,27 @@ def check_output(output: str | Path, reads: Iterable[str | Path], *, what: str =
                              f"read; choose another path")
         if out.is_relative_to(src) and src.is_dir():
             raise InputError(f"{what} {output} lies inside the input {source}; write it elsewhere")
+    model = model_directory(out)
+    if model is not None and not (owned is not None and model.is_relative_to(_resolved(owned))):
+        raise InputError(f"{what} {output} lies inside the saved model {model}; writing there would corrupt it: "
+                         f"write it elsewhere")
+
+
+def check_output_file(output: str | Path, reads: Iterable[str | Path], *, what: str = "output", force: bool = False,
+                      flag: str = "--force", allowed: Iterable[str | Path] = (),
+                      owned: str | Path | None = None) -> None:
+    """The check of every file a command writes (-o, --rejects, a data source's rejects:): never an input, never
+    inside an input directory or a saved model, never a directory, and an existing file only with ``flag`` (or when
+    it is one of the ``allowed`` files the command owns, such as a run's report.html)."""
+    allowed = list(allowed)
+    check_output(output, reads, what=what, allowed=allowed, owned=owned)
+    path = Path(output)
+    if _resolved(path) in {_resolved(a) for a in allowed}:
+        return
+    if path.is_dir():
+        raise InputError(f"{what} {output} is a directory; give a file name")
+    if path.exists() and not force:
+        raise InputError(f"{what} {output} exists; pass {flag} to replace it")
 
 
 def replaceable_directory(path: str | Path, marker: str, what: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_path
 from dpo_cli.core.errors import DataError, InputError, did_you_mean
+from dpo_cli.core.paths import check_output_file
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.formats import AdapterOptions
 from dpo_cli.data.rows import RowPipeline, Source, Stats
@@ -87,29 +88,17 @@ def eval_path_for(output: Path) -> Path:
     return output.with_name(output.name[: -len(kind)] + ".eval" + kind)
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
-def _check_outputs(sources: list[Source], outputs: list[Path], force: bool) -> None:
-    for i, out in enumerate(outputs):
-        for other in outputs[:i]:
+def _check_outputs(options: ConvertOptions, sources: list[Source], outputs: list[tuple[str, Path]]) -> None:
+    for i, (_, out) in enumerate(outputs):
+        for _, other in outputs[:i]:
             if out.resolve() == other.resolve():
                 raise InputError(f"{out} is named for two outputs (--output, its .eval split, --rejects); each "
                                  f"needs a file of its own")
+    # the files read (a folder given as input may hold the output, as before), and the registry that named them
     inputs = [p for source in sources for p in source.local_files()]
-    for out in outputs:
-        for path in inputs:
-            if out.resolve() == path.resolve() or _same_file(out, path) or path.resolve() in out.resolve().parents:
-                raise InputError(f"the output {out} is the input {path} (or a link to it); inputs are never "
-                                 "written to, choose another --output")
-        if out.exists() and not force:
-            raise InputError(f"{out} exists; pass --force to replace it")
-        if out.is_dir():
-            raise InputError(f"{out} is a directory; --output must be a file")
+    inputs += [options.registry] if options.registry else []
+    for what, out in outputs:
+        check_output_file(out, inputs, what=what, force=options.force)
 
 
 def _validate(options: ConvertOptions) -> None:
@@ -174,9 +163,10 @@ def convert(options: ConvertOptions) -> ConvertSummary:
     output = Path(options.output)
     kind = output_kind(output)
     eval_output = eval_path_for(output) if options.eval_split else None
-    outputs = [output] + ([eval_output] if eval_output else []) + ([options.rejects] if options.rejects else [])
+    outputs = [("--output", output)] + ([("the --eval-split output", eval_output)] if eval_output else []) + \
+        ([("--rejects", Path(options.rejects))] if options.rejects else [])
     sources = options.sources()
-    _check_outputs(sources, outputs, options.force)
+    _check_outputs(options, sources, outputs)
 
     with contextlib.ExitStack() as stack:
         rejects_writer = None

@@ -244,4 +244,6 @@ def iter_records(path: str | Path, on_error: OnError = None) -> Iterator[Record]
     path = Path(path)
     if not path.exists():
         raise DataError("data file not found", file=path)
+    if not (path.is_file() or path.is_dir()):  # a pipe blocks for ever, /dev/zero never ends
+        raise DataError("not a regular file (a pipe, device or socket); give a data file or directory", file=path)
     yield from _reader_for(path)(path, on_error)

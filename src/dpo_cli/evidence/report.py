@@ -10,7 +10,7 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import InputError
-from dpo_cli.core.paths import check_output
+from dpo_cli.core.paths import check_output_file
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.compare import prompt_text
 from dpo_cli.evidence.plots import CURVES, plot_run
@@ -226,15 +226,14 @@ def render_pipeline_report(pipeline_dir: str | Path) -> str:
             f"</body></html>\n")
 
 
-def write_report(run_dir: str | Path, output: str | Path | None = None) -> Path:
-    """Write the report (default ``RUN_DIR/report.html``) and return its path. For a pipeline's directory, the
-    pipeline's report, and each completed stage's own report beside it."""
+def write_report(run_dir: str | Path, output: str | Path | None = None, *, force: bool = False) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``, always replaced; another existing file only with
+    ``force``) and return its path. For a pipeline's directory, the pipeline's report, and each completed stage's own
+    report beside it."""
     run = RunDir(run_dir)
     default = run / RunDir.REPORT
     path = Path(output) if output else default
-    check_output(path, [run.path], what="--output", allowed=[default])
-    if path.is_dir():
-        raise InputError(f"--output {path} is a directory; give a file name such as {path / RunDir.REPORT}")
+    check_output_file(path, [run.path], what="--output", force=force, allowed=[default])
     if not run.manifest_file.exists() and (run / RunDir.PIPELINE).is_file():
         html = render_pipeline_report(run_dir)
         for name in run.read_json(RunDir.PIPELINE)["stages"]:

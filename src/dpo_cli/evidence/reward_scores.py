@@ -9,7 +9,7 @@ from typing import Any
 
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import InputError
-from dpo_cli.core.paths import check_output
+from dpo_cli.core.paths import check_output_file
 from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.evidence.evaluate import to_device
 from dpo_cli.evidence.scoring import Truncation, encode_pairs, score_sequences
@@ -40,12 +40,13 @@ def _split(row: dict) -> tuple[Any, Any]:
 
 
 def score_file(model_path: str, data: str, *, max_length: int | None = None, batch_size: int = 16,
-               output: Path | None = None) -> Scored:
-    """Score every row of ``data``; ``output``, where the scores will go, is checked first: never over what is read."""
+               output: Path | None = None, force: bool = False) -> Scored:
+    """Score every row of ``data``; ``output``, where the scores will go, is checked first: never over what is read,
+    and an existing file only with ``force``."""
     from transformers import AutoConfig
 
     if output is not None:
-        check_output(output, [p for p in (data, model_path) if Path(p).exists()], what="--output")
+        check_output_file(output, [p for p in (data, model_path) if Path(p).exists()], what="--output", force=force)
     quiet_libraries()
     rows = _canonical_rows(data)
     if not rows:

@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from dpo_cli.core.errors import InputError
+from dpo_cli.core.paths import check_output_file
 from dpo_cli.recipe.trainer_fields import OWNED_TRAINER_KEYS
 from dpo_cli.recipe.yamlfile import load_yaml
 
@@ -370,8 +371,7 @@ def import_recipe(source: Path, output: Path, *, force: bool = False) -> Importe
     that runs it."""
     from dpo_cli.core.atomic import atomic_write_text
 
-    if output.exists() and not force:
-        raise InputError(f"{output} exists; pass --force to replace it")
+    check_output_file(output, [source], what="--output", force=force)  # --force never makes the input an output
     data, _ = load_yaml(Path(source))
     _, out = translate(data)
     header = [f"# dpo-cli train {output}", f"# Imported by dpo-cli import-recipe from {source} (LLaMA-Factory).",

@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import RecipeError, did_you_mean
-from dpo_cli.core.redact import remember
+from dpo_cli.core.errors import InputError, RecipeError, did_you_mean
+from dpo_cli.core.paths import check_output_file
+from dpo_cli.core.redact import REDACTED, is_secret_key, remember
 from dpo_cli.recipe.schema import SOURCE_TAGS, Recipe, RefModelSection
 from dpo_cli.recipe.trainer_fields import validate_trainer
 from dpo_cli.recipe.yamlfile import ErrorAt, Located, apply_overrides, load_yaml
@@ -31,8 +32,9 @@ def _describe(err: dict, model: type[BaseModel] | None, located: Located, loc: t
         return located.error(prefix + loc, f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), choices)}")
     if kind == "missing":
         return located.error(prefix + loc, "required key is missing")
-    value = err.get("input")
-    return located.error(prefix + loc, f"{err['msg'].rstrip('.')} (got {value!r})")
+    # pydantic's error carries the value given: under a secret key (a number, a list) it is never echoed
+    value = REDACTED if any(is_secret_key(part) for part in loc) else repr(err.get("input"))
+    return located.error(prefix + loc, f"{err['msg'].rstrip('.')} (got {value})")
 
 
 def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
@@ -92,6 +94,7 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
         recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
+    check_rejects_files(recipe, located.file, error)
     if recipe.lora is not None:
         check_lora_targets(recipe, error)
     if stage.validate is not None:
@@ -137,6 +140,24 @@ def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_ref_model)
         raise error(("ref_model",), f"stage {recipe.stage} does not use a ref_model: section ({users} do); its "
                                     f"reference is {stage.reference(recipe).description}")
+
+
+def check_rejects_files(recipe: Recipe, recipe_file: Path, error: ErrorAt) -> None:
+    """A data source's rejects: file goes through the same check as every output, when the recipe is read (so a
+    dry run refuses it too): never an input (the data, the recipe, a registry, a model), never inside a saved model
+    other than this run's own output_dir, one file per source. Replacing an existing one is checked when the run
+    starts (it needs --overwrite)."""
+    reads = [*recipe.local_inputs(), *([recipe_file] if recipe_file.is_file() else [])]
+    seen: dict[Path, str] = {}
+    for where, rejects in recipe.rejects_files():
+        dotted = ".".join(map(str, where))
+        if (other := seen.get(Path(rejects).resolve())) is not None:
+            raise error(where, f"{rejects} is also the rejects file of {other}; each source needs its own")
+        seen[Path(rejects).resolve()] = dotted
+        try:
+            check_output_file(rejects, reads, what="rejects file", force=True, owned=recipe.output_dir)
+        except InputError as exc:
+            raise error(where, str(exc)) from None
 
 
 def _check_data_stage(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:

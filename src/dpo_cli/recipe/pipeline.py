@@ -131,7 +131,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
             raise RecipeError(f"override '{item}': in a pipeline, start with a stage name "
                               f"({', '.join(names)}), e.g. {names[-1]}.trainer.max_steps=2, or set output_dir=DIR")
     located.overrides = origin
-    remember(data)
+    remember([data, stages])  # the stages are copies, overrides applied: a secret given as NAME.trainer.hub_token=
 
     graph: dict[str, list[str]] = {}
     for i, (name, entry) in enumerate(zip(names, stages)):

@@ -297,6 +297,12 @@ class Recipe(_Section):
                 found.append(path)
         return found
 
+    def rejects_files(self) -> list[tuple[tuple, str]]:
+        """Where each data source's rejects: file is set (``("data", "train", 0, "rejects")``) and the file."""
+        return [(("data", split, i, "rejects"), source["rejects"])
+                for split, sources in (("train", self.data.train), ("eval", self.data.eval or []))
+                for i, source in enumerate(sources) if isinstance(source, dict) and source.get("rejects")]
+
     def resolved_yaml(self) -> str:
         """The recipe as a run records it (recipe.resolved.yaml): every default filled in, secrets redacted."""
         return yaml_dump(redact(self.model_dump(mode="json")))

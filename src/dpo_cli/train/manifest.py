@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import InputError, Interrupted
-from dpo_cli.core.paths import check_output, replaceable_directory
+from dpo_cli.core.paths import check_output, check_output_file, replaceable_directory
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
@@ -63,6 +63,9 @@ def check_output_dir(run: RunDir, recipe: Recipe, *, overwrite: bool, resuming: 
     """output_dir must be writable, must not hold or be anything the run reads, and is only ever written over when
     it holds an earlier dpo-cli run (and --overwrite says so)."""
     check_output(run.path, recipe.local_inputs(), what="output_dir")
+    for _, rejects in recipe.rejects_files():  # the run writes these too: an existing one only with --overwrite
+        check_output_file(rejects, recipe.local_inputs(), what="rejects file", force=overwrite or resuming,
+                          flag="--overwrite", owned=run.path)
     if run.path.exists() and not run.path.is_dir():
         raise InputError(f"output_dir {run} is a file, not a directory")
     existing = next(p for p in (run.path, *run.path.parents) if p.exists())
