@@ -211,6 +211,8 @@ def test_a_run_trains_from_a_hub_split_offline_and_records_it(hub_repo, tiny_mod
     assert not (tmp_path / "cache").exists()  # a dry run writes nothing of ours
     code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 0, err
+    code, said, err = run_cli(capsys, "train", str(recipe), "--dry-run")  # prepared now: its record is read
+    assert code == 0 and "train: 12 rows already prepared and checked" in said, err
     data = json.loads((out / "run.json").read_text())["data"]
     assert data["train"]["rows"] == 12 and data["eval"]["rows"] == 4
     assert data["train"]["hub"] == [{"id": str(hub_repo), "split": "train_prefs"}]

@@ -107,6 +107,11 @@ def default_cache_dir() -> Path:
     return cache_home() / "data"
 
 
+def _cache_dir(data) -> Path | None:
+    """Where a recipe's data section keeps prepared rows; None for data.cache false."""
+    return (Path(data.cache_dir) if data.cache_dir else default_cache_dir()) if data.cache else None
+
+
 def _read(sources: Any, kind: str, cache_dir: Path | None) -> tuple[Any, dict]:
     if cache_dir is None:  # no cache wanted: the same files, in a folder of this process's own gone when it ends
         cache_dir = Path(tempfile.mkdtemp(prefix="dpo-cli-data-"))
@@ -167,7 +172,7 @@ def load_splits(data, seed: int, kind: str, quiet: bool = False):
     false, in a folder of this process's own. The eval split is data.eval's files, or data.eval_split of the
     training rows drawn with ``seed`` (the same split again for a later ``dpo-cli eval`` of the run).
     """
-    cache_dir = (Path(data.cache_dir) if data.cache_dir else default_cache_dir()) if data.cache else None
+    cache_dir = _cache_dir(data)
     train, train_info, stats = _split_info(data.train, kind, cache_dir)
     if not quiet:
         say("train", stats)
@@ -190,24 +195,32 @@ def load_splits(data, seed: int, kind: str, quiet: bool = False):
 
 def check_data(data, kind: str) -> dict[str, dict]:
     """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
-    no rejects file (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records
-    it), the columns the dataset will have (what reward functions can read), and what was dropped, left out or
-    unused. With data.eval_split, ``held_out`` is how many training rows the split will take (datasets'
+    nothing (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records it), the
+    columns the dataset will have (what reward functions can read), and what was dropped, left out or unused. Rows
+    already prepared under the same key were checked when they were prepared: their record is read instead
+    (``prepared``). With data.eval_split, ``held_out`` is how many training rows the split will take (datasets'
     train_test_split: the share, rounded up)."""
     out = {}
     for split, sources in (("train", data.train), ("eval", data.eval)):
-        if not sources:
-            continue
-        pipeline = _pipeline(kind)
-        digest = hashlib.sha256()
-        rows, columns = 0, {}
-        for row in _checked(pipeline, sources, digest, write_rejects=False):
-            rows += 1
-            columns.update(dict.fromkeys(row))  # in first-seen order, as to_dataset orders them
-        if rows == 0:
-            raise _no_rows(kind, f"data.{split}")
-        out[split] = {"rows": rows, "fingerprint": digest.hexdigest(), "columns": list(columns),
-                      **findings(pipeline.stats)}
+        if sources:
+            out[split] = _check_split(_as_sources(sources), kind, _cache_dir(data), split)
     if data.eval_split and "train" in out:
         out["train"]["held_out"] = math.ceil(data.eval_split * out["train"]["rows"])
     return out
+
+
+def _check_split(sources: list[Source], kind: str, cache_dir: Path | None, split: str) -> dict:
+    found = cache.load(cache_dir / cache.key(sources, kind)) if cache_dir is not None else None
+    if found is not None:
+        dataset, meta = found
+        return {"rows": meta["rows"], "fingerprint": meta["fingerprint"], "columns": dataset.column_names,
+                "prepared": True, **findings(Stats.from_json(meta["stats"]))}
+    pipeline = _pipeline(kind)
+    digest = hashlib.sha256()
+    rows, columns = 0, {}
+    for row in _checked(pipeline, sources, digest, write_rejects=False):
+        rows += 1
+        columns.update(dict.fromkeys(row))  # in first-seen order, as the prepared rows order them
+    if rows == 0:
+        raise _no_rows(kind, f"data.{split}")
+    return {"rows": rows, "fingerprint": digest.hexdigest(), "columns": list(columns), **findings(pipeline.stats)}

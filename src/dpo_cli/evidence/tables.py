@@ -41,7 +41,8 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
         details = "; ".join(f"{what.replace('_', ' ')}: {', '.join(f'{k} {n:,}' for k, n in counts.items())}"
                             for what, counts in found.items() if isinstance(counts, dict))
         held_out = f", {found['held_out']:,} of them held out by data.eval_split" if found.get("held_out") else ""
-        console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows read and checked{held_out}"
+        how = "already prepared and checked (data.cache_dir)" if found.get("prepared") else "read and checked"
+        console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows {how}{held_out}"
                       + (f" ({details})" if details else ""), highlight=False)
     for note in plan.get("notes", []):
         console.print(f"[bold]pipeline[/]   {escape(note)}", highlight=False)
