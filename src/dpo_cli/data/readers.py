@@ -223,6 +223,12 @@ def _reader_for(path: Path) -> Callable[[Path, OnError], Iterator[Record]]:
                     f"{', '.join(READERS)} or a save_to_disk directory", file=path)
 
 
+def _check_regular(path: Path) -> Path:
+    if not (path.is_file() or path.is_dir()):  # a pipe blocks for ever, /dev/zero never ends
+        raise DataError("not a regular file (a pipe, device or socket); give a data file or directory", file=path)
+    return path
+
+
 def expand_paths(spec: str | Path) -> list[Path]:
     """One path, glob or built-in name -> the files it names, in a stable order."""
     from dpo_cli.core.builtins import resolve_builtin
@@ -232,11 +238,11 @@ def expand_paths(spec: str | Path) -> list[Path]:
         matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
         if not matches:
             raise DataError("the pattern matches no files", file=text)
-        return matches
+        return [_check_regular(p) for p in matches]
     path = Path(text)
     if not path.exists():
         raise DataError("data file not found", file=path)
-    return [path]
+    return [_check_regular(path)]
 
 
 def iter_records(path: str | Path, on_error: OnError = None) -> Iterator[Record]:
@@ -244,6 +250,5 @@ def iter_records(path: str | Path, on_error: OnError = None) -> Iterator[Record]
     path = Path(path)
     if not path.exists():
         raise DataError("data file not found", file=path)
-    if not (path.is_file() or path.is_dir()):  # a pipe blocks for ever, /dev/zero never ends
-        raise DataError("not a regular file (a pipe, device or socket); give a data file or directory", file=path)
+    _check_regular(path)
     yield from _reader_for(path)(path, on_error)
