@@ -456,3 +456,85 @@ CASES = [
     Case("inspect-empty", "data", "inspect-data on a file with no rows", ["inspect-data", "{tmp}/in.jsonl"],
          "{tmp}/in.jsonl: no rows: the files hold nothing to inspect or train on", {"in.jsonl": ""}),
 ]
+
+# The second hostile round (issue 22, items 16 to 18): wrong successes, tracebacks and misleading messages.
+NAN_RECIPE = GOOD_RECIPE.replace("beta: 0.1", "learning_rate: .nan")
+CASES += [
+    Case("negative-beta", "recipe", "a DPO beta below zero (it would train toward the rejected answers)",
+         [*TRAIN, "trainer.beta=-1", "--dry-run"],
+         "command-line override 'trainer.beta=-1': field 'trainer.beta': must be positive (got -1): beta scales the "
+         "preference in the loss, so below zero training moves toward the rejected answers and at zero it learns "
+         "nothing; the usual range is 0.01 to 0.5", recipe_with("", "")),
+    Case("kto-zero-beta", "recipe", "a KTO beta of zero", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must be positive (got 0): beta scales the preference in the loss, so "
+         "below zero training moves toward the rejected answers and at zero it learns nothing; the usual range is "
+         "0.01 to 0.5", {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: kto").replace("beta: 0.1", "beta: 0"),
+                         "train.jsonl": PAIR}),
+    Case("grpo-negative-beta", "recipe", "a GRPO KL weight below zero", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must not be negative (got -0.5): a negative beta turns its term around "
+         "and trains away from what it should; 0 turns the KL penalty to the reference off (TRL's default)",
+         {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: grpo").replace("beta: 0.1", "beta: -0.5")
+          + "reward:\n  functions: [length]\n", "train.jsonl": PROMPT}),
+    Case("nan-in-recipe", "recipe", "a learning rate of .nan in the recipe", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.learning_rate': must be a finite number (got nan)",
+         {"r.yaml": NAN_RECIPE, "train.jsonl": PAIR}),
+    Case("nan-beta-in-recipe", "recipe", "a beta of .nan (TRL would train on NaN losses)", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must be a finite number (got nan)", recipe_with("0.1", ".nan")),
+    Case("nan-override", "option", "logging_steps=.nan (a run with no metrics)",
+         [*TRAIN, "trainer.logging_steps=.nan", "--dry-run"],
+         "command-line override 'trainer.logging_steps=.nan': field 'trainer.logging_steps': must be a finite "
+         "number (got nan)", recipe_with("", "")),
+    Case("inf-in-own-section", "recipe", "an infinite LoRA alpha", TRAIN,
+         "{tmp}/r.yaml:5: field 'lora.alpha': must be a finite number (got inf)",
+         recipe_with("data:\n", "lora:\n  alpha: .inf\ndata:\n")),
+    Case("nan-as-text", "recipe", "a learning rate given as the text 'nan'", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.learning_rate': Input should be a finite number (got 'nan')",
+         recipe_with("beta: 0.1", "learning_rate: 'nan'")),
+    Case("override-too-deep", "option", "an override 5,000 levels deep",
+         [*TRAIN, ".".join(["a"] * 5000) + "=1"],
+         "override 'a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a....' names a key 5000 levels deep; "
+         "recipe keys are at most a few levels deep (section.key, or NAME.section.key in a pipeline)",
+         recipe_with("", "")),
+    Case("recipe-is-directory", "recipe", "a recipe path that is a directory", ["train", "{tmp}/recipes"],
+         "recipe {tmp}/recipes is a directory, not a YAML file (it holds dpo.yaml); give the recipe file itself",
+         {"recipes/dpo.yaml": GOOD_RECIPE}),
+    Case("homoglyph-key", "recipe", "a key with a look-alike letter (a Cyrillic а in stаge)", TRAIN,
+         "{tmp}/r.yaml:1: field 'st\u0430ge': unknown key 'st\u0430ge'; did you mean 'stage'? ('st\u0430ge' holds "
+         "'\u0430', U+0430 CYRILLIC SMALL LETTER A, which is not ASCII however alike it looks: retype the name)",
+         recipe_with("stage: dpo", "st\u0430ge: dpo")),
+    Case("homoglyph-value", "recipe", "a stage name with a look-alike letter", TRAIN,
+         "{tmp}/r.yaml:1: field 'stage': unknown stage 'dp\u043e'; did you mean 'dpo'? ('dp\u043e' holds '\u043e', "
+         "U+043E CYRILLIC SMALL LETTER O, which is not ASCII however alike it looks: retype the name)",
+         recipe_with("stage: dpo", "stage: dp\u043e")),
+    Case("inspect-negative-max-length", "option", "inspect-data --max-length below one",
+         ["inspect-data", "{tmp}/in.jsonl", "--tokenizer", "builtin:tiny-chat", "--max-length", "-5"],
+         "--max-length must be a positive number of tokens (got -5)", {"in.jsonl": GOOD_ROW}),
+    Case("pair-differs-in-whitespace", "data", "chosen and rejected that differ only in trailing whitespace",
+         CONVERT, "{tmp}/in.jsonl:1: field 'rejected': chosen and rejected differ only in whitespace (spaces, tabs "
+         "or newlines); a pair must differ in what it says",
+         {"in.jsonl": '{"prompt": "Q", "chosen": "Paris.", "rejected": "Paris.\\n"}\n'}),
+    Case("conversation-whitespace-pair", "data", "conversations whose answers differ only in spaces", CONVERT,
+         "{tmp}/in.jsonl:1: field 'rejected': chosen and rejected differ only in whitespace (spaces, tabs or "
+         "newlines); a pair must differ in what it says",
+         {"in.jsonl": json.dumps({"chosen": [USER, {"role": "assistant", "content": "A  b"}],
+                                  "rejected": [USER, {"role": "assistant", "content": "A b "}]}) + "\n"}),
+    Case("system-turn-inside-chosen", "data", "a system turn in the middle of chosen (not rejected's fault)", CONVERT,
+         "{tmp}/in.jsonl:1: field 'chosen': a system message may only come first (found at turn 1)",
+         {"in.jsonl": json.dumps({"chosen": [USER, {"role": "system", "content": "S"}, ASSISTANT],
+                                  "rejected": [USER, {"role": "assistant", "content": "B"}]}) + "\n"}),
+    *[Case(f"lone-surrogate-{command}", "data", f"a lone surrogate escape in a JSON string ({command})",
+           argv, "{tmp}/in.jsonl:1: field 'chosen': " + ("stage dpo reads preference pairs (prompt, chosen, rejected); "
+                                                         if command == "train" else "")
+           + "invalid UTF-8 text: a \\uD800-\\uDFFF escape without its other half (a lone UTF-16 surrogate, often a "
+           "string cut in the middle of an emoji); no UTF-8 text can hold it: fix or drop the row",
+           {"in.jsonl": '{"prompt": "Q", "chosen": "A \\ud800", "rejected": "B"}\n', "r.yaml":
+            GOOD_RECIPE.replace("train.jsonl", "in.jsonl")})
+      for command, argv in [("convert-data", CONVERT), ("train", [*TRAIN, "--dry-run"])]],
+    Case("lone-surrogate-json-array", "data", "a lone surrogate inside a message of a .json file",
+         ["convert-data", "{tmp}/in.json", "-o", "{tmp}/o.jsonl"],
+         "{tmp}/in.json:1: field 'chosen[1].content': invalid UTF-8 text: a \\uD800-\\uDFFF escape without its other "
+         "half (a lone UTF-16 surrogate, often a string cut in the middle of an emoji); no UTF-8 text can hold it: "
+         "fix or drop the row",
+         {"in.json": '[{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "\\udc00"}], '
+                     '"rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}]'}),
+]
