@@ -96,3 +96,92 @@ def test_a_pipeline_stage_with_nan_names_the_stage_key(write_recipe, tmp_path):
                                  "a finite number (got nan)")
     with pytest.raises(RecipeError, match="levels deep"):
         load_pipeline(path, ["a." + ".".join(["x"] * 100) + "=1"])
+
+
+RECIPE = """\
+stage: dpo
+model: {{name_or_path: builtin:tiny-chat}}
+data: {{train: builtin:demo/train.jsonl}}
+trainer:
+  max_steps: {steps}
+  save_steps: {save_steps}
+  logging_steps: 1
+  per_device_train_batch_size: 2
+  max_length: 48
+  gradient_checkpointing: false
+output_dir: {out}
+"""
+
+
+def _full_disk_on(monkeypatch, fails):
+    """safetensors' save_file, as transformers calls it, raising what it raises on a full disk when ``fails(path)``:
+    a SafetensorError, which is neither an OSError nor a RuntimeError."""
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    original = modeling_utils.safe_save_file
+
+    def save_file(tensors, filename, metadata=None):
+        if fails(str(filename)):
+            open(filename, "wb").write(b"\0" * 10)  # a part written before the disk filled
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        return original(tensors, filename, metadata=metadata)
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_safetensors_at_a_checkpoint_leaves_no_unmarked_folder(tiny_model, tmp_path, monkeypatch,
+                                                                             capsys):
+    _full_disk_on(monkeypatch, lambda path: "checkpoint-4" in path)
+    out = tmp_path / "run"
+    (tmp_path / "r.yaml").write_text(RECIPE.format(steps=6, save_steps=2, out=out))
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "r.yaml"))
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: saving checkpoint-4 failed (Error while serializing: I/O error: No space left on device (os error "
+        f"28)); the previous checkpoint {out / 'checkpoint-2'} is intact")
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert json.loads((out / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_a_full_disk_at_the_final_save_leaves_no_config_without_weights(tiny_model, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    _full_disk_on(monkeypatch, lambda path: path == str(out / "model.safetensors"))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(steps=2, save_steps=2, out=out))
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "r.yaml"))
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: saving the final model to {out} failed (Error while serializing: I/O error: No space left on device "
+        f"(os error 28)); the files it had written are removed; the newest complete checkpoint "
+        f"{out / 'checkpoint-2'} is intact: resume from it with --resume auto")
+    assert not any((out / name).exists() for name in ("config.json", "model.safetensors", "tokenizer.json"))
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "failed" and manifest["checkpoint"] == str(out / "checkpoint-2")
+
+
+@pytest.mark.parametrize("files", [
+    ["model.safetensors"],
+    {"model.safetensors": {"bytes": "12", "sha256": "x"}},
+    {"model.safetensors": None},
+    {"../../outside": {"bytes": 1, "sha256": "x"}},
+])
+def test_a_marker_with_values_dpo_cli_did_not_write_is_an_incomplete_checkpoint(tmp_path, files):
+    import torch
+    from safetensors.torch import save_file
+
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.train import checkpoints
+
+    folder = tmp_path / "run" / "checkpoint-2"
+    folder.mkdir(parents=True)
+    (folder / checkpoints.MARKER).write_text(json.dumps({"step": 2, "files": files}))
+    (folder / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    assert "is not as dpo-cli writes it" in checkpoints.problem(folder)
+    with pytest.raises(InputError, match="cannot resume from it: its completion marker"):
+        checkpoints.resolve_resume(tmp_path / "run", str(folder), print)
+    with pytest.raises(InputError, match="no complete checkpoint"):
+        checkpoints.resolve_resume(tmp_path / "run", "auto", lambda warning: None)
+

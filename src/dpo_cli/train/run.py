@@ -247,7 +247,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         stopper.phase = "train"
         try:
             trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
-        except (OSError, RuntimeError) as exc:
+        except checkpoints.SAVE_ERRORS as exc:
             failure = checkpoints.save_failure(run.path, trainer.state.global_step, exc)
             if failure is None:
                 raise
@@ -275,7 +275,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
         stopper.phase = "save"
-        trainer.save_model(str(run.path))  # every rank calls it (sharded states are gathered); the main one writes
+        checkpoints.save_final(trainer, run.path)  # every rank calls it (sharded states are gathered); main writes
         if ref_cache is not None:
             manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
                                           for event, split, file in ref_cache.events]
