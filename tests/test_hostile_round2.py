@@ -185,3 +185,57 @@ def test_a_marker_with_values_dpo_cli_did_not_write_is_an_incomplete_checkpoint(
     with pytest.raises(InputError, match="no complete checkpoint"):
         checkpoints.resolve_resume(tmp_path / "run", "auto", lambda warning: None)
 
+
+
+def _rows(path, n=3):
+    path.write_text("".join(json.dumps({"prompt": f"Q{i}", "chosen": "A", "rejected": "B"}) + "\n" for i in range(n)))
+    return path
+
+
+def test_convert_data_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from dpo_cli.data import writers
+
+    def full(self, line, row=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.JsonlWriter, "write", full)
+    data = _rows(tmp_path / "in.jsonl")
+    before = data.read_bytes()
+    code, _, err = run_cli(capsys, "convert-data", str(data), "-o", str(tmp_path / "out" / "o.jsonl"))
+    assert code == 1 and "Traceback" not in err
+    assert err.strip() == f"error: cannot write {tmp_path / 'out' / 'o.jsonl'}: No space left on device; no output " \
+                          "was written"
+    assert list((tmp_path / "out").iterdir()) == [] and data.read_bytes() == before
+
+
+def test_convert_data_into_a_read_only_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    data = _rows(tmp_path / "in.jsonl")
+    code, _, err = run_cli(capsys, "convert-data", str(data), "-o", str(tmp_path / "o.jsonl"), "--shuffle")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip() == f"error: cannot write {tmp_path / 'o.jsonl'}: Read-only file system; no output was written"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_convert_data_names_an_input_it_cannot_read(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from dpo_cli.data import readers
+
+    data = _rows(tmp_path / "in.jsonl")
+
+    def unreadable(path, on_error):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+        yield
+
+    monkeypatch.setitem(readers.READERS, ".jsonl", unreadable)
+    code, _, err = run_cli(capsys, "convert-data", str(data), "-o", str(tmp_path / "out" / "o.jsonl"))
+    assert code == 2 and err.strip() == f"error: {data}: cannot be read (Input/output error)"
