@@ -537,4 +537,20 @@ CASES += [
          "fix or drop the row",
          {"in.json": '[{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "\\udc00"}], '
                      '"rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}]'}),
+    Case("chat-template-raises", "model", "a chat template that raises on the data, found by --dry-run",
+         [*TRAIN, "--dry-run"],
+         "model.chat_template fails on the first training row ({tmp}/chat.jsonl:1): TemplateError: no system turns "
+         "here; fix the template or the row",
+         {"r.yaml": GOOD_RECIPE.replace("builtin:tiny-chat\n", "builtin:tiny-chat\n  chat_template: \"{{ "
+                                        "raise_exception('no system turns here') }}\"\n")
+          .replace("train.jsonl", "chat.jsonl"),
+          "chat.jsonl": json.dumps({"prompt": [USER], "chosen": [ASSISTANT],
+                                    "rejected": [{"role": "assistant", "content": "B"}]}) + "\n"}),
+    Case("model-is-a-text-file", "model", "a text file given as the model", [*TRAIN, "--dry-run"],
+         "model {tmp}/model.txt is a file, not a model directory; give the directory that holds its config.json and "
+         "weights (a saved run or a downloaded model), or a hub name",
+         recipe_with("builtin:tiny-chat", "{tmp}/model.txt", **{"model.txt": "hello"})),
+    Case("model-path-missing", "model", "a model path that does not exist (not a hub name)", [*TRAIN, "--dry-run"],
+         "model directory ./no-such-model does not exist (a path, so not a hub name); check the path",
+         recipe_with("builtin:tiny-chat", "./no-such-model")),
 ]

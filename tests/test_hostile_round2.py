@@ -239,3 +239,41 @@ def test_convert_data_names_an_input_it_cannot_read(tmp_path, capsys, monkeypatc
     monkeypatch.setitem(readers.READERS, ".jsonl", unreadable)
     code, _, err = run_cli(capsys, "convert-data", str(data), "-o", str(tmp_path / "out" / "o.jsonl"))
     assert code == 2 and err.strip() == f"error: {data}: cannot be read (Input/output error)"
+
+
+@pytest.fixture
+def no_template_model(tiny_model, tmp_path):
+    """The tiny model with its chat template taken out, as a base model's tokenizer has none."""
+    import shutil
+
+    model = tmp_path / "base"
+    shutil.copytree(tiny_model, model)
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    return model
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_a_tokenizer_without_a_chat_template_on_conversations(no_template_model, tmp_path, capsys, dry_run):
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"prompt": [{"role": "user", "content": "Q"}],
+                                "chosen": [{"role": "assistant", "content": "A"}],
+                                "rejected": [{"role": "assistant", "content": "B"}]}) + "\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"stage: dpo\nmodel:\n  name_or_path: {no_template_model}\ndata:\n  train: {data}\n"
+                      f"output_dir: {tmp_path}/run\n")
+    code, _, err = run_cli(capsys, "train", str(recipe), *(["--dry-run"] if dry_run else []))
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: the tokenizer of {no_template_model} has no chat template, and the training data is conversations "
+        f"({data}:1 holds messages); set model.chat_template to a Jinja template (or a file holding one), or "
+        f"model.tokenizer to a chat model's tokenizer")
+    if not dry_run:  # stopped before any weights were loaded: the run says it failed, and saved no model
+        assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+        assert not (tmp_path / "run" / "config.json").exists()
+    # plain-text pairs need no template
+    data.write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
+    code, _, err = run_cli(capsys, "train", str(recipe), "--dry-run")
+    assert code == 0, err

@@ -28,7 +28,7 @@ from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
-from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.stages.dpo import ref_logp_cache
@@ -66,6 +66,9 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
             data_error = exc
         else:
             notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
+    if data_error is None and checked and _writer(recipe.model.tokenizer or recipe.model.name_or_path,
+                                                  upstream) is None:
+        data_error = _template_error(recipe, stage)
     train = checked.get("train")
     # as load_splits records it for a run; None when the data is not here (the default says it could not count)
     train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
@@ -93,6 +96,22 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
+
+
+def _template_error(recipe: Recipe, stage: Stage) -> InputError | None:
+    """A dry run renders the first training row with the tokenizer (no weights): a missing or failing chat
+    template, or a local model path that is no model, fails the plan as it would fail the run. A hub model this
+    machine cannot reach is left to the memory plan to say."""
+    from dpo_cli.core.builtins import resolve_builtin
+
+    try:
+        check_chat_template(recipe, stage.data_kind, load_tokenizer(recipe.model))
+    except ModelLoadError as exc:
+        name = resolve_builtin(recipe.model.tokenizer or recipe.model.name_or_path)
+        return exc if Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) else None
+    except InputError as exc:
+        return exc
+    return None
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
@@ -216,6 +235,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 3. tokenizer and models
         tokenizer = load_tokenizer(recipe.model)
+        check_chat_template(recipe, stage.data_kind, tokenizer)
         if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
         models = load_models(recipe, stage, plan)
