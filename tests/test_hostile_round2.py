@@ -277,3 +277,52 @@ def test_a_tokenizer_without_a_chat_template_on_conversations(no_template_model,
     data.write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
     code, _, err = run_cli(capsys, "train", str(recipe), "--dry-run")
     assert code == 0, err
+
+
+def _two_stage_pipeline(tmp_path):
+    from dpo_cli.recipe.pipeline import load_pipeline
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
+    stage = "    stage: dpo\n    model:\n      name_or_path: '{model}'\n    data:\n      train: " + str(tmp_path) \
+        + "/train.jsonl\n"
+    (tmp_path / "pipe.yaml").write_text(f"output_dir: {tmp_path}/out\nstages:\n  - name: a\n"
+                                        + stage.format(model="builtin:tiny-chat")
+                                        + "  - name: b\n" + stage.format(model="${a.output_dir}"))
+    return load_pipeline(tmp_path / "pipe.yaml")
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_a_signal_between_pipeline_stages_says_where_the_pipeline_stopped(tmp_path, monkeypatch, signum):
+    import os
+    import signal
+
+    from dpo_cli.cli import _terminated
+    from dpo_cli.core.errors import Interrupted
+    from dpo_cli.train import pipeline as runner
+    from dpo_cli.train.manifest import RunResult
+
+    ran = []
+    monkeypatch.setattr(runner, "run_stage", lambda recipe, **kwargs: ran.append(recipe.output_dir) or
+                        RunResult(recipe.output_dir, {}))
+    previous = signal.signal(signal.SIGTERM, _terminated)  # the CLI's SIGTERM handler, as main() installs it
+    try:
+        with pytest.raises(Interrupted) as caught:
+            runner.run_pipeline(_two_stage_pipeline(tmp_path),
+                                on_result=lambda stage, result: os.kill(os.getpid(), getattr(signal, signum)))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(ran) == 1
+    assert caught.value.exit_code == 128 + getattr(signal, signum)
+    assert str(caught.value) == (f"stopped by {signum} between stages, with a complete; run the same command again "
+                                 "to go on from the first stage that is not complete")
+
+
+def test_ctrl_c_outside_a_run_is_said(monkeypatch, capsys):
+    from dpo_cli.data import convert
+
+    def interrupted(options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(convert, "convert", interrupted)
+    code, _, err = run_cli(capsys, "convert-data", "x.jsonl", "-o", "y.jsonl")
+    assert code == 130 and err.strip() == "error: stopped by SIGINT"

@@ -406,8 +406,20 @@ def main() -> None:
             raise
         console.error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C where no handler of ours turned it into Interrupted: said, not silent
+        console.error("stopped by SIGINT")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns a KeyboardInterrupt inside a command into a silent exit 130
+        if exc.code == 130 and _caused_by_ctrl_c(exc):
+            console.error("stopped by SIGINT")
+        raise
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__cause__ or seen.__context__
+    return seen is not None
 
 
 if __name__ == "__main__":
