@@ -553,4 +553,12 @@ CASES += [
     Case("model-path-missing", "model", "a model path that does not exist (not a hub name)", [*TRAIN, "--dry-run"],
          "model directory ./no-such-model does not exist (a path, so not a hub name); check the path",
          recipe_with("builtin:tiny-chat", "./no-such-model")),
+    Case("answers-are-numbers", "data", "answers that are numbers (no format fits such values)", CONVERT,
+         "{tmp}/in.jsonl:1: field 'chosen': holds a number where text or a list of messages belongs, so no data "
+         "format fits this row (columns: chosen, prompt, rejected); name the format with --format to check each row "
+         "on its own (--skip-invalid drops such rows)", {"in.jsonl": '{"prompt": "Q", "chosen": 1, "rejected": 2}\n'}),
+    Case("first-prompt-null", "data", "a first row whose prompt is null", CONVERT,
+         "{tmp}/in.jsonl:1: field 'prompt': is null, so no data format fits this row (columns: chosen, prompt, "
+         "rejected); name the format with --format to check each row on its own (--skip-invalid drops such rows)",
+         {"in.jsonl": '{"prompt": null, "chosen": "A", "rejected": "B"}\n' + GOOD_ROW}),
 ]
