@@ -338,3 +338,9 @@ def test_parquet_with_integer_answers_names_the_column(tmp_path, capsys):
     assert err.startswith(f"error: {tmp_path / 'in.parquet'}:1: field 'chosen': holds a number where text or a list "
                           "of messages belongs")
     assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("beta", ["nan", "inf"])
+def test_eval_refuses_a_beta_that_is_not_a_finite_number(tmp_path, capsys, beta):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path), "--beta", beta)
+    assert code == 2 and err.strip() == f"error: --beta must be a finite number (got {beta})"
