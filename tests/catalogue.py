@@ -550,7 +550,7 @@ CASES += [
          "model {tmp}/model.txt is a file, not a model directory; give the directory that holds its config.json and "
          "weights (a saved run or a downloaded model), or a hub name",
          recipe_with("builtin:tiny-chat", "{tmp}/model.txt", **{"model.txt": "hello"})),
-    Case("model-path-missing", "model", "a model path that does not exist (not a hub name)", [*TRAIN, "--dry-run"],
+    Case("model-path-missing", "model", "a model path that does not exist (not a hub name)", TRAIN,
          "model directory ./no-such-model does not exist (a path, so not a hub name); check the path",
          recipe_with("builtin:tiny-chat", "./no-such-model")),
     Case("answers-are-numbers", "data", "answers that are numbers (no format fits such values)", CONVERT,

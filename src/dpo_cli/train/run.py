@@ -100,18 +100,23 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
 
 def _template_error(recipe: Recipe, stage: Stage) -> InputError | None:
     """A dry run renders the first training row with the tokenizer (no weights): a missing or failing chat
-    template, or a local model path that is no model, fails the plan as it would fail the run. A hub model this
-    machine cannot reach is left to the memory plan to say."""
+    template, or a file given as the model, fails the plan as it would fail the run."""
     from dpo_cli.core.builtins import resolve_builtin
 
+    local = Path(resolve_builtin(recipe.model.tokenizer or recipe.model.name_or_path)).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        return None  # a config.json of shapes to plan from: no tokenizer to render with
     try:
         check_chat_template(recipe, stage.data_kind, load_tokenizer(recipe.model))
     except ModelLoadError as exc:
-        name = resolve_builtin(recipe.model.tokenizer or recipe.model.name_or_path)
-        return exc if Path(name).expanduser().exists() or name.startswith(("/", "./", "../", "~")) else None
+        # a file is never a model; a hub name, or a path of the machine the run is planned for, is for the run to find
+        return exc if local.exists() and not local.is_dir() else None
     except InputError as exc:
         return exc
     return None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
