@@ -6,9 +6,12 @@ the page can never drift from what the program says. In files, argv and messages
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 GOOD_RECIPE = """\
 stage: dpo
@@ -36,6 +39,8 @@ class Case:
     message: str
     files: dict[str, str | bytes] = field(default_factory=dict)  # a name ending in "/" is an empty directory
     exit_code: int = 2
+    # a fault no file can make (a full disk): called with pytest's monkeypatch and the case's directory before the run
+    fault: Callable[[Any, Any], None] | None = None
 
 
 def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
@@ -561,4 +566,43 @@ CASES += [
          "{tmp}/in.jsonl:1: field 'prompt': is null, so no data format fits this row (columns: chosen, prompt, "
          "rejected); name the format with --format to check each row on its own (--skip-invalid drops such rows)",
          {"in.jsonl": '{"prompt": null, "chosen": "A", "rejected": "B"}\n' + GOOD_ROW}),
+    Case("convert-disk-full", "run", "convert-data onto a full disk", CONVERT,
+         "cannot write {tmp}/out.jsonl: No space left on device; no output was written", {"in.jsonl": GOOD_ROW},
+         exit_code=1, fault=lambda monkeypatch, tmp: _full_disk_for_rows(monkeypatch)),
+    Case("convert-read-only", "option", "convert-data into a read-only directory", CONVERT,
+         "cannot write {tmp}/out.jsonl: Read-only file system; no output was written", {"in.jsonl": GOOD_ROW},
+         fault=lambda monkeypatch, tmp: _read_only_directories(monkeypatch)),
+    Case("final-save-disk-full", "run", "a full disk while the final model is saved (safetensors' own error)",
+         [*TRAIN, "trainer.max_steps=1", "trainer.save_strategy=no"],
+         "saving the final model to {tmp}/run failed (Error while serializing: I/O error: No space left on device (os "
+         "error 28)); the files it had written are removed; no checkpoint was saved before it", recipe_with("", ""),
+         exit_code=1, fault=lambda monkeypatch, tmp: _full_disk_for_weights(monkeypatch)),
 ]
+
+
+def _full_disk_for_rows(monkeypatch) -> None:
+    from dpo_cli.data import writers
+
+    def full(self, line, row=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.JsonlWriter, "write", full)
+
+
+def _read_only_directories(monkeypatch) -> None:
+    import tempfile
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+
+
+def _full_disk_for_weights(monkeypatch) -> None:
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)
