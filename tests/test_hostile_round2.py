@@ -344,3 +344,10 @@ def test_parquet_with_integer_answers_names_the_column(tmp_path, capsys):
 def test_eval_refuses_a_beta_that_is_not_a_finite_number(tmp_path, capsys, beta):
     code, _, err = run_cli(capsys, "eval", str(tmp_path), "--beta", beta)
     assert code == 2 and err.strip() == f"error: --beta must be a finite number (got {beta})"
+
+
+def test_inspect_data_on_a_file_whose_only_row_is_unreadable_reports_it(tmp_path, capsys):
+    data = tmp_path / "in.jsonl"
+    data.write_text('{"prompt": "Q", "chosen": "A \\ud800", "rejected": "B"}\n', encoding="utf-8")
+    code, out, err = run_cli(capsys, "inspect-data", str(data))
+    assert code == 2 and "no rows" not in err and "invalid-utf8" in out and "1 rows fail a check" in out
