@@ -247,7 +247,8 @@ def _writing(outputs: list[Path]) -> Iterator[None]:
         ours = [out for out in outputs if name is not None and name.parent.resolve() == out.parent.resolve()
                 and (name.name == out.name or name.name.startswith(f".{out.name}.") or name.name.startswith(
                     ".dpo-cli-spool."))]
-        if name is not None and not ours and name.resolve() not in {out.parent.resolve() for out in outputs}:
+        # a folder above an output that could not be made is the output's failure too
+        if name is not None and not ours and not any(out.resolve().is_relative_to(name.resolve()) for out in outputs):
             raise InputError(f"{name}: cannot be read ({reason})") from None
         failed = DpoCliError if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG) else InputError
         target = (ours or outputs)[0] if name is not None or len(outputs) == 1 else ", ".join(map(str, outputs))
