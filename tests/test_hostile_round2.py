@@ -328,18 +328,6 @@ def test_ctrl_c_outside_a_run_is_said(monkeypatch, capsys):
     assert code == 130 and err.strip() == "error: stopped by SIGINT"
 
 
-def test_parquet_with_integer_answers_names_the_column(tmp_path, capsys):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({"prompt": ["Q", "R"], "chosen": [1, 2], "rejected": [3, 4]}), tmp_path / "in.parquet")
-    code, _, err = run_cli(capsys, "convert-data", str(tmp_path / "in.parquet"), "-o", str(tmp_path / "o.jsonl"))
-    assert code == 2 and "Traceback" not in err
-    assert err.startswith(f"error: {tmp_path / 'in.parquet'}:1: field 'chosen': holds a number where text or a list "
-                          "of messages belongs")
-    assert not (tmp_path / "o.jsonl").exists()
-
-
 @pytest.mark.parametrize("beta", ["nan", "inf"])
 def test_eval_refuses_a_beta_that_is_not_a_finite_number(tmp_path, capsys, beta):
     code, _, err = run_cli(capsys, "eval", str(tmp_path), "--beta", beta)

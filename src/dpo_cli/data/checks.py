@@ -138,25 +138,6 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-# Columns whose values tell the formats apart by type (text or messages): a null or a number there hides the format.
-FORMAT_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages", "conversations", "instruction", "output",
-                  "question", "response_0", "response_1")
-
-
-def undetectable_value(row: dict[str, Any], at: Where) -> None:
-    """Where no format fits a row, a familiar column holding null or a number is the reason to give: the columns are
-    right, a value is not (an integer answer in parquet, a first row with ``prompt: null``)."""
-    columns = ", ".join(sorted(map(str, row)))
-    after = (f", so no data format fits this row (columns: {columns}); name the format with --format to check each "
-             f"row on its own (--skip-invalid drops such rows)")
-    for name in FORMAT_COLUMNS:
-        if name in row and row[name] is None:
-            raise at.error("null-field", f"is null{after}", name)
-        if name in row and type(row[name]) not in (str, list, dict):
-            raise at.error("wrong-type", f"holds {_kind(row[name])} where text or a list of messages belongs{after}",
-                           name)
-
-
 def message(value: Any, at: Where, field: str) -> dict[str, Any]:
     """One ``{role, content}`` message, checked; tool calls, content parts and reasoning are normalised, other keys
     (``loss_weight``, ``weight``, ...) dropped."""

@@ -731,7 +731,6 @@ def detect(row: dict, file: str, line: int) -> Format:
         return FORMATS[found[0]]
     columns = ", ".join(sorted(map(str, row))) or "none"
     if not found:
-        c.undetectable_value(row, Where(file, line))
         raise DataError(f"cannot tell the data format from the columns ({columns}); name it with --format "
                         f"({', '.join(FORMATS)}) or rename columns with --map prompt=COLUMN", file=file, line=line)
     raise DataError(f"the columns ({columns}) fit several formats: {', '.join(found)}; choose one with --format",

@@ -80,16 +80,6 @@ def _first_error(exc: ValidationError, model: type[BaseModel], located: Located,
 MAX_OVERRIDE_DEPTH = 32
 
 
-def check_recipe_path(path: Path) -> None:
-    """A recipe path that exists but is not a file says what it is, not "not found"."""
-    if path.is_dir():
-        inside = sorted(p.name for p in path.glob("*.y*ml"))[:5]
-        hint = f" (it holds {', '.join(inside)})" if inside else ""
-        raise RecipeError(f"recipe {path} is a directory, not a YAML file{hint}; give the recipe file itself")
-    if path.exists() and not path.is_file():
-        raise RecipeError(f"recipe {path} is not a regular file (a pipe or a device?); give a YAML file")
-
-
 def check_override_depth(overrides: Sequence[str]) -> None:
     for item in overrides:
         depth = item.partition("=")[0].count(".") + 1
@@ -101,7 +91,6 @@ def check_override_depth(overrides: Sequence[str]) -> None:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe file, apply overrides and validate every section, the trainer section against TRL."""
     path = Path(path)
-    check_recipe_path(path)
     check_override_depth(overrides)
     data, root = load_yaml(path)
     origin = apply_overrides(data, overrides)

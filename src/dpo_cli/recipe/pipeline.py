@@ -10,7 +10,7 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
-from dpo_cli.recipe.load import build_recipe, check_override_depth, check_recipe_path
+from dpo_cli.recipe.load import build_recipe, check_override_depth
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
 
@@ -35,7 +35,6 @@ class Pipeline:
 
 def is_pipeline(path: str | Path) -> bool:
     """Whether a recipe file holds ``stages:`` (read cheaply, before any validation)."""
-    check_recipe_path(Path(path))
     data, _ = load_yaml(Path(path))
     return "stages" in data
 
@@ -91,7 +90,6 @@ def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
 def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeline:
     """Read and check a pipeline: names, references (unknown names, cycles, order), then every stage's recipe."""
     path = Path(path)
-    check_recipe_path(path)
     check_override_depth(overrides)
     data, root = load_yaml(path)
     located = Located(path, root, {})
