@@ -40,7 +40,7 @@ def test_a_lone_surrogate_in_a_key_is_named_without_breaking_the_message(tmp_pat
     data = tmp_path / "in.jsonl"
     data.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B", "x\\ud800": 1}\n', encoding="utf-8")
     code, _, err = run_cli(capsys, "convert-data", str(data), "-o", str(tmp_path / "o.jsonl"))
-    assert code == 2 and "field ''x\\ud800''" in err and "Traceback" not in err
+    assert code == 2 and "field 'x\\ud800'" in err and "Traceback" not in err
     assert not (tmp_path / "o.jsonl").exists()
 
 

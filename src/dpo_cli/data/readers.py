@@ -24,8 +24,9 @@ def _surrogate_field(value: Any, path: str = "") -> str | None:
                 return where or "(the row)"
         elif type(item) is dict:
             for key, child in reversed(item.items()):
-                if _surrogate_field(key) is not None:
-                    return f"{where}.{key!a}" if where else ascii(key)
+                if _surrogate_field(key) is not None:  # the key itself, escaped so the message can be printed
+                    shown = ascii(key)[1:-1]
+                    return f"{where}.{shown}" if where else shown
                 stack.append((f"{where}.{key}" if where else str(key), child))
         elif type(item) is list:
             stack.extend((f"{where}[{i}]", child) for i, child in reversed(list(enumerate(item))))
