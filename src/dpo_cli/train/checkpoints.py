@@ -141,7 +141,7 @@ def problem(path: Path) -> str | None:
         return "no completion marker (the save was interrupted)"
     try:
         recorded = marker(path)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past what the parser reads
         recorded = None
     if not isinstance(recorded, dict):
         return f"its completion marker {MARKER} is empty or corrupt"
@@ -152,7 +152,7 @@ def problem(path: Path) -> str | None:
         return "trainer_state.json is missing"
     try:
         json.loads(state.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return "trainer_state.json is corrupt"
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
