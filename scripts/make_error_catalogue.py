@@ -13,7 +13,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from catalogue import CASES  # noqa: E402
 
-AREAS = {"recipe": "Recipes", "option": "Command-line options", "data": "Data", "model": "Models"}
+AREAS = {"recipe": "Recipes", "option": "Command-line options", "data": "Data", "model": "Models",
+         "run": "Failures at run time"}
 
 
 def render() -> str:

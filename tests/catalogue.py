@@ -6,9 +6,12 @@ the page can never drift from what the program says. In files, argv and messages
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 GOOD_RECIPE = """\
 stage: dpo
@@ -50,6 +53,8 @@ class Case:
     files: dict[str, str | bytes | Special] = field(default_factory=dict)
     exit_code: int = 2
     timeout: int | None = None  # a case that hung once runs in its own process, stopped after this many seconds
+    # a fault no file can make (a full disk): called with pytest's monkeypatch and the case's directory before the run
+    fault: Callable[[Any, Any], None] | None = None
 
 
 def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
@@ -577,3 +582,137 @@ CASES = [
          [*TRAIN, "--dry-run"], "{tmp}/train.jsonl: not a regular file (a pipe, device or socket); give a data file "
          "or directory", {"r.yaml": GOOD_RECIPE, "train.jsonl": Special("link", "/dev/zero")}, timeout=60),
 ]
+
+# The second hostile round (issue 22, items 16 to 18): wrong successes, tracebacks and misleading messages.
+NAN_RECIPE = GOOD_RECIPE.replace("beta: 0.1", "learning_rate: .nan")
+CASES += [
+    Case("negative-beta", "recipe", "a DPO beta below zero (it would train toward the rejected answers)",
+         [*TRAIN, "trainer.beta=-1", "--dry-run"],
+         "command-line override 'trainer.beta=-1': field 'trainer.beta': must be positive (got -1): beta scales the "
+         "preference in the loss, so below zero training moves toward the rejected answers and at zero it learns "
+         "nothing; the usual range is 0.01 to 0.5", recipe_with("", "")),
+    Case("kto-zero-beta", "recipe", "a KTO beta of zero", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must be positive (got 0): beta scales the preference in the loss, so "
+         "below zero training moves toward the rejected answers and at zero it learns nothing; the usual range is "
+         "0.01 to 0.5", {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: kto").replace("beta: 0.1", "beta: 0"),
+                         "train.jsonl": PAIR}),
+    Case("grpo-negative-beta", "recipe", "a GRPO KL weight below zero", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must not be negative (got -0.5): a negative beta turns its term around "
+         "and trains away from what it should; 0 turns the KL penalty to the reference off (TRL's default)",
+         {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: grpo").replace("beta: 0.1", "beta: -0.5")
+          + "reward:\n  functions: [length]\n", "train.jsonl": PROMPT}),
+    Case("nan-in-recipe", "recipe", "a learning rate of .nan in the recipe", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.learning_rate': must be a finite number (got nan)",
+         {"r.yaml": NAN_RECIPE, "train.jsonl": PAIR}),
+    Case("nan-beta-in-recipe", "recipe", "a beta of .nan (TRL would train on NaN losses)", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.beta': must be a finite number (got nan)", recipe_with("0.1", ".nan")),
+    Case("nan-override", "option", "logging_steps=.nan (a run with no metrics)",
+         [*TRAIN, "trainer.logging_steps=.nan", "--dry-run"],
+         "command-line override 'trainer.logging_steps=.nan': field 'trainer.logging_steps': must be a finite "
+         "number (got nan)", recipe_with("", "")),
+    Case("inf-in-own-section", "recipe", "an infinite LoRA alpha", TRAIN,
+         "{tmp}/r.yaml:5: field 'lora.alpha': must be a finite number (got inf)",
+         recipe_with("data:\n", "lora:\n  alpha: .inf\ndata:\n")),
+    Case("nan-as-text", "recipe", "a learning rate given as the text 'nan'", TRAIN,
+         "{tmp}/r.yaml:7: field 'trainer.learning_rate': Input should be a finite number (got 'nan')",
+         recipe_with("beta: 0.1", "learning_rate: 'nan'")),
+    Case("override-key-too-deep", "option", "an override whose key is 5,000 levels deep",
+         [*TRAIN, ".".join(["a"] * 5000) + "=1"],
+         "override 'a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a....' names a key 5000 levels deep; "
+         "recipe keys are at most a few levels deep (section.key, or NAME.section.key in a pipeline)",
+         recipe_with("", "")),
+    Case("homoglyph-key", "recipe", "a key with a look-alike letter (a Cyrillic а in stаge)", TRAIN,
+         "{tmp}/r.yaml:1: field 'st\u0430ge': unknown key 'st\u0430ge'; did you mean 'stage'? ('st\u0430ge' holds "
+         "'\u0430', U+0430 CYRILLIC SMALL LETTER A, which is not ASCII however alike it looks: retype the name)",
+         recipe_with("stage: dpo", "st\u0430ge: dpo")),
+    Case("homoglyph-value", "recipe", "a stage name with a look-alike letter", TRAIN,
+         "{tmp}/r.yaml:1: field 'stage': unknown stage 'dp\u043e'; did you mean 'dpo'? ('dp\u043e' holds '\u043e', "
+         "U+043E CYRILLIC SMALL LETTER O, which is not ASCII however alike it looks: retype the name)",
+         recipe_with("stage: dpo", "stage: dp\u043e")),
+    Case("inspect-negative-max-length", "option", "inspect-data --max-length below one",
+         ["inspect-data", "{tmp}/in.jsonl", "--tokenizer", "builtin:tiny-chat", "--max-length", "-5"],
+         "--max-length must be a positive number of tokens (got -5)", {"in.jsonl": GOOD_ROW}),
+    Case("pair-differs-in-whitespace", "data", "chosen and rejected that differ only in trailing whitespace",
+         CONVERT, "{tmp}/in.jsonl:1: field 'rejected': chosen and rejected differ only in whitespace (spaces, tabs "
+         "or newlines); a pair must differ in what it says",
+         {"in.jsonl": '{"prompt": "Q", "chosen": "Paris.", "rejected": "Paris.\\n"}\n'}),
+    Case("conversation-whitespace-pair", "data", "conversations whose answers differ only in spaces", CONVERT,
+         "{tmp}/in.jsonl:1: field 'rejected': chosen and rejected differ only in whitespace (spaces, tabs or "
+         "newlines); a pair must differ in what it says",
+         {"in.jsonl": json.dumps({"chosen": [USER, {"role": "assistant", "content": "A  b"}],
+                                  "rejected": [USER, {"role": "assistant", "content": "A b "}]}) + "\n"}),
+    Case("system-turn-inside-chosen", "data", "a system turn in the middle of chosen (not rejected's fault)", CONVERT,
+         "{tmp}/in.jsonl:1: field 'chosen': a system message may only come first (found at turn 1)",
+         {"in.jsonl": json.dumps({"chosen": [USER, {"role": "system", "content": "S"}, ASSISTANT],
+                                  "rejected": [USER, {"role": "assistant", "content": "B"}]}) + "\n"}),
+    *[Case(f"lone-surrogate-{command}", "data", f"a lone surrogate escape in a JSON string ({command})",
+           argv, "{tmp}/in.jsonl:1: field 'chosen': " + ("stage dpo reads preference pairs (prompt, chosen, rejected); "
+                                                         if command == "train" else "")
+           + "invalid UTF-8 text: a \\uD800-\\uDFFF escape without its other half (a lone UTF-16 surrogate, often a "
+           "string cut in the middle of an emoji); no UTF-8 text can hold it: fix or drop the row",
+           {"in.jsonl": '{"prompt": "Q", "chosen": "A \\ud800", "rejected": "B"}\n', "r.yaml":
+            GOOD_RECIPE.replace("train.jsonl", "in.jsonl")})
+      for command, argv in [("convert-data", CONVERT), ("train", [*TRAIN, "--dry-run"])]],
+    Case("lone-surrogate-json-array", "data", "a lone surrogate inside a message of a .json file",
+         ["convert-data", "{tmp}/in.json", "-o", "{tmp}/o.jsonl"],
+         "{tmp}/in.json:1: field 'chosen[1].content': invalid UTF-8 text: a \\uD800-\\uDFFF escape without its other "
+         "half (a lone UTF-16 surrogate, often a string cut in the middle of an emoji); no UTF-8 text can hold it: "
+         "fix or drop the row",
+         {"in.json": '[{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "\\udc00"}], '
+                     '"rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}]'}),
+    Case("chat-template-raises", "model", "a chat template that raises on the data, found by --dry-run",
+         [*TRAIN, "--dry-run"],
+         "model.chat_template fails on the first training row ({tmp}/chat.jsonl:1): TemplateError: no system turns "
+         "here; fix the template or the row",
+         {"r.yaml": GOOD_RECIPE.replace("builtin:tiny-chat\n", "builtin:tiny-chat\n  chat_template: \"{{ "
+                                        "raise_exception('no system turns here') }}\"\n")
+          .replace("train.jsonl", "chat.jsonl"),
+          "chat.jsonl": json.dumps({"prompt": [USER], "chosen": [ASSISTANT],
+                                    "rejected": [{"role": "assistant", "content": "B"}]}) + "\n"}),
+    Case("model-is-a-text-file", "model", "a text file given as the model", [*TRAIN, "--dry-run"],
+         "model {tmp}/model.txt is a file, not a model directory; give the directory that holds its config.json and "
+         "weights (a saved run or a downloaded model), or a hub name",
+         recipe_with("builtin:tiny-chat", "{tmp}/model.txt", **{"model.txt": "hello"})),
+    Case("model-path-missing", "model", "a model path that does not exist (not a hub name)", TRAIN,
+         "model directory ./no-such-model does not exist (a path, so not a hub name); check the path",
+         recipe_with("builtin:tiny-chat", "./no-such-model")),
+    Case("convert-disk-full", "run", "convert-data onto a full disk", CONVERT,
+         "cannot write {tmp}/out.jsonl: No space left on device; no output was written", {"in.jsonl": GOOD_ROW},
+         exit_code=1, fault=lambda monkeypatch, tmp: _full_disk_for_rows(monkeypatch)),
+    Case("convert-read-only", "option", "convert-data into a read-only directory", CONVERT,
+         "cannot write {tmp}/out.jsonl: Read-only file system; no output was written", {"in.jsonl": GOOD_ROW},
+         fault=lambda monkeypatch, tmp: _read_only_directories(monkeypatch)),
+    Case("final-save-disk-full", "run", "a full disk while the final model is saved (safetensors' own error)",
+         [*TRAIN, "trainer.max_steps=1", "trainer.save_strategy=no"],
+         "saving the final model to {tmp}/run failed (Error while serializing: I/O error: No space left on device (os "
+         "error 28)); the files it had written are removed; no checkpoint was saved before it", recipe_with("", ""),
+         exit_code=1, fault=lambda monkeypatch, tmp: _full_disk_for_weights(monkeypatch)),
+]
+
+
+def _full_disk_for_rows(monkeypatch) -> None:
+    from dpo_cli.data import writers
+
+    def full(self, line, row=None):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writers.JsonlWriter, "write", full)
+
+
+def _read_only_directories(monkeypatch) -> None:
+    import tempfile
+
+    def read_only(*args, dir=None, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+
+
+def _full_disk_for_weights(monkeypatch) -> None:
+    import transformers.modeling_utils as modeling_utils
+    from safetensors import SafetensorError
+
+    def save_file(tensors, filename, metadata=None):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(modeling_utils, "safe_save_file", save_file)

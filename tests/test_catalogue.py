@@ -29,7 +29,7 @@ def _matches(pattern: str, text: str) -> bool:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_catalogue_entry(case, capsys, tmp_path, tiny_model):
+def test_catalogue_entry(case, capsys, tmp_path, tiny_model, monkeypatch):
     for name, content in case.files.items():
         path = tmp_path / name
         if name.endswith("/"):  # an empty directory
@@ -42,6 +42,8 @@ def test_catalogue_entry(case, capsys, tmp_path, tiny_model):
             path.write_bytes(content)
         else:
             path.write_text(content.replace("{tmp}", str(tmp_path)), encoding="utf-8")
+    if case.fault is not None:
+        case.fault(monkeypatch, tmp_path)
     argv = [arg.replace("{tmp}", str(tmp_path)) for arg in case.argv]
     if case.timeout is None:
         code, _, err = run_cli(capsys, *argv)

@@ -131,7 +131,7 @@ def test_skip_invalid_writes_rejects_with_reasons(tmp_path):
     console = Console(record=True, width=200)
     print_summary(console, summary)
     text = console.export_text()
-    assert "dropped: identical" in text and "1 (chosen and rejected are identical)" in text
+    assert "dropped: identical" in text and "1 (chosen and rejected are identical, or differ only in whitespace)" in text
     assert f"{bad / 'identical.jsonl'}:2: field 'rejected': chosen and rejected are identical" in text
 
 

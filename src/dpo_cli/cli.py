@@ -157,6 +157,14 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
                   "HTML report")
 
 
+def _positive_tokens(max_length: Optional[int]) -> None:
+    """--max-length at or below zero would count every row as too long (or truncate everything away)."""
+    if max_length is not None and max_length <= 0:
+        from dpo_cli.core.errors import InputError
+
+        raise InputError(f"--max-length must be a positive number of tokens (got {max_length})")
+
+
 @app.command("eval")
 def eval_(
     model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model (directory or hub name).",
@@ -174,6 +182,7 @@ def eval_(
     """Score held-out pairs: preference accuracy, margins, log-probs, KL to the reference, length bias."""
     from dpo_cli.evidence.evaluate import resolve_target, run_eval
 
+    _positive_tokens(max_length)
     result = run_eval(resolve_target(model_or_run, data=data, ref=ref, beta=beta, max_length=max_length))
     if as_json:
         import json
@@ -228,6 +237,7 @@ def score(
     """Score text with a reward model: one score per row, or chosen and rejected scores per pair."""
     from dpo_cli.evidence.reward_scores import pairwise_accuracy, score_file, scores_table, write_scores
 
+    _positive_tokens(max_length)
     scored = score_file(model, data, max_length=max_length, output=output, force=force)
     if output is not None:
         write_scores(scored, output)
@@ -321,6 +331,7 @@ def inspect_data(
     from dpo_cli.data.convert import parse_map
     from dpo_cli.data.inspection import inspect, print_report
 
+    _positive_tokens(max_length)
     if max_length is not None and tokenizer is None:
         raise typer.BadParameter("--max-length counts tokens; give --tokenizer too", param_hint="--max-length")
     if bool(inputs) == (registry is not None) or (registry is None) != (name is None):
@@ -402,8 +413,20 @@ def main() -> None:
             raise
         console.error(str(exc))
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C where no handler of ours turned it into Interrupted: said, not silent
+        console.error("stopped by SIGINT")
         sys.exit(130)
+    except SystemExit as exc:  # typer turns a KeyboardInterrupt inside a command into a silent exit 130
+        if exc.code == 130 and _caused_by_ctrl_c(exc):
+            console.error("stopped by SIGINT")
+        raise
+
+
+def _caused_by_ctrl_c(exc: BaseException) -> bool:
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and not isinstance(seen, KeyboardInterrupt):
+        seen = seen.__cause__ or seen.__context__
+    return seen is not None
 
 
 if __name__ == "__main__":

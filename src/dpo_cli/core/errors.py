@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable
 
 
@@ -62,11 +63,23 @@ class ModelLoadError(InputError):
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return " (did you mean 'x'?)" for the closest choice, or a list of valid choices when none is close."""
+    """Return " (did you mean 'x'?)" for the closest choice, or a list of valid choices when none is close; a name
+    that differs from the choices by a look-alike character (a Cyrillic 'а' for 'a') says which character."""
     choices = sorted(set(choices))
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    note = lookalike_note(name, choices)
     if close:
-        return f"; did you mean '{close[0]}'?"
+        return f"; did you mean '{close[0]}'?{note}"
     if len(choices) <= 12:
-        return f"; expected one of: {', '.join(choices)}"
-    return ""
+        return f"; expected one of: {', '.join(choices)}{note}"
+    return note
+
+
+def lookalike_note(name: str, choices: Iterable[str] = ()) -> str:
+    """``" ('stаge' holds 'а', U+0430 CYRILLIC SMALL LETTER A, ...)"`` when ``name`` has a character that is not ASCII
+    while every choice is ASCII: such a key reads right and still matches nothing."""
+    if name.isascii() or not all(c.isascii() for c in choices):
+        return ""
+    odd = next(c for c in name if not c.isascii())
+    return (f" ('{name}' holds '{odd}', U+{ord(odd):04X} {unicodedata.name(odd, 'an unnamed character')}, which is not "
+            f"ASCII however alike it looks: retype the name)")

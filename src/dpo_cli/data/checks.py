@@ -18,7 +18,7 @@ CHECKS = {
     "wrong-type": "a field has the wrong type (for example a number where text belongs)",
     "empty-prompt": "the prompt is empty or only whitespace",
     "empty-response": "a response is empty or only whitespace",
-    "identical": "chosen and rejected are identical",
+    "identical": "chosen and rejected are identical, or differ only in whitespace",
     "bad-role": "a role is unknown or turns are out of order",
     "last-not-assistant": "the last turn of a response is not from the assistant",
     "prompt-mismatch": "chosen and rejected do not share the same prompt turns",
@@ -328,9 +328,27 @@ def check_pair(prompt: list[dict[str, str]], chosen: dict[str, str], rejected: d
     check_prompt(prompt, at)
     check_response(chosen, at, "chosen")
     check_response(rejected, at, "rejected")
+    check_distinct(chosen, rejected, at)
+    return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
+
+
+def _words(value: Any) -> Any:
+    """A response with its whitespace runs made one space and its ends trimmed (text, or a message's content)."""
+    if type(value) is str:
+        return " ".join(value.split())
+    if type(value) is dict and type(value.get("content")) is str:
+        return {**value, "content": " ".join(value["content"].split())}
+    return value
+
+
+def check_distinct(chosen: Any, rejected: Any, at: Where) -> None:
+    """A pair must prefer one answer over another: the same answer twice, or twice with only whitespace changed
+    (a trailing space or newline), teaches nothing but a preference for whitespace."""
     if chosen == rejected:
         raise at.error("identical", "chosen and rejected are identical", "rejected")
-    return {"prompt": prompt, "chosen": [chosen], "rejected": [rejected]}
+    if _words(chosen) == _words(rejected):
+        raise at.error("identical", "chosen and rejected differ only in whitespace (spaces, tabs or newlines); a "
+                       "pair must differ in what it says", "rejected")
 
 
 def split_implicit(chosen: list[dict[str, str]], rejected: list[dict[str, str]],
@@ -346,6 +364,9 @@ def split_implicit(chosen: list[dict[str, str]], rejected: list[dict[str, str]],
         if len(turns) < 2:
             raise at.error("missing-field", "holds only the response; a full conversation (or a separate "
                            "'prompt') is needed to know the prompt", field)
+        # a turn out of place (a system turn in the middle) is the mistake of the side that holds it, not a
+        # difference for the other side to be blamed for
+        check_order(turns, at, field)
     if chosen[:-1] != rejected[:-1]:
         turn = next((i for i, (a, b) in enumerate(zip(chosen[:-1], rejected[:-1])) if a != b),
                     min(len(chosen), len(rejected)) - 1)

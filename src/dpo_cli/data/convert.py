@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import random
 import tempfile
 import time
 from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.atomic import atomic_path
-from dpo_cli.core.errors import DataError, InputError, did_you_mean
+from dpo_cli.core.errors import DataError, DpoCliError, InputError, did_you_mean
 from dpo_cli.core.paths import check_output_file
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.formats import AdapterOptions
@@ -168,7 +170,7 @@ def convert(options: ConvertOptions) -> ConvertSummary:
     sources = options.sources()
     _check_outputs(options, sources, outputs)
 
-    with contextlib.ExitStack() as stack:
+    with _writing([path for _, path in outputs]), contextlib.ExitStack() as stack:
         rejects_writer = None
         if options.rejects is not None:
             rejects_tmp = stack.enter_context(atomic_path(options.rejects))
@@ -218,6 +220,26 @@ def convert(options: ConvertOptions) -> ConvertSummary:
     return ConvertSummary(output=output, eval_output=eval_output, written=written, eval_written=eval_written,
                           duplicates=duplicates, seconds=time.perf_counter() - started, stats=pipeline.stats,
                           rejects=options.rejects)
+
+
+@contextlib.contextmanager
+def _writing(outputs: list[Path]) -> Iterator[None]:
+    """An OSError while converting as one line, once the temporary files are gone: the output that could not be
+    written (a read-only directory: exit 2; a full disk: exit 1), or the input that could not be read."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        name = Path(exc.filename) if isinstance(exc.filename, (str, os.PathLike)) else None
+        ours = [out for out in outputs if name is not None and name.parent.resolve() == out.parent.resolve()
+                and (name.name == out.name or name.name.startswith(f".{out.name}.") or name.name.startswith(
+                    ".dpo-cli-spool."))]
+        # a folder above an output that could not be made is the output's failure too
+        if name is not None and not ours and not any(out.resolve().is_relative_to(name.resolve()) for out in outputs):
+            raise InputError(f"{name}: cannot be read ({reason})") from None
+        failed = DpoCliError if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG) else InputError
+        target = (ours or outputs)[0] if name is not None or len(outputs) == 1 else ", ".join(map(str, outputs))
+        raise failed(f"cannot write {target}: {reason}; no output was written") from None
 
 
 def _nothing_written(stats: Stats, duplicates: int) -> str:

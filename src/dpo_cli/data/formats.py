@@ -164,8 +164,7 @@ def _pair(prompt: str | list, chosen: Any, rejected: Any, at: Where) -> dict[str
     """A pair from a prompt and two response strings: strings stay strings only when the prompt is one."""
     chosen = c.response_text(chosen, at, "chosen")
     rejected = c.response_text(rejected, at, "rejected")
-    if chosen == rejected:
-        raise at.error("identical", "chosen and rejected are identical", "rejected")
+    c.check_distinct(chosen, rejected, at)
     if type(prompt) is str:
         return {"prompt": [_user(prompt)], "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)]}
     return {"prompt": prompt, "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)]}
@@ -212,8 +211,7 @@ def trl(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
             raise at.error("empty-prompt", "prompt is empty or whitespace only", "prompt")
         chosen = c.response_text(chosen, at, "chosen")
         rejected = c.response_text(rejected, at, "rejected")
-        if chosen == rejected:
-            raise at.error("identical", "chosen and rejected are identical", "rejected")
+        c.check_distinct(chosen, rejected, at)
         _check_scores(row, at, options)
         return [{"prompt": prompt, "chosen": chosen, "rejected": rejected}]
     chosen_turns = c.messages(chosen, at, "chosen")

@@ -90,7 +90,7 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
                 chars.setdefault(name, array("l")).append(len(_response(value)))
             if len(samples) < SAMPLES:
                 samples.append(example)
-    if pipeline.stats.read == 0:
+    if pipeline.stats.read == 0 and not pipeline.stats.dropped:  # lines that could not be read are reported below
         raise DataError("no rows: the files hold nothing to inspect or train on", file=", ".join(map(str, inputs)))
     report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
                            char_lengths=chars, max_length=max_length, samples=samples)

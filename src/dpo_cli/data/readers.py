@@ -12,10 +12,39 @@ from typing import Any, NamedTuple
 
 from dpo_cli.core.errors import DataError
 
+
+def _surrogate_field(value: Any, path: str = "") -> str | None:
+    """Where a JSON value holds a lone UTF-16 surrogate escape (``"\\ud800"`` without its pair): the stdlib parser
+    takes it, but no UTF-8 file, tokenizer or console can carry it. Keys first, then values, depth first."""
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if type(item) is str:
+            if not item.isascii() and any("\ud800" <= ch <= "\udfff" for ch in item):
+                return where or "(the row)"
+        elif type(item) is dict:
+            for key, child in reversed(item.items()):
+                if _surrogate_field(key) is not None:  # the key itself, escaped so the message can be printed
+                    shown = ascii(key)[1:-1]
+                    return f"{where}.{shown}" if where else shown
+                stack.append((f"{where}.{key}" if where else str(key), child))
+        elif type(item) is list:
+            stack.extend((f"{where}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _strict_loads(raw: bytes | str) -> Any:
+    # the stdlib's parser, refusing what orjson refuses (a lone surrogate), so both paths read the same rows
+    value = json.loads(raw)
+    if _surrogate_field(value) is not None:
+        raise ValueError("lone surrogate")
+    return value
+
+
 try:  # orjson parses 2-3x faster; without it the stdlib gives the same rows
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
-    _fast_loads = json.loads
+    _fast_loads = _strict_loads
 
 OnError = Callable[[DataError], None] | None
 
@@ -44,11 +73,23 @@ def _parse_line(raw: bytes, file: str, number: int, offset: int) -> Any:
         raise DataError(f"invalid UTF-8 at byte offset {offset + exc.start} of the file "
                         f"(byte {exc.start + 1} of the line)", file=file, line=number) from None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"invalid JSON at column {exc.colno}: {exc.msg}", file=file, line=number) from None
     except RecursionError:
         raise DataError("JSON nested too deeply", file=file, line=number) from None
+    _refuse_surrogate(value, file, number)
+    return value
+
+
+def _refuse_surrogate(value: Any, file: object, line: int) -> None:
+    field = _surrogate_field(value)
+    if field is not None:
+        raise DataError(LONE_SURROGATE, file=file, line=line, field=field)
+
+
+LONE_SURROGATE = ("invalid UTF-8 text: a \\uD800-\\uDFFF escape without its other half (a lone UTF-16 surrogate, often "
+                  "a string cut in the middle of an emoji); no UTF-8 text can hold it: fix or drop the row")
 
 
 def _lines(f, file: str) -> Iterator[tuple[int, bytes]]:
@@ -128,6 +169,11 @@ def _json(path: Path, on_error: OnError) -> Iterator[Record]:
         if type(row) is not dict:
             _raise_or_report(DataError(f"expected a JSON object, found {_json_type(row)}", file=file, line=index),
                              on_error)
+            continue
+        try:
+            _refuse_surrogate(row, file, index)
+        except DataError as exc:
+            _raise_or_report(exc, on_error)
             continue
         yield Record(file, index, row)
 

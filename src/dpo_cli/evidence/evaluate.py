@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,8 @@ def run_reference(recipe: Recipe, run: RunDir) -> str:
 def resolve_target(model_or_run: str, *, data: str | None = None, ref: str | None = None, beta: float | None = None,
                    max_length: int | None = None) -> EvalTarget:
     """A run directory brings its reference, beta, truncation and held-out data; options given win."""
+    if beta is not None and not math.isfinite(beta):
+        raise InputError(f"--beta must be a finite number (got {beta})")
     if beta is not None and beta <= 0:
         raise InputError(f"--beta must be positive (got {beta}): the implicit reward is beta * log-ratio")
     run = RunDir(model_or_run)

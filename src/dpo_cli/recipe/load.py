@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 import typing
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,19 +53,47 @@ def _fields_at(model: type[BaseModel], path: tuple) -> list[str]:
     return list(model.model_fields)
 
 
+def _clean_loc(err: dict) -> tuple:
+    # pydantic places a model_validator's error on the section itself
+    return tuple(p for p in err["loc"] if not str(p).startswith("function-") and p not in SOURCE_TAGS)
+
+
 def _first_error(exc: ValidationError, model: type[BaseModel], located: Located,
                  prefix: tuple = ()) -> RecipeError:
-    err = exc.errors()[0]
-    # pydantic places a model_validator's error on the section itself
-    loc = tuple(p for p in err["loc"] if not str(p).startswith("function-") and p not in SOURCE_TAGS)
+    errors = exc.errors()
+    err = errors[0]
+    # a required key "missing" beside an unknown key that resembles it (a typo, a look-alike letter): the unknown
+    # key is the mistake to point at, with its line
+    missing = {_clean_loc(e) for e in errors if e["type"] == "missing"}
+    for e in errors:
+        loc = _clean_loc(e)
+        if e["type"] == "extra_forbidden" and difflib.get_close_matches(
+                str(loc[-1]), [m[-1] for m in missing if m[:-1] == loc[:-1]], n=1, cutoff=0.6):
+            err = e
+            break
+    loc = _clean_loc(err)
     if err["type"] == "value_error":
         return located.error(prefix + loc, str(err["ctx"]["error"]) if "ctx" in err else err["msg"])
     return _describe(err, model, located, loc, prefix)
 
 
+# No recipe key lies deeper than a handful of sections (trainer.gradient_checkpointing_kwargs.use_reentrant is 3);
+# an override far deeper is a mistake, and would build a structure too deep for the checks that walk it.
+MAX_OVERRIDE_DEPTH = 32
+
+
+def check_override_depth(overrides: Sequence[str]) -> None:
+    for item in overrides:
+        depth = item.partition("=")[0].count(".") + 1
+        if depth > MAX_OVERRIDE_DEPTH:
+            raise RecipeError(f"override '{item[:60]}...' names a key {depth} levels deep; recipe keys are at most a "
+                              f"few levels deep (section.key, or NAME.section.key in a pipeline)")
+
+
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Read a recipe file, apply overrides and validate every section, the trainer section against TRL."""
     path = Path(path)
+    check_override_depth(overrides)
     data, root = load_yaml(path)
     origin = apply_overrides(data, overrides)
     remember(data)  # secrets it holds are scrubbed from every message and file from here on, errors included
@@ -80,6 +110,8 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     def error(path: Sequence[Any], message: str) -> RecipeError:
         return located.error(prefix + tuple(path), message)
 
+    for key_path, value in _numbers_not_finite(data):
+        raise error(key_path, f"must be a finite number (got {value})")
     name = data.get("stage")
     if isinstance(name, str) and name not in stage_names():
         raise error(("stage",), f"unknown stage '{name}'{did_you_mean(name, stage_names())}")
@@ -92,6 +124,9 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     stage = get_stage(recipe.stage)
     if stage.trains:
         recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
+        # a string such as "nan" that the trainer's float field read as a number
+        for key_path, value in _numbers_not_finite(recipe.trainer, ("trainer",)):
+            raise error(key_path, f"must be a finite number (got {value})")
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     check_rejects_files(recipe, located.file, error)
@@ -102,6 +137,19 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     if stage.trains:
         build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now, not later
     return recipe
+
+
+def _numbers_not_finite(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, float]]:
+    """(key path, value) of every NaN or infinity in a recipe's values (an explicit stack: recipes can nest deep)."""
+    stack = [(path, data)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            yield where, value
+        elif isinstance(value, dict):
+            stack.extend((where + (k,), v) for k, v in reversed(value.items()))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((where + (i,), v) for i, v in reversed(list(enumerate(value))))
 
 
 def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
-from dpo_cli.recipe.load import build_recipe
+from dpo_cli.recipe.load import build_recipe, check_override_depth
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
 
@@ -90,6 +90,7 @@ def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
 def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeline:
     """Read and check a pipeline: names, references (unknown names, cycles, order), then every stage's recipe."""
     path = Path(path)
+    check_override_depth(overrides)
     data, root = load_yaml(path)
     located = Located(path, root, {})
     for key in data:

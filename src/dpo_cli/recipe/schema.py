@@ -27,7 +27,7 @@ from dpo_cli.recipe.yamlfile import yaml_dump
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def _chat_template(value: str | None) -> str | None:

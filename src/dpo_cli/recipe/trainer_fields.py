@@ -86,7 +86,7 @@ def trainer_schema(config_class: type) -> type[BaseModel]:
             fields[f.name] = (annotation | None, None)
         _SCHEMAS[config_class] = create_model(
             f"{config_class.__name__}Fields",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
             **fields,
         )
     return _SCHEMAS[config_class]

@@ -10,6 +10,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import DpoCliError, InputError
 from dpo_cli.core.redact import redact_text
@@ -20,6 +22,9 @@ MARKER = "dpo-cli-checkpoint.json"  # written last: a checkpoint without it is i
 WHOLE_HASH_BYTES = 256 << 20
 _SAMPLE_BYTES = 16 << 20
 _STEP = re.compile(r"^checkpoint-(\d+)$")
+# What a save on a full or read-only disk raises: OSError from Python's own writes, RuntimeError from torch.save
+# ("PytorchStreamWriter failed writing file"), and safetensors' SafetensorError, which is neither.
+SAVE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 class SaveFailedError(DpoCliError):
@@ -46,13 +51,40 @@ def save_failure(run_dir: Path, step: int, exc: BaseException) -> SaveFailedErro
     """When ``exc`` ended training while checkpoint-<step> was being written: remove the partial folder and say
     which complete checkpoint is left. None when the failure was not in a save."""
     folder = Path(run_dir) / f"checkpoint-{step}"
-    if not isinstance(exc, (OSError, RuntimeError)) or not folder.is_dir() or (folder / MARKER).exists():
+    if not isinstance(exc, SAVE_ERRORS) or not folder.is_dir() or (folder / MARKER).exists():
         return None
     shutil.rmtree(folder, ignore_errors=True)
     previous = newest_complete(run_dir)[0]
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
-    return SaveFailedError(f"saving {folder.name} failed ({reason}); {kept}")
+    return SaveFailedError(f"saving {folder.name} failed ({_reason(exc)}); {kept}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip()
+    return (text.splitlines() or [type(exc).__name__])[0]
+
+
+def save_final(trainer, run_dir: Path) -> None:
+    """The final model and tokenizer into the run directory. A save that fails part way (a full disk once
+    config.json is written and the weights are not) takes back every file it added, so nothing there looks like a
+    saved model, and says which checkpoint a resume would start from."""
+    run_dir = Path(run_dir)
+    before = {p.name for p in run_dir.iterdir()}
+    try:
+        trainer.save_model(str(run_dir))
+    except SAVE_ERRORS as exc:
+        for path in run_dir.iterdir():
+            if path.name in before:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        previous = newest_complete(run_dir)[0]
+        kept = (f"the newest complete checkpoint {previous} is intact: resume from it with --resume auto"
+                if previous else "no checkpoint was saved before it")
+        raise SaveFailedError(f"saving the final model to {run_dir} failed ({_reason(exc)}); the files it had "
+                              f"written are removed; {kept}") from exc
 
 
 def missing_rank_files(folder: Path, args) -> list[str]:
@@ -117,16 +149,18 @@ def problem(path: Path) -> str | None:
         return "no completion marker (the save was interrupted)"
     try:
         recorded = marker(path)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past what the parser reads
         recorded = None
     if not isinstance(recorded, dict):
         return f"its completion marker {MARKER} is empty or corrupt"
+    if issue := _marker_shape(recorded):
+        return f"its completion marker {MARKER} is not as dpo-cli writes it ({issue})"
     state = path / "trainer_state.json"
     if not state.is_file():
         return "trainer_state.json is missing"
     try:
         json.loads(state.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return "trainer_state.json is corrupt"
     weights = sorted(path.glob("*.safetensors"))
     if not weights:
@@ -145,6 +179,23 @@ def problem(path: Path) -> str | None:
             return f"{name} is {what} ({size} bytes, the marker says {expected['bytes']})"
         if file_digest(file) != expected["sha256"]:
             return f"{name} has changed since it was saved (its checksum differs)"
+    return None
+
+
+def _marker_shape(recorded: dict) -> str | None:
+    """What is wrong with a marker's values (edited by hand, or written by something else), or None."""
+    files = recorded.get("files")
+    if files is not None and not isinstance(files, dict):
+        return "files is not a mapping of file names"
+    for name, expected in (files or {}).items():
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            return f"{name!r} is not a file name inside the checkpoint"
+        if not (isinstance(expected, dict) and type(expected.get("bytes")) is int
+                and isinstance(expected.get("sha256"), str)):
+            return f"the entry for {name} has no byte count and checksum"
+    for section in ("recipe", "data"):
+        if not isinstance(recorded.get(section, {}), dict):
+            return f"{section} is not a mapping"
     return None
 
 

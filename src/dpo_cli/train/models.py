@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # at run time, importing the stages package here would import
 def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:
     """A local directory, a built-in, or a hub name whose config can be fetched; otherwise one clear error."""
     name = resolve_builtin(name)
+    if Path(name).exists() and not Path(name).is_dir():
+        raise ModelLoadError(f"model {name} is a file, not a model directory; give the directory that holds its "
+                             f"config.json and weights (a saved run or a downloaded model), or a hub name")
+    if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+        raise ModelLoadError(f"model directory {name} does not exist (a path, so not a hub name); check the path")
     if Path(name).is_dir():
         if not any((Path(name) / f).is_file() for f in ("config.json", "adapter_config.json", "tokenizer_config.json")):
             raise ModelLoadError(f"model directory {name} holds no config.json: it is not a saved model (an "
@@ -66,6 +71,38 @@ def load_tokenizer(section: ModelSection):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def check_chat_template(recipe: Recipe, data_kind: str, tokenizer: Any) -> None:
+    """Render the first training row as TRL will (prompt, prompt and each answer, tools) when it is conversational:
+    a tokenizer without a chat template, or a template that raises, is one line naming the model and the row, at
+    --dry-run and before any weights are loaded, rather than a traceback from inside the trainer."""
+    import json
+
+    from trl.data_utils import is_conversational, maybe_apply_chat_template
+
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.data.rows import RowPipeline, Source
+    from dpo_cli.data.targets import KINDS
+
+    source = Source.of(recipe.data.train[0])
+    found = next(RowPipeline(KINDS[data_kind], skip_invalid=source.skip_invalid).rows(source), None)
+    if found is None or not is_conversational(found[1]):
+        return
+    (record, row), model = found, recipe.model.tokenizer or recipe.model.name_or_path
+    if not tokenizer.chat_template:
+        raise InputError(f"the tokenizer of {model} has no chat template, and the training data is conversations "
+                         f"({record.file}:{record.line} holds messages); set model.chat_template to a Jinja template "
+                         f"(or a file holding one), or model.tokenizer to a chat model's tokenizer")
+    tools = row.get("tools")
+    try:
+        maybe_apply_chat_template(row, tokenizer, tools=json.loads(tools) if isinstance(tools, str) else tools)
+    except Exception as exc:  # noqa: BLE001 - a template is user code: whatever it raises is the template's failure
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        which = "model.chat_template" if recipe.model.chat_template else f"the chat template of {model}"
+        raise InputError(f"{which} fails on the first training row ({record.file}:{record.line}): "
+                         f"{type(exc).__name__}{': ' + reason if reason else ''}; fix the template or the row") \
+            from None
 
 
 def torch_dtype(name: str, plan: DevicePlan | None = None):

@@ -4,11 +4,12 @@ summary of every stage's figures and of each round (pairs made, then trained on)
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Collection
 from typing import Any
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import InputError
+from dpo_cli.core.errors import InputError, Interrupted
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.pipeline import Pipeline
 from dpo_cli.recipe.schema import Recipe
@@ -37,29 +38,49 @@ def is_complete(recipe: Recipe) -> bool:
 
 def run_pipeline(pipeline: Pipeline, *, overwrite: bool = False, resume: str | None = None,
                  resume_force: bool = False, on_result=None) -> list[RunResult]:
-    """Run each stage in order; a stage whose output is complete (same recipe, upstream unchanged) is skipped."""
-    results, ran = [], set()
-    for stage in pipeline.stages:
-        upstream_ran = [name for name in stage.needs if name in ran]
-        if not upstream_ran and is_complete(stage.recipe):
-            console.note(f"stage {stage.name} ({stage.recipe.stage}): complete in {stage.recipe.output_dir}, skipped")
-            continue
-        again = upstream_ran and RunDir(stage.recipe.output_dir).manifest_file.exists()
-        reason = f" (its input {', '.join(upstream_ran)} was made again)" if again else ""
-        trains = get_stage(stage.recipe.stage).trains
-        doing = "training" if trains else "making data"
-        console.note(f"stage {stage.name} ({stage.recipe.stage}): {doing} into {stage.recipe.output_dir}{reason}")
-        result = run_stage(stage.recipe, overwrite=overwrite, resume=resume if trains else None,
-                           resume_force=resume_force)
-        if trains:
-            resume = None  # only the first stage that trains picks up its checkpoint
-        ran.add(stage.name)
-        results.append(result)
-        if on_result is not None:
-            on_result(stage, result)
+    """Run each stage in order; a stage whose output is complete (same recipe, upstream unchanged) is skipped. A
+    signal between stages (a stage says itself what a signal during it kept) is said with where the pipeline was."""
+    results, ran, done = [], set(), []
+    running = None  # the stage whose run is under way
+    try:
+        for stage in pipeline.stages:
+            upstream_ran = [name for name in stage.needs if name in ran]
+            if not upstream_ran and is_complete(stage.recipe):
+                console.note(f"stage {stage.name} ({stage.recipe.stage}): complete in {stage.recipe.output_dir}, "
+                             "skipped")
+                done.append(stage.name)
+                continue
+            again = upstream_ran and RunDir(stage.recipe.output_dir).manifest_file.exists()
+            reason = f" (its input {', '.join(upstream_ran)} was made again)" if again else ""
+            trains = get_stage(stage.recipe.stage).trains
+            doing = "training" if trains else "making data"
+            console.note(f"stage {stage.name} ({stage.recipe.stage}): {doing} into {stage.recipe.output_dir}{reason}")
+            running = stage.name
+            result = run_stage(stage.recipe, overwrite=overwrite, resume=resume if trains else None,
+                               resume_force=resume_force)
+            running = None
+            if trains:
+                resume = None  # only the first stage that trains picks up its checkpoint
+            ran.add(stage.name)
+            done.append(stage.name)
+            results.append(result)
+            if on_result is not None:
+                on_result(stage, result)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        if running is not None and isinstance(exc, Interrupted):
+            raise
+        raise _stopped(getattr(exc, "signum", signal.SIGINT), running, done) from None
     if os.environ.get("RANK", "0") == "0":  # under a launcher, the main process writes
         RunDir(pipeline.output_dir).write_json(RunDir.PIPELINE, pipeline_summary(pipeline, ran))
     return results
+
+
+def _stopped(signum: int, running: str | None, done: list[str]) -> Interrupted:
+    """A signal outside a stage's own handling: Ctrl-C between stages is a KeyboardInterrupt, SIGTERM the CLI's."""
+    where = (f"during stage {running}" if running else
+             f"between stages, with {', '.join(done)} complete" if done else "before the first stage")
+    return Interrupted(f"stopped by {signal.Signals(signum).name} {where}; run the same command again to go on from "
+                       f"the first stage that is not complete", signum)
 
 
 def _headline(manifest: dict) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
-from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.stages import get_stage
@@ -69,6 +69,9 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
             data_error = exc
         else:
             notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
+    if data_error is None and checked and _writer(recipe.model.tokenizer or recipe.model.name_or_path,
+                                                  upstream) is None:
+        data_error = _template_error(recipe, stage)
     train = checked.get("train")
     if train is not None and data_error is None and stage.uses_reward and recipe.reward is not None:
         data_error = _reward_columns(recipe, train["columns"])
@@ -107,6 +110,27 @@ def _reward_columns(recipe: Recipe, columns: list[str]) -> InputError | None:
     except SpecError as exc:
         return RecipeError(str(exc), field="reward.functions")
     return None
+
+
+def _template_error(recipe: Recipe, stage: Stage) -> InputError | None:
+    """A dry run renders the first training row with the tokenizer (no weights): a missing or failing chat
+    template, or a file given as the model, fails the plan as it would fail the run."""
+    from dpo_cli.core.builtins import resolve_builtin
+
+    local = Path(resolve_builtin(recipe.model.tokenizer or recipe.model.name_or_path)).expanduser()
+    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
+        return None  # a config.json of shapes to plan from: no tokenizer to render with
+    try:
+        check_chat_template(recipe, stage.data_kind, load_tokenizer(recipe.model))
+    except ModelLoadError as exc:
+        # a file is never a model; a hub name, or a path of the machine the run is planned for, is for the run to find
+        return exc if local.exists() and not local.is_dir() else None
+    except InputError as exc:
+        return exc
+    return None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
@@ -235,6 +259,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 3. tokenizer and models
         tokenizer = load_tokenizer(recipe.model)
+        check_chat_template(recipe, stage.data_kind, tokenizer)
         if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
         if is_main and (warning := template_warning(tokenizer, train_dataset)):
@@ -268,7 +293,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         stopper.phase = "train"
         try:
             trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
-        except (OSError, RuntimeError) as exc:
+        except checkpoints.SAVE_ERRORS as exc:
             failure = checkpoints.save_failure(run.path, trainer.state.global_step, exc)
             if failure is None:
                 raise
@@ -296,7 +321,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
         stopper.phase = "save"
-        trainer.save_model(str(run.path))  # every rank calls it (sharded states are gathered); the main one writes
+        checkpoints.save_final(trainer, run.path)  # every rank calls it (sharded states are gathered); main writes
         if ref_cache is not None:
             manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
                                           for event, split, file in ref_cache.events]

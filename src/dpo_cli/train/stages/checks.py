@@ -202,3 +202,21 @@ def group_sampling(recipe: Recipe, config_class: type) -> SamplingPlan:
         batch = setting(recipe, config_class, "per_device_train_batch_size") * steps
     completion = setting(recipe, config_class, "max_completion_length") or 256
     return SamplingPlan(int(batch), ASSUMED_PROMPT_TOKENS + int(completion), reward_model_paths(recipe))
+
+
+def check_beta(recipe: Recipe, error: ErrorAt, *, zero_means: str | None = None) -> None:
+    """trainer.beta where the recipe sets it. TRL takes any number, but its losses scale the preference by beta: a
+    negative beta trains toward the rejected answers (and reports them as preferred), 0 learns nothing. Where beta
+    weights a term instead (GRPO's KL penalty, ORPO's odds ratio), 0 is allowed and ``zero_means`` says what it does.
+    Online DPO takes a list (one beta per epoch): each is checked."""
+    given = recipe.trainer.get("beta")
+    for value in given if isinstance(given, list) else [given]:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            continue
+        if zero_means is None and value <= 0:
+            raise error(("trainer", "beta"), f"must be positive (got {value!r}): beta scales the preference in the "
+                        "loss, so below zero training moves toward the rejected answers and at zero it learns "
+                        "nothing; the usual range is 0.01 to 0.5")
+        if zero_means is not None and value < 0:
+            raise error(("trainer", "beta"), f"must not be negative (got {value!r}): a negative beta turns its term "
+                        f"around and trains away from what it should; 0 {zero_means}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
-from dpo_cli.train.stages.checks import check_loss_types, missing_experimental
+from dpo_cli.train.stages.checks import check_beta, check_loss_types, missing_experimental
 
 MODULE = "trl.experimental.cpo"
 
@@ -18,6 +18,7 @@ def config_class() -> type:
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
     check_loss_types(recipe, error, config_class())
+    check_beta(recipe, error)
 
 
 def build_trainer(inputs: StageInputs):

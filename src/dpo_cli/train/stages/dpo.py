@@ -12,7 +12,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
-from dpo_cli.train.stages.checks import check_loss_types
+from dpo_cli.train.stages.checks import check_beta, check_loss_types
 from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
 
 
@@ -70,7 +70,9 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
     for name in [given] if isinstance(given, str) else given or []:
         if name in REPLACED_LOSSES:
             raise error(("trainer", "loss_type"), f"loss type '{name}': {REPLACED_LOSSES[name]}")
-    check_loss_types(recipe, error, config_class())
+    given = check_loss_types(recipe, error, config_class())
+    if not given or set(given) != {"sft"}:  # the SFT loss alone has no beta
+        check_beta(recipe, error)
     if recipe.ref_model.precompute is True and recipe.trainer.get("precompute_ref_log_probs") is False:
         raise error(("trainer", "precompute_ref_log_probs"), "contradicts ref_model.precompute: true; remove one of "
                                                              "them")

@@ -9,6 +9,7 @@ from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, Samp
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     build_scored_trainer,
+    check_beta,
     check_loss_types,
     judge_specs,
     missing_experimental,
@@ -33,6 +34,7 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
             raise error(("trainer", key), f"set the judge with reward.model or reward.functions, not trainer.{key}")
     judge_specs(recipe, error)
     check_loss_types(recipe, error, config_class())
+    check_beta(recipe, error)
 
 
 def reference(recipe: Recipe) -> ReferencePlan:

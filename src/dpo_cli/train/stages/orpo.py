@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
-from dpo_cli.train.stages.checks import missing_experimental
+from dpo_cli.train.stages.checks import check_beta, missing_experimental
 
 MODULE = "trl.experimental.orpo"
 
@@ -12,6 +14,10 @@ def config_class() -> type:
     from trl.experimental.orpo import ORPOConfig
 
     return ORPOConfig
+
+
+def validate(recipe: Recipe, error: ErrorAt) -> None:
+    check_beta(recipe, error, zero_means="drops the odds-ratio term, leaving plain SFT on the chosen answers")
 
 
 def build_trainer(inputs: StageInputs):
@@ -32,5 +38,6 @@ STAGE = Stage(
                                                    "chosen response, with no reference model"),
     sequences_per_row=lambda recipe: 2,  # chosen and rejected go through the model together
     evaluation="preference",  # reference-free: log-prob figures before and after
+    validate=validate,
     unavailable=lambda: missing_experimental("orpo", MODULE, "ORPOTrainer"),
 )

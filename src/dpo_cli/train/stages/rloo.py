@@ -8,6 +8,7 @@ from dpo_cli.train.stages.base import Stage, StageInputs
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     build_scored_trainer,
+    check_beta,
     function_specs,
     group_sampling,
     kl_reference,
@@ -23,6 +24,7 @@ def config_class() -> type:
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
     function_specs(recipe, error)
+    check_beta(recipe, error, zero_means="turns the KL penalty to the reference off")
 
 
 def build_trainer(inputs: StageInputs):

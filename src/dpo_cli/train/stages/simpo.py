@@ -10,7 +10,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages import cpo
 from dpo_cli.train.stages.base import ReferencePlan
-from dpo_cli.train.stages.checks import missing_experimental
+from dpo_cli.train.stages.checks import check_beta, missing_experimental
 
 
 def trainer_fields(recipe: Recipe) -> dict[str, Any]:
@@ -23,6 +23,7 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
     if given != "simpo":
         raise error(("trainer", "loss_type"), f"stage simpo sets loss_type: simpo itself; for CPO's {given} loss "
                                               "use stage: cpo")
+    check_beta(recipe, error)
 
 
 STAGE = dataclasses.replace(
