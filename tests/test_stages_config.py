@@ -382,9 +382,11 @@ def test_llama_factory_pref_loss_names_tell_what_replaces_them(loss, hint):
     assert f"field 'trainer.loss_type': loss type '{loss}': {hint}" in str(err.value)
 
 
-def test_an_experimental_trainer_missing_from_trl_is_named_with_the_versions_that_have_it(monkeypatch):
+def test_an_experimental_trainer_missing_from_trl_is_named_with_the_versions_that_have_it(monkeypatch, tmp_path):
     from dpo_cli.train.stages import checks
 
+    # a fresh install: no cache of TRL's config fields says the stage was there
+    monkeypatch.setenv("DPO_CLI_HOME", str(tmp_path))
     real = importlib.util.find_spec
     monkeypatch.setattr(checks.importlib.util, "find_spec",
                         lambda name, *a: None if name == "trl.experimental.orpo" else real(name, *a))

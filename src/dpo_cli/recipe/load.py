@@ -14,6 +14,7 @@ from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
 from dpo_cli.recipe.schema import SOURCE_TAGS, Recipe, RefModelSection
 from dpo_cli.recipe.trainer_fields import validate_trainer
+from dpo_cli.recipe.trl_fields import cached
 from dpo_cli.recipe.yamlfile import ErrorAt, Located, apply_overrides, load_yaml
 from dpo_cli.train.config import build_config
 from dpo_cli.train.device import plan_device
@@ -81,7 +82,9 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     name = data.get("stage")
     if isinstance(name, str) and name not in stage_names():
         raise error(("stage",), f"unknown stage '{name}'{did_you_mean(name, stage_names())}")
-    if isinstance(name, str) and (reason := get_stage(name).unavailable()):
+    # a config the cache holds imported under this TRL: the stage is there, and asking would import TRL
+    if isinstance(name, str) and not (get_stage(name).config and cached(get_stage(name).config)) \
+            and (reason := get_stage(name).unavailable()):
         raise error(("stage",), reason)
     try:
         recipe = Recipe.model_validate(data)
@@ -89,7 +92,7 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
         raise _first_error(exc, Recipe, located, prefix) from None
     stage = get_stage(recipe.stage)
     if stage.trains:
-        recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
+        recipe.trainer = validate_trainer(stage.config, recipe.trainer, error)
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     if recipe.lora is not None:

@@ -9,17 +9,18 @@ from typing import Any
 
 from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.refcache import CachedPrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_loss_types
 from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
 
+CONFIG = "trl:DPOConfig"
+
 
 def config_class() -> type:
-    from trl import DPOConfig
-
-    return DPOConfig
+    return import_config(CONFIG)
 
 
 def precompute_enabled(recipe: Recipe) -> bool:
@@ -208,7 +209,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="dpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

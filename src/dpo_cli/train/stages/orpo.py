@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import missing_experimental
 
 MODULE = "trl.experimental.orpo"
 
 
-def config_class() -> type:
-    from trl.experimental.orpo import ORPOConfig
+CONFIG = "trl.experimental.orpo:ORPOConfig"
 
-    return ORPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def build_trainer(inputs: StageInputs):
@@ -24,7 +26,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="orpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

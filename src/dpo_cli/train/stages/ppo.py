@@ -7,6 +7,7 @@ import os
 from importlib import metadata
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
@@ -28,10 +29,11 @@ def unavailable() -> str | None:
             f"{EXTRA}")
 
 
-def config_class() -> type:
-    from trl.experimental.ppo import PPOConfig
+CONFIG = "trl.experimental.ppo:PPOConfig"
 
-    return PPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -88,7 +90,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="ppo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects="prompts: a prompt column (text or messages)",
