@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import graphlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,24 +67,16 @@ def _substitute(value: Any, outputs: dict[str, str]) -> Any:
 
 
 def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """One cycle of the reference graph as [a, b, ..., a], or None (an explicit stack: pipelines may be long)."""
-    state: dict[str, int] = {}  # 1 on the current path, 2 done
-    for root in graph:
-        if root in state:
-            continue
-        trail, stack = [root], [iter(graph[root])]
-        state[root] = 1
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                state[trail.pop()] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                return trail[trail.index(nxt):] + [nxt]
-            elif nxt not in state:
-                state[nxt] = 1
-                trail.append(nxt)
-                stack.append(iter(graph[nxt]))
+    """One cycle of the reference graph as [a, b, ..., a], each stage referring to the next, or None."""
+    sorter = graphlib.TopologicalSorter()
+    for name, refs in graph.items():
+        sorter.add(name)
+        for ref in refs:
+            sorter.add(ref, name)  # edges in the direction of the references, so the cycle reads the same way
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
     return None
 
 
