@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +191,6 @@ def build_trainer(inputs: StageInputs):
     from trl import DPOTrainer
 
     trainer_class = DPOTrainer
-    # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
-    # liger-kernel package (offline), so TRL's notice is not news to the user
-    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
     if inputs.ref_cache is not None:
         trainer_class = dpo_trainer_with_precompute_hook(DPOTrainer, CachedPrecompute(inputs.ref_cache))
     trainer = trainer_class(model=inputs.model, ref_model=inputs.ref_model, args=inputs.args,

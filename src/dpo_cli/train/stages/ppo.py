@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from importlib import metadata
 
 from dpo_cli.recipe.schema import Recipe
@@ -16,8 +15,6 @@ EXTRA = "pip install 'dpo-cli[ppo]'"
 
 
 def unavailable() -> str | None:
-    # the stage uses trl.experimental on purpose; TRL's warning about that is noise to the user
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         found = importlib.util.find_spec("trl.experimental.ppo") is not None
     except ImportError:
