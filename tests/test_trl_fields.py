@@ -13,6 +13,7 @@ import textwrap
 import pytest
 from pydantic import ValidationError
 
+from conftest import REPO
 from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe import trl_fields
 from dpo_cli.recipe.trainer_fields import trainer_schema, validate_trainer
@@ -122,21 +123,28 @@ def test_a_damaged_cache_file_is_read_again_from_the_class(fresh_cache):
     assert "loss_type" in json.loads(cache_file().read_text())["configs"]["trl:DPOConfig"]["types"]
 
 
-def test_a_trainer_typo_is_refused_without_importing_torch_transformers_or_trl(write_recipe, tmp_path):
-    """On a warm cache the CLI says 'did you mean' and exits 2 before any heavy import."""
-    config_fields("trl:DPOConfig")  # the session's dpo-cli home, which the child process inherits
-    recipe = write_recipe(textwrap.dedent(f"""\
-        stage: dpo
-        model: {{name_or_path: builtin:tiny-chat}}
-        data: {{train: builtin:demo/train.jsonl}}
-        trainer: {{beta: 0.1}}
-        output_dir: {tmp_path}/out
-        """))
+@pytest.mark.parametrize("pipeline", [False, True], ids=["recipe", "pipeline"])
+def test_a_trainer_typo_is_refused_without_importing_torch_transformers_or_trl(write_recipe, tmp_path, pipeline):
+    """On a warm cache the CLI says 'did you mean' and exits 2 before any heavy import; in a pipeline, also when the
+    typo is in a stage after one that is right."""
+    for config in ("trl:SFTConfig", "trl:DPOConfig"):
+        config_fields(config)  # the session's dpo-cli home, which the child process inherits
+    if pipeline:
+        args = [str(REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml"), f"output_dir={tmp_path}/out",
+                "dpo.trainer.betaa=0.2"]
+    else:
+        args = [str(write_recipe(textwrap.dedent(f"""\
+            stage: dpo
+            model: {{name_or_path: builtin:tiny-chat}}
+            data: {{train: builtin:demo/train.jsonl}}
+            trainer: {{beta: 0.1}}
+            output_dir: {tmp_path}/out
+            """))), "trainer.betaa=0.2"]
     child = textwrap.dedent(f"""\
         import atexit, sys
         atexit.register(lambda: print("heavy:", [m for m in ("torch", "transformers", "trl") if m in sys.modules],
                                       file=sys.stderr))
-        sys.argv = ["dpo-cli", "train", {str(recipe)!r}, "trainer.betaa=0.2"]
+        sys.argv = ["dpo-cli", "train", *{args!r}]
         from dpo_cli.cli import main
         main()
         """)

@@ -75,10 +75,20 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     """Validate one stage recipe's data; ``prefix`` locates it inside a pipeline file (``("stages", 2)``)."""
+    return check_rules(check_keys(data, located, prefix), located, prefix)
 
+
+def _error_at(located: Located, prefix: tuple) -> ErrorAt:
     def error(path: Sequence[Any], message: str) -> RecipeError:
         return located.error(prefix + tuple(path), message)
 
+    return error
+
+
+def check_keys(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
+    """The checks that need no TRL, so a bad key is refused in a fraction of a second: the stage's name, every
+    section's keys and types, and the trainer: section's (from the cache of TRL's config fields)."""
+    error = _error_at(located, prefix)
     name = data.get("stage")
     if isinstance(name, str) and name not in stage_names():
         raise error(("stage",), f"unknown stage '{name}'{did_you_mean(name, stage_names())}")
@@ -93,6 +103,15 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     stage = get_stage(recipe.stage)
     if stage.trains:
         recipe.trainer = validate_trainer(stage.config, recipe.trainer, error)
+    return recipe
+
+
+def check_rules(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
+    """The checks after check_keys: options TRL ignores, cross-section and stage rules, and TRL's own checks of its
+    config (these import TRL)."""
+    error = _error_at(located, prefix)
+    stage = get_stage(recipe.stage)
+    if stage.trains:
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     if recipe.lora is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
-from dpo_cli.recipe.load import build_recipe
+from dpo_cli.recipe.load import check_keys, check_rules
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
 
@@ -153,11 +153,13 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
 
     output_dir = Path(data.get("output_dir") or Path("runs") / path.stem)
     outputs = {name: str(output_dir / name) for name in names}
-    result = []
+    recipes = []
     for i, (name, entry) in enumerate(zip(names, stages)):
         stage_data = _substitute({k: v for k, v in entry.items() if k != "name"}, outputs)
         stage_data["output_dir"] = outputs[name]
         if "seed" in data:
             stage_data.setdefault("seed", data["seed"])
-        result.append(PipelineStage(name, build_recipe(stage_data, located, ("stages", i)), graph[name]))
-    return Pipeline(output_dir, result)
+        recipes.append(check_keys(stage_data, located, ("stages", i)))
+    # every stage's keys first (no TRL needed), so a typo in the last stage is not reported after TRL's import
+    return Pipeline(output_dir, [PipelineStage(name, check_rules(recipe, located, ("stages", i)), graph[name])
+                                 for i, (name, recipe) in enumerate(zip(names, recipes))])
