@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from dpo_cli.train.trl_compat import quiet_trl_notices
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+quiet_trl_notices()  # as the CLI does at its start, for the tests that call the library without it
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dpo_cli"
@@ -52,21 +53,16 @@ def _package_graph() -> tuple[dict[str, set[str]], list[str]]:
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
-    state: dict[str, int] = {}
-
-    def visit(node: str, trail: list[str]) -> list[str] | None:
-        state[node] = 1
-        for nxt in sorted(graph[node]):
-            if state.get(nxt) == 1:
-                return trail[trail.index(nxt):] + [nxt]
-            if nxt not in state and (found := visit(nxt, trail + [nxt])):
-                return found
-        state[node] = 2
-        return None
-
+    """One import cycle as [a, b, ..., a], each module importing the next, or None."""
+    sorter = graphlib.TopologicalSorter()
     for node in sorted(graph):
-        if node not in state and (found := visit(node, [node])):
-            return found
+        sorter.add(node)
+        for target in sorted(graph[node]):
+            sorter.add(target, node)  # edges in the direction of the imports, so the cycle reads the same way
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
     return None
 
 

@@ -28,7 +28,12 @@ def _matches(pattern: str, text: str) -> bool:
     return True
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+# Reading the 1500-stage pipeline takes PyYAML seconds; test_safety checks the same ring in the fast lane.
+SLOW = {"pipeline-long-cycle"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.name in SLOW else [])
+                                  for c in CASES])
 def test_catalogue_entry(case, capsys, tmp_path, tiny_model, monkeypatch):
     for name, content in case.files.items():
         path = tmp_path / name

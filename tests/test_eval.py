@@ -198,3 +198,12 @@ def test_compare_needs_exactly_one_prompt_source(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--tuned", str(tmp_path)])
     assert isinstance(result.exception, InputError) and "exactly one of --prompts FILE or --data FILE" in str(
         result.exception)
+
+
+@pytest.mark.parametrize("a, b, shared", [
+    ([1, 2, 3], [1, 2, 4], 2), ([1, 2], [1, 2, 3], 2), ([1, 2, 3], [1, 2, 3], 3), ([5], [6], 0), ([], [1], 0),
+])
+def test_common_prefix_length_counts_the_leading_items_two_sequences_share(a, b, shared):
+    from dpo_cli.evidence.scoring import common_prefix_length
+
+    assert common_prefix_length(a, b) == common_prefix_length(b, a) == shared

@@ -176,6 +176,7 @@ def test_a_dry_run_without_its_data_prints_the_plan_then_names_the_file(tiny_mod
     assert err.strip() == "error: missing.jsonl: data file not found"
 
 
+@pytest.mark.slow  # trains the iterative pipeline, then reruns it twice
 def test_iterative_dpo_runs_two_rounds_reports_each_and_reruns_only_what_changed(tiny_model, tmp_path, capsys):
     small = [f"output_dir={tmp_path}", "sft.trainer.max_steps=2", "rm.trainer.max_steps=2",
              "rm.data.eval={path: builtin:demo/eval.jsonl, limit: 8}"]

@@ -32,12 +32,14 @@ def test_sft_recipe_maps_to_sft_config():
 
 
 def test_dpo_loss_mix_and_its_knobs_reach_dpo_config():
+    # every value differs from DPOConfig's default (beta 0.1, label_smoothing 0, ld_alpha None, reverse_kl), so a
+    # key that did not reach the config would fail here
     config = _config(TINY / "dpo.yaml", "trainer.label_smoothing=0.1", "trainer.ld_alpha=0.5",
-                     "trainer.f_divergence_type=js_divergence")
+                     "trainer.f_divergence_type=js_divergence", "trainer.beta=0.3")
     assert config.loss_type == ["sigmoid", "bco_pair", "sft"]
     assert config.loss_weights == [0.8, 0.2, 1.0]
     assert (config.label_smoothing, config.ld_alpha, config.f_divergence_type, config.beta) == \
-        (0.1, 0.5, "js_divergence", 0.1)
+        (0.1, 0.5, "js_divergence", 0.3)
 
 
 def test_one_loss_type_given_as_a_string_becomes_trls_list():
@@ -45,8 +47,9 @@ def test_one_loss_type_given_as_a_string_becomes_trls_list():
 
 
 def test_kto_and_reward_recipes_map_to_their_configs():
-    kto = _config(TINY / "kto.yaml")
-    assert type(kto).__name__ == "KTOConfig" and (kto.beta, kto.desirable_weight, kto.max_steps) == (0.1, 1.0, 20)
+    # kto.yaml's beta and desirable_weight are KTOConfig's defaults (0.1, 1.0): other values show they reach TRL
+    kto = _config(TINY / "kto.yaml", "trainer.beta=0.3", "trainer.desirable_weight=1.5")
+    assert type(kto).__name__ == "KTOConfig" and (kto.beta, kto.desirable_weight, kto.max_steps) == (0.3, 1.5, 20)
     reward = _config(TINY / "reward.yaml")
     assert type(reward).__name__ == "RewardConfig" and (reward.num_train_epochs, reward.max_length) == (2, 96)
 
@@ -241,7 +244,7 @@ def test_preference_data_without_a_prompt_column_given_to_grpo(tmp_path):
         train(_recipe_for(TINY / "grpo.yaml", data, tmp_path))
     message = str(err.value)
     assert f"{data}:1" in message and "stage grpo reads prompts: a prompt column" in message
-    assert "columns (chosen, rejected)" in message
+    assert "plain-text rows need a string 'prompt'" in message  # pairs without one: the column that is missing
 
 
 def test_prompt_only_data_given_to_sft(tmp_path):
@@ -281,9 +284,9 @@ def test_orpo_recipe_maps_to_orpo_config_with_no_reference():
 
 @_needs("simpo")
 def test_simpo_sets_its_loss_and_no_sft_term_and_lets_cpo_alpha_through():
-    config = _config(TINY / "simpo.yaml")
+    config = _config(TINY / "simpo.yaml", "trainer.simpo_gamma=0.8")  # simpo.yaml's 0.5 is CPOConfig's default
     assert type(config).__name__ == "CPOConfig"
-    assert (config.loss_type, config.cpo_alpha, config.simpo_gamma, config.beta) == ("simpo", 0.0, 0.5, 2.0)
+    assert (config.loss_type, config.cpo_alpha, config.simpo_gamma, config.beta) == ("simpo", 0.0, 0.8, 2.0)
     assert _config(TINY / "simpo.yaml", "trainer.cpo_alpha=0.5").cpo_alpha == 0.5  # CPO-SimPO
     with pytest.raises(RecipeError, match=r"field 'trainer.loss_type': stage simpo sets loss_type: simpo itself; "
                                           r"for CPO's hinge loss use stage: cpo"):
@@ -382,9 +385,11 @@ def test_llama_factory_pref_loss_names_tell_what_replaces_them(loss, hint):
     assert f"field 'trainer.loss_type': loss type '{loss}': {hint}" in str(err.value)
 
 
-def test_an_experimental_trainer_missing_from_trl_is_named_with_the_versions_that_have_it(monkeypatch):
+def test_an_experimental_trainer_missing_from_trl_is_named_with_the_versions_that_have_it(monkeypatch, tmp_path):
     from dpo_cli.train.stages import checks
 
+    # a fresh install: no cache of TRL's config fields says the stage was there
+    monkeypatch.setenv("DPO_CLI_HOME", str(tmp_path))
     real = importlib.util.find_spec
     monkeypatch.setattr(checks.importlib.util, "find_spec",
                         lambda name, *a: None if name == "trl.experimental.orpo" else real(name, *a))

@@ -153,14 +153,21 @@ def test_ppo_recipe_rules(tmp_path):
         load_recipe(TINY / "ppo.yaml", ["reward=null"])
     with pytest.raises(RecipeError, match="set the model with reward.model, not trainer.reward_model_path"):
         load_recipe(TINY / "ppo.yaml", ["trainer.reward_model_path=x"])
-    fields = load_recipe(TINY / "ppo.yaml").trainer
+    import dataclasses
+
+    from trl.experimental.ppo import PPOConfig
+
     from dpo_cli.train.config import build_config
     from dpo_cli.train.device import DevicePlan
 
-    config = build_config(load_recipe(TINY / "ppo.yaml"), DevicePlan("cpu", 0, "fp32", "test"))
-    for knob in ("kl_coef", "gamma", "lam", "cliprange", "vf_coef", "num_ppo_epochs", "response_length",
-                 "temperature", "missing_eos_penalty"):
-        assert getattr(config, knob) == fields[knob], knob
+    # values none of which is PPOConfig's default (ppo.yaml keeps several defaults), so each must reach the config
+    knobs = {"kl_coef": 0.07, "gamma": 0.99, "lam": 0.9, "cliprange": 0.3, "vf_coef": 0.2, "num_ppo_epochs": 2,
+             "response_length": 16, "temperature": 0.9, "missing_eos_penalty": 2.0}
+    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig) if f.name in knobs}
+    assert all(defaults[knob] != value for knob, value in knobs.items()), defaults
+    recipe = load_recipe(TINY / "ppo.yaml", [f"trainer.{knob}={value}" for knob, value in knobs.items()])
+    config = build_config(recipe, DevicePlan("cpu", 0, "fp32", "test"))
+    assert {knob: getattr(config, knob) for knob in knobs} == knobs
 
 
 @pytest.mark.ppo

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import warnings
 from dataclasses import dataclass, field
 
 import pytest
@@ -14,6 +16,7 @@ from dpo_cli.train.trl_compat import (
     fused_lm_head_tokens,
     fused_lm_head_vocab_chunk,
     ignored_field,
+    quiet_trl_notices,
 )
 
 
@@ -35,17 +38,28 @@ def test_a_field_without_a_list_of_values_reads_as_none_so_callers_can_fail_clos
     assert field_choices(Config, "no_such_field") is None
 
 
-def test_fused_lm_head_size_is_known_exactly_when_trl_has_the_kernel():
-    has_kernel = importlib.util.find_spec("trl.kernels") is not None \
+def _has_fused_lm_head() -> bool:
+    return importlib.util.find_spec("trl.kernels") is not None \
         and importlib.util.find_spec("trl.kernels.chunked_logprob") is not None
+
+
+def test_fused_lm_head_size_is_known_exactly_when_trl_has_the_kernel():
     tokens = fused_lm_head_tokens()
-    assert (tokens is not None) == has_kernel
-    assert tokens is None or tokens > 0
+    if not _has_fused_lm_head():
+        assert tokens is None
+        return
+    from trl.kernels import chunked_logprob
+
+    assert tokens == chunked_logprob.TOKEN_CHUNK_SIZE and tokens > 0
 
 
 def test_the_fused_lm_head_tile_is_read_where_trl_has_one():
-    tokens, columns = fused_lm_head_tokens(), fused_lm_head_vocab_chunk()
-    assert tokens is None or columns is None or 0 < columns <= 1 << 20
+    """A TRL with the fused LM head also names its tile width; when that name moves, the memory plan would silently
+    count the whole vocabulary per tile, so this fails instead."""
+    if not _has_fused_lm_head():
+        pytest.skip("this TRL has no fused LM head (TRL 1.13 added it)")
+    columns = fused_lm_head_vocab_chunk()
+    assert columns is not None and 0 < columns <= 1 << 20
 
 
 def test_dpo_liger_route_is_read_from_the_trainer():
@@ -103,3 +117,26 @@ output_dir: {tmp_path / 'out'}
     trainer = build_trainer(recipe, build=build_with_hook)
     assert calls == [("train", 10, ["ref_chosen_logps", "ref_rejected_logps"])]  # 10 rows: a last short batch
     assert trainer.train_dataset.column_names[-2:] == ["ref_chosen_logps", "ref_rejected_logps"]
+
+
+def test_trl_notices_are_silenced_for_the_whole_process_once(monkeypatch):
+    monkeypatch.delenv("TRL_EXPERIMENTAL_SILENCE", raising=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_trl_notices()
+        warnings.warn("`use_liger_kernel=True` is deprecated and will be removed in v2.0.0. Use the Hub kernels "
+                      "instead", FutureWarning, stacklevel=1)
+        warnings.warn("another notice", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["another notice"]
+    assert os.environ["TRL_EXPERIMENTAL_SILENCE"] == "1"  # TRL's own switch for its trl.experimental warning
+
+
+def test_the_cli_silences_trl_notices_before_it_runs_a_command(monkeypatch):
+    import dpo_cli.cli as cli
+
+    order = []
+    monkeypatch.setattr("dpo_cli.train.trl_compat.quiet_trl_notices", lambda: order.append("quiet"))
+    monkeypatch.setattr(cli, "app", lambda: order.append("command"))
+    monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # leave pytest's own SIGTERM handling alone
+    cli.main()
+    assert order == ["quiet", "command"]

@@ -398,6 +398,9 @@ def _terminated(signum, frame) -> None:
 
 
 def main() -> None:
+    from dpo_cli.train.trl_compat import quiet_trl_notices
+
+    quiet_trl_notices()
     signal.signal(signal.SIGTERM, _terminated)
     if not _env_debug() and "--debug" not in sys.argv:
         import warnings

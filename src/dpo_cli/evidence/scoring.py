@@ -10,7 +10,7 @@ pairs whose prompt alone fills max_length left out (TRL drops them from training
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,13 +32,10 @@ class Truncation:
     mode: str = "keep_start"  # TRL's truncation_mode: keep_start or keep_end
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def common_prefix_length(a: Sequence, b: Sequence) -> int:
+    """How many leading items two sequences share (token ids of a prompt and of a whole conversation, of two
+    responses)."""
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _ids(tokenizer, value, *, tools=None, generation_prompt: bool = False) -> list[int]:
@@ -75,7 +72,7 @@ def encode_pairs(tokenizer, rows, truncation: Truncation, sides: tuple[str, ...]
         else:
             full = [_ids(tokenizer, prompt + row[s], tools=tools) for s in sides]
             prompt_ids = _ids(tokenizer, prompt, tools=tools, generation_prompt=True)
-        start = min(_common_prefix(prompt_ids, ids) for ids in full)
+        start = min(common_prefix_length(prompt_ids, ids) for ids in full)
         if not keep_all and truncation.max_length is not None and truncation.mode == "keep_start" \
                 and start >= truncation.max_length:
             continue

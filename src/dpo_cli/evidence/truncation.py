@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
-from dpo_cli.evidence.scoring import Truncation, encode_pairs
+from dpo_cli.evidence.scoring import Truncation, common_prefix_length, encode_pairs
 
 SAMPLE = 500  # rows measured at most, spread evenly over the dataset: a share to about 2 points, in a second
 THRESHOLD = 0.05  # warn above this share
@@ -35,7 +34,7 @@ def signal(tokenizer, row: dict) -> tuple[int, int] | None:
     everything = Truncation()
     if "chosen" in row:
         (chosen, _), (rejected, _) = encode_pairs(tokenizer, [row], everything, keep_all=True)[0]
-        return len(os.path.commonprefix([chosen, rejected])), max(len(chosen), len(rejected))
+        return common_prefix_length(chosen, rejected), max(len(chosen), len(rejected))
     if "messages" in row:
         turns = row["messages"]
         first = next((i for i, turn in enumerate(turns) if turn["role"] == "assistant"), len(turns))

@@ -17,6 +17,7 @@ from dpo_cli.core.paths import check_output_file
 from dpo_cli.core.redact import REDACTED, is_secret_key, remember
 from dpo_cli.recipe.schema import SOURCE_TAGS, Recipe, RefModelSection
 from dpo_cli.recipe.trainer_fields import validate_trainer
+from dpo_cli.recipe.trl_fields import cached
 from dpo_cli.recipe.yamlfile import ErrorAt, Located, apply_overrides, load_yaml
 from dpo_cli.train.config import build_config
 from dpo_cli.train.device import plan_device
@@ -106,16 +107,28 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
 
 def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     """Validate one stage recipe's data; ``prefix`` locates it inside a pipeline file (``("stages", 2)``)."""
+    return check_rules(check_keys(data, located, prefix), located, prefix)
 
+
+def _error_at(located: Located, prefix: tuple) -> ErrorAt:
     def error(path: Sequence[Any], message: str) -> RecipeError:
         return located.error(prefix + tuple(path), message)
 
+    return error
+
+
+def check_keys(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
+    """The checks that need no TRL, so a bad key is refused in a fraction of a second: the stage's name, every
+    section's keys and types, and the trainer: section's (from the cache of TRL's config fields)."""
+    error = _error_at(located, prefix)
     for key_path, value in _numbers_not_finite(data):
         raise error(key_path, f"must be a finite number (got {value})")
     name = data.get("stage")
     if isinstance(name, str) and name not in stage_names():
         raise error(("stage",), f"unknown stage '{name}'{did_you_mean(name, stage_names())}")
-    if isinstance(name, str) and (reason := get_stage(name).unavailable()):
+    # a config the cache holds imported under this TRL: the stage is there, and asking would import TRL
+    if isinstance(name, str) and not (get_stage(name).config and cached(get_stage(name).config)) \
+            and (reason := get_stage(name).unavailable()):
         raise error(("stage",), reason)
     try:
         recipe = Recipe.model_validate(data)
@@ -123,10 +136,19 @@ def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
         raise _first_error(exc, Recipe, located, prefix) from None
     stage = get_stage(recipe.stage)
     if stage.trains:
-        recipe.trainer = validate_trainer(stage.config_class(), recipe.trainer, error)
+        recipe.trainer = validate_trainer(stage.config, recipe.trainer, error)
         # a string such as "nan" that the trainer's float field read as a number
         for key_path, value in _numbers_not_finite(recipe.trainer, ("trainer",)):
             raise error(key_path, f"must be a finite number (got {value})")
+    return recipe
+
+
+def check_rules(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
+    """The checks after check_keys: options TRL ignores, cross-section and stage rules, and TRL's own checks of its
+    config (these import TRL)."""
+    error = _error_at(located, prefix)
+    stage = get_stage(recipe.stage)
+    if stage.trains:
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     check_rejects_files(recipe, located.file, error)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import graphlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
-from dpo_cli.recipe.load import build_recipe, check_override_depth
+from dpo_cli.recipe.load import check_keys, check_override_depth, check_rules
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
 
@@ -66,24 +67,16 @@ def _substitute(value: Any, outputs: dict[str, str]) -> Any:
 
 
 def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
-    """One cycle of the reference graph as [a, b, ..., a], or None (an explicit stack: pipelines may be long)."""
-    state: dict[str, int] = {}  # 1 on the current path, 2 done
-    for root in graph:
-        if root in state:
-            continue
-        trail, stack = [root], [iter(graph[root])]
-        state[root] = 1
-        while stack:
-            nxt = next(stack[-1], None)
-            if nxt is None:
-                state[trail.pop()] = 2
-                stack.pop()
-            elif state.get(nxt) == 1:
-                return trail[trail.index(nxt):] + [nxt]
-            elif nxt not in state:
-                state[nxt] = 1
-                trail.append(nxt)
-                stack.append(iter(graph[nxt]))
+    """One cycle of the reference graph as [a, b, ..., a], each stage referring to the next, or None."""
+    sorter = graphlib.TopologicalSorter()
+    for name, refs in graph.items():
+        sorter.add(name)
+        for ref in refs:
+            sorter.add(ref, name)  # edges in the direction of the references, so the cycle reads the same way
+    try:
+        sorter.prepare()
+    except graphlib.CycleError as exc:
+        return list(exc.args[1])
     return None
 
 
@@ -161,11 +154,13 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
 
     output_dir = Path(data.get("output_dir") or Path("runs") / path.stem)
     outputs = {name: str(output_dir / name) for name in names}
-    result = []
+    recipes = []
     for i, (name, entry) in enumerate(zip(names, stages)):
         stage_data = _substitute({k: v for k, v in entry.items() if k != "name"}, outputs)
         stage_data["output_dir"] = outputs[name]
         if "seed" in data:
             stage_data.setdefault("seed", data["seed"])
-        result.append(PipelineStage(name, build_recipe(stage_data, located, ("stages", i)), graph[name]))
-    return Pipeline(output_dir, result)
+        recipes.append(check_keys(stage_data, located, ("stages", i)))
+    # every stage's keys first (no TRL needed), so a typo in the last stage is not reported after TRL's import
+    return Pipeline(output_dir, [PipelineStage(name, check_rules(recipe, located, ("stages", i)), graph[name])
+                                 for i, (name, recipe) in enumerate(zip(names, recipes))])

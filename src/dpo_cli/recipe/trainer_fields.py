@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import typing
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter, ValidationError, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, create_model
 
 from dpo_cli.core.errors import did_you_mean
+from dpo_cli.recipe.trl_fields import ConfigFields, config_fields, from_class, import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 
 
@@ -33,15 +34,19 @@ POSITIVE = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradie
             "num_generations", "num_train_epochs", "max_new_tokens", "response_length")
 
 
-def validate_trainer(config_class: type, trainer: dict[str, Any], error: ErrorAt) -> dict[str, Any]:
-    """Check ``trainer:`` against the fields of a TRL config class; return the values coerced to their types."""
-    schema = trainer_schema(config_class)
+def validate_trainer(config: str, trainer: dict[str, Any], error: ErrorAt) -> dict[str, Any]:
+    """Check ``trainer:`` against the fields of the TRL config class ``config`` (``module:Class``); return the values
+    coerced to their types. Reads the fields from the cache of the installed TRL, so a bad key is refused without
+    importing TRL (recipe/trl_fields.py)."""
+    fields = config_fields(config)
     for key in trainer:
         if key in OWNED_TRAINER_KEYS:
             raise error(("trainer", key), f"'{key}' is not a trainer key here: {OWNED_TRAINER_KEYS[key]}")
-        if key not in schema.model_fields:
-            raise error(("trainer", key), f"{config_class.__name__} has no field '{key}'"
-                                          f"{did_you_mean(key, schema.model_fields)}")
+        if key not in fields.types:
+            raise error(("trainer", key), f"{fields.name} has no field '{key}'{did_you_mean(key, fields.types)}")
+    if fields.opaque & trainer.keys():  # a type only the class itself describes
+        fields = from_class(import_config(config))
+    schema = trainer_schema(fields)
     try:
         checked = schema.model_validate(trainer)
     except ValidationError as exc:
@@ -65,28 +70,14 @@ def _one_for_a_list(given: Any, checked: Any) -> bool:
     return isinstance(checked, list) and not isinstance(given, (list, tuple))
 
 
-_SCHEMAS: dict[type, type[BaseModel]] = {}
-
-
-def trainer_schema(config_class: type) -> type[BaseModel]:
-    """A pydantic model with one optional field per dataclass field of a TRL config, typed as TRL types it."""
-    if config_class not in _SCHEMAS:
-        hints = typing.get_type_hints(config_class)
-        fields: dict[str, Any] = {}
-        for f in dataclasses.fields(config_class):
-            if not f.init:
-                continue
-            annotation = hints.get(f.name, Any)
-            try:
-                TypeAdapter(annotation)
-            except Exception:  # a type pydantic cannot check (a callable, a torch type): accept as given
-                annotation = Any
-            if typing.get_origin(annotation) is list:
-                annotation = Annotated[annotation, BeforeValidator(_as_list)]
-            fields[f.name] = (annotation | None, None)
-        _SCHEMAS[config_class] = create_model(
-            f"{config_class.__name__}Fields",
-            __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False),
-            **fields,
-        )
-    return _SCHEMAS[config_class]
+@functools.cache
+def trainer_schema(fields: ConfigFields) -> type[BaseModel]:
+    """A pydantic model with one optional field per field of a TRL config, typed as TRL types it."""
+    model_fields: dict[str, Any] = {}
+    for name, annotation in fields.types.items():
+        if typing.get_origin(annotation) is list:
+            annotation = Annotated[annotation, BeforeValidator(_as_list)]
+        model_fields[name] = (annotation | None, None)
+    return create_model(f"{fields.name}Fields", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True,
+                                                                     allow_inf_nan=False),
+                        **model_fields)

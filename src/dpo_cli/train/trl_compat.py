@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -139,3 +141,14 @@ def ignored_field(config_class: type, name: str) -> str | None:
     if re.search(rf"^\s*self\.{re.escape(name)}\s*=\s*False\s*$", source, re.MULTILINE):
         return f"{trainer.__name__} sets {name} back to False when it starts"
     return None
+
+
+def quiet_trl_notices() -> None:
+    """Silence the TRL notices that are not news to someone running a recipe; the CLI calls this once, at its start,
+    before anything imports TRL (warning filters are process-wide, and TRL reads the variable at import)."""
+    # the stages in trl.experimental (orpo, cpo, simpo, online-dpo, ppo) are used on purpose: TRL's warning on
+    # importing from it is noise to the user
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
+    # liger-kernel package (offline), so TRL's notice is not news to the user
+    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from dpo_cli.core.errors import DataError
 from dpo_cli.data.load import check_data, load_splits
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
 
@@ -101,7 +102,8 @@ class Stage:
     name: str
     data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
     data_expects: str  # said beside a row the stage cannot use
-    config_class: Callable[[], type] | None = None  # the TRL config dataclass (imported on call: TRL is heavy)
+    # the TRL config dataclass as "module:Class": the recipe check reads its fields without importing TRL
+    config: str | None = None
     build_trainer: Callable[[StageInputs], Any] | None = None  # the TRL trainer call
     # a stage that makes data rather than trains: (recipe, overwrite) -> RunResult; its recipe has no trainer:
     make_data: Callable[..., Any] | None = None
@@ -148,6 +150,10 @@ class Stage:
         """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
         with self.reading(recipe):
             return check_data(recipe.data, self.data_kind)
+
+    def config_class(self) -> type:
+        """The TRL config dataclass (imports TRL, which is heavy)."""
+        return import_config(self.config)
 
     @property
     def trains(self) -> bool:

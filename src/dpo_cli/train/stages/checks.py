@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
-import os
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any
@@ -40,8 +39,6 @@ def setting(recipe: Recipe, config_class: type, name: str) -> Any:
 
 def missing_experimental(stage: str, module: str, trainer: str) -> str | None:
     """Why the installed TRL cannot run an experimental trainer (they move or go between minor versions), or None."""
-    # the stage uses trl.experimental on purpose; TRL's warning about that is noise to the user
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         found = importlib.util.find_spec(module) is not None
     except ImportError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types, missing_experimental
@@ -10,10 +11,11 @@ from dpo_cli.train.stages.checks import check_beta, check_loss_types, missing_ex
 MODULE = "trl.experimental.cpo"
 
 
-def config_class() -> type:
-    from trl.experimental.cpo import CPOConfig
+CONFIG = "trl.experimental.cpo:CPOConfig"
 
-    return CPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -35,7 +37,7 @@ def unavailable() -> str | None:
 
 STAGE = Stage(
     name="cpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
 from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
 
+CONFIG = "trl:DPOConfig"
+
 
 def config_class() -> type:
-    from trl import DPOConfig
-
-    return DPOConfig
+    return import_config(CONFIG)
 
 
 def precompute_enabled(recipe: Recipe) -> bool:
@@ -193,9 +193,6 @@ def build_trainer(inputs: StageInputs):
     from trl import DPOTrainer
 
     trainer_class = DPOTrainer
-    # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
-    # liger-kernel package (offline), so TRL's notice is not news to the user
-    warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
     if inputs.args.precompute_ref_log_probs:
         # our pass, not TRL's: TRL hands its log-probs to the other ranks through a file they cannot see (refcache.py)
         hook = ReferencePrecompute(inputs.ref_cache, separate=inputs.ref_model is not None)
@@ -212,7 +209,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="dpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import Stage, StageInputs
 from dpo_cli.train.stages.checks import (
@@ -16,11 +17,11 @@ from dpo_cli.train.stages.checks import (
     trainer_weights,
 )
 
+CONFIG = "trl:GRPOConfig"
+
 
 def config_class() -> type:
-    from trl import GRPOConfig
-
-    return GRPOConfig
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -37,7 +38,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="grpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects=PROMPT_DATA,

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
 
+CONFIG = "trl:KTOConfig"
+
 
 def config_class() -> type:
-    from trl import KTOConfig
-
-    return KTOConfig
+    return import_config(CONFIG)
 
 
 def reference(recipe: Recipe) -> ReferencePlan:
@@ -39,7 +40,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="kto",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="kto",
     data_expects="unpaired rows (prompt, completion, label true/false) or preference pairs (split into two rows)",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import (
@@ -21,10 +22,11 @@ from dpo_cli.train.stages.checks import (
 MODULE = "trl.experimental.online_dpo"
 
 
-def config_class() -> type:
-    from trl.experimental.online_dpo import OnlineDPOConfig
+CONFIG = "trl.experimental.online_dpo:OnlineDPOConfig"
 
-    return OnlineDPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -59,7 +61,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="online-dpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects=PROMPT_DATA,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, missing_experimental
@@ -10,10 +11,11 @@ from dpo_cli.train.stages.checks import check_beta, missing_experimental
 MODULE = "trl.experimental.orpo"
 
 
-def config_class() -> type:
-    from trl.experimental.orpo import ORPOConfig
+CONFIG = "trl.experimental.orpo:ORPOConfig"
 
-    return ORPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -30,7 +32,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="orpo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

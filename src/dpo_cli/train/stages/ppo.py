@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 from importlib import metadata
 
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
@@ -15,8 +15,6 @@ EXTRA = "pip install 'dpo-cli[ppo]'"
 
 
 def unavailable() -> str | None:
-    # the stage uses trl.experimental on purpose; TRL's warning about that is noise to the user
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     try:
         found = importlib.util.find_spec("trl.experimental.ppo") is not None
     except ImportError:
@@ -28,10 +26,11 @@ def unavailable() -> str | None:
             f"{EXTRA}")
 
 
-def config_class() -> type:
-    from trl.experimental.ppo import PPOConfig
+CONFIG = "trl.experimental.ppo:PPOConfig"
 
-    return PPOConfig
+
+def config_class() -> type:
+    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -88,7 +87,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="ppo",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects="prompts: a prompt column (text or messages)",

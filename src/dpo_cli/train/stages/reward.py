@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.train.stages.base import Stage, StageInputs
+
+CONFIG = "trl:RewardConfig"
 
 
 def config_class() -> type:
-    from trl import RewardConfig
-
-    return RewardConfig
+    return import_config(CONFIG)
 
 
 def build_trainer(inputs: StageInputs):
@@ -21,7 +22,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="reward",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="preference",
     data_expects="preference pairs (prompt, chosen, rejected)",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.train.stages.base import Stage, StageInputs
+
+CONFIG = "trl:SFTConfig"
 
 
 def config_class() -> type:
-    from trl import SFTConfig
-
-    return SFTConfig
+    return import_config(CONFIG)
 
 
 def build_trainer(inputs: StageInputs):
@@ -21,7 +22,7 @@ def build_trainer(inputs: StageInputs):
 
 STAGE = Stage(
     name="sft",
-    config_class=config_class,
+    config=CONFIG,
     build_trainer=build_trainer,
     data_kind="sft",
     data_expects=("supervised rows: conversations (messages), prompt/completion, or preference pairs (their chosen "
