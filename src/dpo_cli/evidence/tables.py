@@ -245,3 +245,48 @@ def print_eval(console: Console, result: dict) -> None:
         console.print(line)
     if result["kind"] == "policy" and not result.get("reference"):
         console.print("no reference model (--ref): implicit-reward accuracy, margins and KL need one")
+
+
+# A sweep's columns: (header, key of a point's held-out figures, format). The judged win rate of eval.judge (issue 21,
+# item 1) gets a column here once runs record it; a column no point has is left out.
+SWEEP_COLUMNS = (
+    ("accuracy", "reward_accuracy", "{:.3f}"),
+    ("margin", "reward_margin", "{:+.4f}"),
+    ("log-prob acc.", "logprob_accuracy", "{:.3f}"),
+    ("KL/token", "kl_chosen_per_token", "{:.5f}"),
+)
+
+
+def sweep_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """A sweep summary (sweep.json) as text, best first: one row per point, its held-out figures after training."""
+    points = summary["points"]
+    columns = [c for c in SWEEP_COLUMNS if any(c[1] in p["heldout"] for p in points)]
+    head = ["#", "point", "this run", "status", "steps", *(c[0] for c in columns), "seconds"]
+    rows = []
+    for rank, p in enumerate(points, 1):
+        rows.append([str(rank), p["name"], p["this_run"], p["status"] or "-", _num(p.get("steps"), "{}"),
+                     *(_num(p["heldout"].get(key), fmt) for _, key, fmt in columns),
+                     _num(p.get("seconds"), "{:.1f}")])
+    return head, rows
+
+
+def print_sweep_summary(console: Console, summary: dict) -> None:
+    head, rows = sweep_rows(summary)
+    select = summary["select"]
+    pairs = next((p["heldout_pairs"] for p in summary["points"] if p.get("heldout_pairs")), None)
+    before = next((p["heldout_before"].get(select["key"]) for p in summary["points"]
+                   if p["heldout_before"].get(select["key"]) is not None), None)
+    title = f"sweep: {len(rows)} points, best first by {select['metric']} ({select['order']})"
+    if pairs:
+        title += f"; held-out pairs: {pairs}" + (f", {select['key']} before training {before:.3f}"
+                                                 if before is not None else "")
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(head):
+        table.add_column(column, justify="left" if 0 < i < 4 else "right", no_wrap=i == 1)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if not pairs:
+        console.print("no held-out figures to rank by: give the recipe data.eval or data.eval_split")
+    elif summary.get("best"):
+        console.print(f"best by {select['metric']}: {summary['best']}", markup=False)
