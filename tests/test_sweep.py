@@ -151,14 +151,35 @@ def test_output_dir_holding_a_single_run_is_refused(capsys, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_beta_sweep_reuses_data_and_reference_and_resumes(capsys, tmp_path, tiny_model, cpu_only):
+def test_a_beta_sweep_reuses_data_and_reference_and_resumes(capsys, tmp_path, tiny_model, cpu_only, monkeypatch):
     """Three points of the tiny DPO recipe: the first tokenizes and computes the reference log-probs, the others
     find both in the caches. Then the last point is left as a killed run leaves it (run.json running, checkpoints
     on disk), and --resume auto skips the complete points and goes on inside that one."""
+    import datasets
+
+    from dpo_cli.train import pipeline
+
+    store = tmp_path / "data"
+    computed: list[str] = []  # per point: the dataset maps that wrote a cache file rather than finding one
+    original_map, original_run = datasets.Dataset.map, pipeline.run_stage
+
+    def map_noting_writes(self, *args, **kwargs):
+        before = set(store.rglob("cache-*.arrow"))
+        out = original_map(self, *args, **kwargs)
+        if set(store.rglob("cache-*.arrow")) - before:
+            computed.append(str(kwargs.get("desc")))
+        return out
+
+    def run_noting_point(recipe, **kwargs):
+        computed.append(f"POINT {recipe.trainer['beta']}")
+        return original_run(recipe, **kwargs)
+
+    monkeypatch.setattr(datasets.Dataset, "map", map_noting_writes)
+    monkeypatch.setattr(pipeline, "run_stage", run_noting_point)
     out = tmp_path / "sw"
     args = [str(TINY), f"output_dir={out}", "--sweep", "trainer.beta=0.05,0.1,0.2",
             "data.train={path: builtin:demo/train.jsonl, limit: 24}",
-            "data.eval={path: builtin:demo/eval.jsonl, limit: 8}", f"data.cache_dir={tmp_path / 'data'}",
+            "data.eval={path: builtin:demo/eval.jsonl, limit: 8}", f"data.cache_dir={store}",
             f"ref_model.cache_dir={tmp_path / 'ref'}", "trainer.max_steps=2", "trainer.per_device_train_batch_size=4",
             "trainer.max_length=64", "trainer.logging_steps=1", "trainer.save_strategy=steps", "trainer.save_steps=1",
             "plot=false"]
@@ -174,15 +195,20 @@ def test_a_beta_sweep_reuses_data_and_reference_and_resumes(capsys, tmp_path, ti
         assert point["heldout_pairs"] == 8 and point["values"] == {"trainer.beta": float(name.split("=")[1])}
         events = {e["split"]: e["event"] for e in manifest["ref_logp_cache"]}
         assert point["reuse"]["ref_logps"] == events
-    first = points["trainer.beta=0.05"]["reuse"]
-    assert first["ref_logps"] == {"train": "miss", "eval": "miss"}
-    assert first["tokenized_files_written"] > 0 and first["rows_prepared"] == 2
+    assert points["trainer.beta=0.05"]["reuse"] == {"splits_prepared": 2, "ref_logps": {"train": "miss",
+                                                                                       "eval": "miss"}}
     for name in ("trainer.beta=0.1", "trainer.beta=0.2"):
-        assert points[name]["reuse"] == {"rows_prepared": 0, "tokenized_files_written": 0,
-                                         "ref_logps": {"train": "hit", "eval": "hit"}}
+        assert points[name]["reuse"] == {"splits_prepared": 0, "ref_logps": {"train": "hit", "eval": "hit"}}
+    # TRL tokenized the rows for the first point only; later points redo only its filter of over-long rows (its
+    # fingerprint holds the whole config, beta included) and the copy that adding the cached log-probs makes of it
+    marks = [i for i, entry in enumerate(computed) if entry.startswith("POINT")]
+    assert [computed[i] for i in marks] == ["POINT 0.05", "POINT 0.1", "POINT 0.2"]
+    first, later = computed[marks[0]:marks[1]], computed[marks[1]:]
+    assert any(desc.startswith("Tokenizing") for desc in first), first
+    assert [desc for desc in later if not desc.startswith(("POINT", "Dropping fully truncated", "Flattening"))] == []
     ranked = [p["heldout"]["reward_accuracy"] for p in summary["points"]]
     assert ranked == sorted(ranked, reverse=True) and summary["best"] == summary["points"][0]["name"]
-    assert "TRL's tokenized rows reused" in err and "reference log-probs: read from the cache (train, eval)" in err
+    assert "prepared rows reused from the cache" in err and "reference log-probs: read from the cache (train, eval)" in err
     assert "ref_model.precompute auto became true" in err
     assert "sweep: 3 points, best first by eval.accuracy" in stdout and "sweep done" in stdout
 

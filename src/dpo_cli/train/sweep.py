@@ -255,24 +255,9 @@ def _check_states(sweep: Sweep, overwrite: bool, resume: str | None) -> list[tup
     return states
 
 
-def _cache_files(root: Path | None) -> set[Path]:
-    return set(root.rglob("cache-*.arrow")) if root is not None and root.is_dir() else set()
-
-
-def _tokenized(files: set[Path]) -> int:
-    """How many of these `datasets` cache files hold token ids: TRL's tokenization ran. (Its other cache files hold
-    a filter's row selection, which TRL redoes when any config field changes, or reference log-probs.)"""
-    import pyarrow as pa
-
-    count = 0
-    for path in files:
-        try:
-            with pa.memory_map(str(path)) as source:
-                names = pa.ipc.open_stream(source).schema.names
-        except (OSError, pa.ArrowInvalid):
-            continue
-        count += any(name.endswith("_ids") for name in names)
-    return count
+def _prepared(root: Path | None) -> set[Path]:
+    """The folders of prepared rows in a data cache (data/load.py writes one per key of the sources)."""
+    return {p for p in root.iterdir() if p.is_dir()} if root is not None and root.is_dir() else set()
 
 
 def _data_cache(recipe: Recipe) -> Path | None:
@@ -283,22 +268,20 @@ def _data_cache(recipe: Recipe) -> Path | None:
     return Path(recipe.data.cache_dir) if recipe.data.cache_dir else default_cache_dir()
 
 
-def _reuse(manifest: dict, tokenized: int | None, prepared: int | None) -> dict[str, Any]:
-    """What a point took from the caches, from what its run recorded and what appeared in the data cache."""
+def _reuse(manifest: dict, prepared: int | None) -> dict[str, Any]:
+    """What a point took from the caches: the prepared rows (a new folder in the data cache means they were read from
+    the sources again) and the reference log-probs (the events its run.json records)."""
     events = manifest.get("ref_logp_cache")
-    return {"rows_prepared": prepared, "tokenized_files_written": tokenized,
-            "ref_logps": {e["split"]: e["event"] for e in events} if events else None}
+    return {"splits_prepared": prepared, "ref_logps": {e["split"]: e["event"] for e in events} if events else None}
 
 
 def _reuse_line(reuse: dict[str, Any]) -> str:
-    parts = []
-    if reuse["tokenized_files_written"] is None:
-        parts.append("data: not cached (data.cache: false), read and tokenized again")
+    if reuse["splits_prepared"] is None:
+        parts = ["data: not cached (data.cache: false), read and tokenized again"]
+    elif reuse["splits_prepared"]:
+        parts = [f"data: {reuse['splits_prepared']} split(s) prepared into the cache"]
     else:
-        rows = "prepared" if reuse["rows_prepared"] else "prepared rows reused"
-        tokens = f"tokenized ({reuse['tokenized_files_written']} cache files written)" \
-            if reuse["tokenized_files_written"] else "TRL's tokenized rows reused (no tokenization file written)"
-        parts.append(f"data: {rows}, {tokens}")
+        parts = ["data: prepared rows reused from the cache (TRL finds its tokenized rows beside them)"]
     ref = reuse["ref_logps"]
     if ref is None:
         parts.append("reference log-probs: not precomputed")
@@ -391,8 +374,7 @@ def run_sweep(sweep: Sweep, *, overwrite: bool = False, resume: str | None = Non
                     point_overwrite, doing = True, "no complete checkpoint to resume from: training it again"
             console.stdout.rule(f"{head}: {doing} into {run}")
             cache = _data_cache(point.recipe)
-            before = _cache_files(cache)
-            folders = {p for p in cache.iterdir() if p.is_dir()} if cache is not None and cache.is_dir() else set()
+            folders = _prepared(cache)
             started = time.monotonic()
             try:
                 result = run_stage(point.recipe, overwrite=point_overwrite, resume=point_resume,
@@ -406,9 +388,7 @@ def run_sweep(sweep: Sweep, *, overwrite: bool = False, resume: str | None = Non
                                        time.monotonic() - started, None, str(exc)))
                 continue
             seconds = time.monotonic() - started
-            new = _cache_files(cache) - before
-            prepared = len({p for p in cache.iterdir() if p.is_dir()} - folders) if cache is not None else None
-            reuse = _reuse(result.manifest, _tokenized(new) if cache is not None else None, prepared)
+            reuse = _reuse(result.manifest, len(_prepared(cache) - folders) if cache is not None else None)
             if on_result is not None:
                 on_result(result)
             console.note(f"{head}: {seconds:.1f} s; {_reuse_line(reuse)}")
