@@ -267,14 +267,15 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding 
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html.",
-                                                   show_default=False)] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="A run directory; or several, or a sweep's directory, for one page side by side.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html (several "
+                                                   "runs: required).", show_default=False)] = None,
 ):
-    """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations."""
-    from dpo_cli.evidence.report import write_report
+    """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations; or runs side by side."""
+    from dpo_cli.evidence.runs_report import write_reports
 
-    console.stdout.print(f"report written to {write_report(run_dir, output)}")
+    console.stdout.print(f"report written to {write_reports(run_dirs, output)}")
 
 
 @app.command("convert-data")
