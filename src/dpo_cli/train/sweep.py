@@ -454,4 +454,5 @@ def sweep_command(path: Path, overrides: Sequence[str], specs: Sequence[str], *,
         raise DpoCliError(f"{len(failed)} of {len(summary_json['points'])} sweep points did not complete: "
                           f"{', '.join(failed)}; the table and {sweep.output_dir / RunDir.SWEEP} hold the rest")
     console.stdout.print(f"[bold green]sweep done[/]: {len(summary_json['points'])} points; table in "
-                         f"{sweep.output_dir / RunDir.SWEEP}")
+                         f"{sweep.output_dir / RunDir.SWEEP}; dpo-cli report {sweep.output_dir} puts them side by side "
+                         "in one HTML page")
