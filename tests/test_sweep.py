@@ -71,6 +71,7 @@ def test_a_recipe_that_sets_precompute_keeps_its_choice(tmp_path):
     (["--select", "eval.accuracy"], "--select and --print-commands go with --sweep"),
     (["--sweep", "trainer.beta=0.1,0.2", "--nproc", "2"], "add --print-commands"),
     (["--sweep", "trainer.beta=0.1,0.2", "--resume", "some/checkpoint-4"], "--resume takes auto"),
+    (["--sweep", "trainer.beta=0.1,0.2", "--resume", "auto", "--print-commands"], "prints each point's first run"),
 ])
 def test_bad_sweeps_exit_2_with_one_line(capsys, tmp_path, args, message):
     code, _, err = run_cli(capsys, "train", str(TINY), f"output_dir={tmp_path / 'sw'}", *args)

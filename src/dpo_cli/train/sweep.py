@@ -411,12 +411,14 @@ def sweep_command(path: Path, overrides: Sequence[str], specs: Sequence[str], *,
     if plan_only:
         raise InputError("--json and --gpu-memory plan one run: give the point's values as overrides instead of "
                          "--sweep (dpo-cli train RECIPE KEY=VALUE --dry-run --json)")
+    if print_commands and resume:
+        raise InputError("--print-commands prints each point's first run; add --resume auto to the line of a point "
+                         "that has a checkpoint (a point without one would refuse it)")
     sweep = plan_sweep(path, overrides, specs, select)
     if print_commands:
         options = [*(["--nproc", str(nproc)] if nproc else []),
                    *(["--accelerate-config", accelerate_config] if accelerate_config else []),
                    *(["--share-gpus"] if share_gpus else []), *(["--overwrite"] if overwrite else []),
-                   *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else []),
                    *(["--dry-run"] if dry_run else [])]
         for line in commands(sweep, options):
             console.stdout.out(line, highlight=False)
