@@ -16,7 +16,7 @@ from dpo_cli.core.errors import InputError
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.compare import prompt_text
 from dpo_cli.evidence.plots import CURVES
-from dpo_cli.evidence.report import _CSS
+from dpo_cli.evidence.report import CSS
 from dpo_cli.evidence.tables import SWEEP_COLUMNS
 
 SECTIONS = {
@@ -193,7 +193,7 @@ def render_runs_report(runs: list[Run]) -> str:
     title = f"dpo-cli runs side by side: {len(runs)} runs"
     where = "".join(f"<li>{escape(r.label)}: {escape(str(r.dir.path.resolve()))}</li>" for r in runs)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body><h1>{escape(title)}</h1><ul class="muted">{where}</ul>{sections}</body></html>\n')
 
 
