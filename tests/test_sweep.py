@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
@@ -113,9 +114,10 @@ def test_completed_points_are_skipped_and_ranked_best_first(capsys, tmp_path):
     assert [p["this_run"] for p in summary["points"]] == ["skipped"] * 3
     assert summary["points"][0]["heldout"]["reward_accuracy"] == 0.875 and summary["points"][0]["seconds"] == 30
     assert summary["sweep"] == {"trainer.beta": ["0.05", "0.1", "0.2"]}
-    assert "best first by eval.accuracy (highest first); held-out pairs: 8" in stdout
-    assert stdout.index("trainer.beta=0.1 ") < stdout.index("trainer.beta=0.2 ") < stdout.index("trainer.beta=0.05 ")
-    assert "0.875" in stdout and "best by eval.accuracy: trainer.beta=0.1" in stdout
+    assert "best first by eval.accuracy (highest first); s: seconds; held-out pairs: 8" in stdout
+    assert re.findall(r"│ (\d) │ ([0-9.]+) +│ skipped +│ +2 │ +([0-9.]+) │", stdout) == [
+        ("1", "0.1", "0.875"), ("2", "0.2", "0.625"), ("3", "0.05", "0.500")]
+    assert f"best by eval.accuracy: trainer.beta=0.1 in {out / 'trainer.beta=0.1'}" in stdout
 
     code, stdout, err = run_cli(capsys, "train", *args, "--select", "eval.accuracy:min")
     assert code == 0, err

@@ -161,7 +161,8 @@ def _curves(runs: list[Run]) -> str:
                 figures.append(f'<figure><img alt="{escape(key)}" src="{uri}"><figcaption class=muted>'
                                f"{escape(key)}</figcaption></figure>")
     if not figures:
-        return '<p class="muted">no curves: no run logged metrics (metrics.jsonl is missing or empty)</p>'
+        return ('<p class="muted">no curves: no run logged a training step (metrics.jsonl missing or empty, or '
+                "trainer.logging_steps above the steps run)</p>")
     return f'<div class="plots">{"".join(figures)}</div>'
 
 
