@@ -352,7 +352,7 @@ def run_sweep(sweep: Sweep, *, overwrite: bool = False, resume: str | None = Non
     from dpo_cli.train.pipeline import run_stage
 
     states = _check_states(sweep, overwrite, resume)
-    if sweep.precompute_added:
+    if sweep.precompute_added and any(kind != "complete" for kind, _ in states):
         console.note("sweep: ref_model.precompute auto became true, so the first point computes the reference "
                      "log-probs once and every later point reads them from the cache")
     records: list[dict] = []
