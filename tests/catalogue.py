@@ -198,6 +198,31 @@ CASES = [
          [*TRAIN, "--resume", "{tmp}/run/checkpoint-2"],
          "--resume {tmp}/run/checkpoint-2: cannot resume from it: no completion marker (the save was interrupted)",
          recipe_with("", "", **{"run/checkpoint-2/trainer_state.json": "{}"})),
+    Case("sweep-not-a-key", "option", "a --sweep key that is not a recipe key",
+         [*TRAIN, "--sweep", "trainer.betta=0.05,0.1"],
+         "command-line override 'trainer.betta=0.05': field 'trainer.betta': DPOConfig has no field 'betta'; did you "
+         "mean 'beta'?", recipe_with("", "")),
+    Case("sweep-one-value", "option", "a --sweep key with one value", [*TRAIN, "--sweep", "trainer.beta=0.2"],
+         "--sweep trainer.beta=0.2: a sweep needs two values or more (trainer.beta=V1,V2,...); for one value give the "
+         "override trainer.beta=0.2 instead", recipe_with("", "")),
+    Case("sweep-key-twice", "option", "the same key swept twice",
+         [*TRAIN, "--sweep", "trainer.beta=0.1,0.2", "--sweep", "trainer.beta=0.3,0.4"],
+         "--sweep trainer.beta is given twice: list all its values in one --sweep trainer.beta=V1,V2,...",
+         recipe_with("", "")),
+    Case("sweep-and-override", "option", "a key both swept and set by an override",
+         [*TRAIN, "trainer.beta=0.3", "--sweep", "trainer.beta=0.1,0.2"],
+         "--sweep trainer.beta is also set by the override trainer.beta=0.3: keep one", recipe_with("", "")),
+    Case("sweep-pipeline", "option", "--sweep on a pipeline recipe (stages:)",
+         ["train", "{tmp}/p.yaml", "--sweep", "dpo.trainer.beta=0.1,0.2"],
+         "{tmp}/p.yaml: --sweep runs a one-stage recipe; a pipeline (stages:) cannot be swept: sweep the stage's own "
+         "recipe, or write one pipeline per value",
+         {"p.yaml": "stages:\n  - name: dpo\n" + "".join("    " + line + "\n" for line in GOOD_RECIPE.splitlines()
+                                                          if not line.startswith("output_dir"))}),
+    Case("sweep-point-unfinished", "option", "a sweep whose point was stopped, run again without --resume auto",
+         [*TRAIN, "--sweep", "trainer.beta=0.1,0.2"],
+         "sweep point trainer.beta=0.1 in {tmp}/run/trainer.beta=0.1 is unfinished (run.json status interrupted): run "
+         "the same command with --resume auto to continue it, or --overwrite to start it again",
+         recipe_with("", "", **{"run/trainer.beta=0.1/run.json": '{"status": "interrupted"}'})),
     Case("recipe-not-utf8", "recipe", "a recipe with a byte that is not UTF-8 (Latin-1 é)", TRAIN,
          "{tmp}/r.yaml:2: not UTF-8 text: byte 0xe9 at column 26; save the recipe as UTF-8",
          {"r.yaml": b"stage: dpo\nmodel: {name_or_path: caf\xe9}\n"}),

@@ -58,6 +58,16 @@ def train(
                        ] = False,
     share_gpus: Annotated[bool, typer.Option(
         "--share-gpus", help="Let --nproc start more processes than there are GPUs (they share GPUs).")] = False,
+    sweep: Annotated[Optional[list[str]], typer.Option(
+        "--sweep", help="KEY=V1,V2,...: run every combination, one point at a time, into output_dir/<KEY=V,...>; "
+        "repeatable.", show_default=False)] = None,
+    select: Annotated[Optional[str], typer.Option(
+        "--select", help="With --sweep: rank the points by this held-out figure (eval.accuracy, eval.margin, "
+        "eval.logprob_accuracy, eval.kl, ...; :min or :max sets the order). Default: eval.accuracy.",
+        show_default=False)] = None,
+    print_commands: Annotated[bool, typer.Option(
+        "--print-commands", help="With --sweep: print one dpo-cli train line per point (for a job array) instead.")
+    ] = False,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
     from dpo_cli.core.errors import InputError
@@ -67,6 +77,14 @@ def train(
 
     if (gpu_memory or as_json) and not dry_run:
         raise InputError("--gpu-memory and --json describe a plan: use them with --dry-run")
+    if sweep or select or print_commands:
+        from dpo_cli.train.sweep import sweep_command
+
+        sweep_command(recipe, overrides or [], sweep or [], select=select, print_commands=print_commands,
+                      dry_run=dry_run, overwrite=overwrite, resume=resume, resume_force=resume_force, nproc=nproc,
+                      accelerate_config=accelerate_config, share_gpus=share_gpus,
+                      plan_only=bool(gpu_memory or as_json))
+        return
     hardware = assumed_gpu(parse_size(gpu_memory)) if gpu_memory else None
     if is_pipeline(recipe):
         _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
@@ -260,16 +278,17 @@ def plot(run_dir: Annotated[Path, typer.Argument(help="A run directory (holding 
 
 @app.command()
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html.",
-                                                   show_default=False)] = None,
+    run_dirs: Annotated[list[Path], typer.Argument(
+        help="A run directory; or several, or a sweep's directory, for one page side by side.", show_default=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Default: RUN_DIR/report.html (several "
+                                                   "runs: required).", show_default=False)] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing --output file (RUN_DIR/report.html is always "
                                         "replaced).")] = False,
 ):
-    """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations."""
-    from dpo_cli.evidence.report import write_report
+    """One self-contained HTML report: recipe, versions, data, curves, evaluation, generations; or runs side by side."""
+    from dpo_cli.evidence.runs_report import write_reports
 
-    console.stdout.print(f"report written to {write_report(run_dir, output, force=force)}")
+    console.stdout.print(f"report written to {write_reports(run_dirs, output, force=force)}")
 
 
 @app.command("convert-data")

@@ -26,6 +26,7 @@ class RunDir:
     PAIRS = "pairs.jsonl"  # a pairs stage's preference pairs, in TRL's rows
     SAMPLES = "samples.jsonl"  # every sample a pairs stage drew, with its reward and what became of it
     PIPELINE = "pipeline.json"  # a pipeline's summary: every stage's headline figures, and per round
+    SWEEP = "sweep.json"  # a sweep's summary: every point's held-out figures, best first
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

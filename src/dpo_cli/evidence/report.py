@@ -28,7 +28,7 @@ SECTIONS = {
     "warnings": "Watchdog",
 }
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;max-width:72rem;padding:0 1rem;
 color:#1d2330;line-height:1.45}
 h1{margin-bottom:.2rem} h2{border-bottom:1px solid #d5dae3;padding-bottom:.2rem;margin-top:2rem}
@@ -188,7 +188,7 @@ def render_report(run_dir: str | Path) -> str:
                        for key, title in SECTIONS.items())
     title = f"dpo-cli run report: {run.path.resolve().name}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body><h1>{escape(title)}</h1><p class="muted">{escape(str(run.path.resolve()))}</p>{sections}'
             f"</body></html>\n")
 
@@ -221,7 +221,7 @@ def render_pipeline_report(pipeline_dir: str | Path) -> str:
         parts.append(f"<section id=\"stage-{escape(name)}\"><h2>Stage {link}</h2>{body}</section>")
     title = f"dpo-cli pipeline report: {run.path.resolve().name}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>'
             f'<body><h1>{escape(title)}</h1><p class="muted">{escape(str(run.path.resolve()))}</p>{"".join(parts)}'
             f"</body></html>\n")
 

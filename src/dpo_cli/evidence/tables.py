@@ -246,3 +246,59 @@ def print_eval(console: Console, result: dict) -> None:
         console.print(line)
     if result["kind"] == "policy" and not result.get("reference"):
         console.print("no reference model (--ref): implicit-reward accuracy, margins and KL need one")
+
+
+# A sweep's columns: (header, key of a point's held-out figures, format). The judged win rate of eval.judge (issue 21,
+# item 1) gets a column here once runs record it; a column no point has is left out.
+SWEEP_COLUMNS = (
+    ("accuracy", "reward_accuracy", "{:.3f}"),
+    ("margin", "reward_margin", "{:+.4f}"),
+    ("lp acc.", "logprob_accuracy", "{:.3f}"),  # length-normalised log-prob accuracy
+    ("KL/tok", "kl_chosen_per_token", "{:.5f}"),
+)
+
+
+def sweep_rows(summary: dict) -> tuple[list[str], list[list[str]]]:
+    """A sweep summary (sweep.json) as text, best first: one row per point, a column per swept key (named by its last
+    part where that is unambiguous), and the point's held-out figures after training."""
+    points = summary["points"]
+    keys = list(summary["sweep"])
+    lasts = [key.rsplit(".", 1)[-1] for key in keys]
+    names = [last if lasts.count(last) == 1 else key for key, last in zip(keys, lasts)]
+    columns = [c for c in SWEEP_COLUMNS if any(c[1] in p["heldout"] for p in points)]
+    head = ["#", *names, "this run", "steps", *(c[0] for c in columns), "s"]
+    rows = []
+    for rank, p in enumerate(points, 1):
+        done = p["this_run"] if p["status"] == "completed" else f"{p['this_run']} ({p['status'] or 'not started'})"
+        values = [json.dumps(v) if isinstance(v, (list, dict)) else str(v) for v in
+                  (p["values"].get(key) for key in keys)]
+        rows.append([str(rank), *values, done, _num(p.get("steps"), "{}"),
+                     *(_num(p["heldout"].get(key), fmt) for _, key, fmt in columns),
+                     _num(p.get("seconds"), "{:.1f}")])
+    return head, rows
+
+
+def print_sweep_summary(console: Console, summary: dict) -> None:
+    head, rows = sweep_rows(summary)
+    select = summary["select"]
+    pairs = next((p["heldout_pairs"] for p in summary["points"] if p.get("heldout_pairs")), None)
+    before = next((p["heldout_before"].get(select["key"]) for p in summary["points"]
+                   if p["heldout_before"].get(select["key"]) is not None), None)
+    title = f"sweep: {len(rows)} points, best first by {select['metric']} ({select['order']}); s: seconds"
+    if pairs:
+        title += f"; held-out pairs: {pairs}" + (f", {select['key']} before training {before:.3f}"
+                                                 if before is not None else "")
+    table = Table(title=title, title_justify="left")
+    swept = len(summary["sweep"])
+    for i, column in enumerate(head):  # a swept value folds; the figures stay whole on a narrow terminal
+        width = min(24, max(len(column), *(len(row[i]) for row in rows))) if 0 < i <= swept else None
+        table.add_column(column, justify="left" if 0 < i <= swept + 1 else "right", no_wrap=i > swept,
+                         overflow="fold", min_width=width)
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)
+    if not pairs:
+        console.print("no held-out figures to rank by: give the recipe data.eval or data.eval_split")
+    elif summary.get("best"):
+        best = next(p for p in summary["points"] if p["name"] == summary["best"])
+        console.print(f"best by {select['metric']}: {summary['best']} in {best['output_dir']}", markup=False)
