@@ -22,7 +22,16 @@ def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = N
     """One stage recipe: a stage that makes data runs its own flow, every other one trains."""
     stage = get_stage(recipe.stage)
     if stage.trains:
-        return train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+        if recipe.eval is not None:
+            from dpo_cli.evidence.judge import check_judge
+
+            check_judge(recipe.eval)  # a judge that cannot judge is said before training, not after
+        result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+        if recipe.eval is not None and result.is_main:
+            from dpo_cli.evidence.judge import judge_after_training
+
+            judge_after_training(recipe, result.manifest)
+        return result
     if resume:
         raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
     return stage.make_data(recipe, overwrite=overwrite)
