@@ -285,11 +285,9 @@ class LanguageModelJudge:
         return tuned if preference_for_tuned > 0 else base if preference_for_tuned < 0 else "none"
 
 
-def load_judge(path: str, template: str | None = None):
-    kind = judge_kind(path)
+def load_judge(path: str, kind: str, template: str | None = None):
+    """(the judge, where a judge LM's template came from)."""
     if kind == "reward":
-        if template is not None:
-            raise InputError(f"--judge-template is for a judge language model; {path} is a reward model")
         return RewardJudge(path), None
     text, source = read_template(template)
     return LanguageModelJudge(path, text), source
@@ -309,13 +307,8 @@ class JudgeTarget:
     prompts_source: str
 
 
-def resolve(run_dir: str, *, against: str | None = None, prompts: str | None = None, data: str | None = None,
-            n: int = 100) -> JudgeTarget:
-    """A finished run, the model it is judged against and the prompts; one clear error for each bad input."""
-    from dpo_cli.evidence.compare import read_prompts
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.recipe.schema import ModelSection
-
+def open_run(run_dir: str) -> RunDir:
+    """A finished run directory, or an InputError saying why not."""
     run = RunDir(run_dir)
     if not run.is_run():
         raise InputError(f"{run_dir} is not a dpo-cli run directory (no {RunDir.MANIFEST} and {RunDir.RECIPE}); "
@@ -323,6 +316,16 @@ def resolve(run_dir: str, *, against: str | None = None, prompts: str | None = N
     if not run.has_weights():
         raise InputError(f"run directory {run} holds no saved model (run status: "
                          f"{(run.manifest_or_none() or {}).get('status')})")
+    return run
+
+
+def resolve(run: RunDir, *, against: str | None = None, prompts: str | None = None, data: str | None = None,
+            n: int = 100) -> JudgeTarget:
+    """The model the run is judged against and the prompts; one clear error for each bad input."""
+    from dpo_cli.evidence.compare import read_prompts
+    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.recipe.schema import ModelSection
+
     if prompts and data:
         raise InputError("give at most one of --prompts FILE or --data FILE")
     recipe = load_recipe(run.recipe_file)
@@ -354,7 +357,8 @@ def _run_prompts(recipe, n: int, run: RunDir) -> tuple[list[Any], str]:
     from dpo_cli.data.load import load_splits
     from dpo_cli.train.stages import get_stage
 
-    _, rows, info = load_splits(recipe.data, recipe.seed, get_stage(recipe.stage).data_kind)
+    # quiet: what the data loader notes about these rows was said when the run trained on them
+    _, rows, info = load_splits(recipe.data, recipe.seed, get_stage(recipe.stage).data_kind, quiet=True)
     if rows is None or len(rows) == 0:
         raise InputError(f"run {run} has no held-out data (no data.eval nor data.eval_split in its recipe): pass "
                          "--prompts FILE or --data FILE")
@@ -390,17 +394,13 @@ def judge_run(target: JudgeTarget, judge_path: str, settings: JudgeSettings, *, 
     from dpo_cli.train.models import load_tokenizer, quiet_libraries
 
     quiet_libraries()
-    kind = judge_kind(judge_path)  # before any generation: a bad judge is said at once
-    if kind == "reward" and template is not None:
-        raise InputError(f"--judge-template is for a judge language model; {judge_path} is a reward model")
-    if kind == "lm":
-        read_template(template)
+    kind = check_judge(judge_path, template)
     torch.manual_seed(settings.seed)
     tuned_tokenizer = load_tokenizer(ModelSection(name_or_path=str(target.run)))
     tuned = _answers(str(target.run), tuned_tokenizer, target.prompts, settings)
     base = _answers(resolve_builtin(target.against), load_tokenizer(target.against_tokenizer), target.prompts,
                     settings)
-    judge, template_source = load_judge(judge_path, template)
+    judge, template_source = load_judge(judge_path, kind, template)
     judged = judge.margins(target.prompts, tuned, base)
     del judge
 
@@ -446,7 +446,9 @@ def evaluate_with_judge(run_dir: str, judge_path: str, settings: JudgeSettings, 
                         prompts: str | Path | None = None, data: str | None = None, template: str | None = None
                         ) -> dict[str, Any]:
     """``dpo-cli eval RUN --judge JUDGE``: judge the run, record the result in its run.json, return it."""
-    target = resolve(run_dir, against=against, prompts=str(prompts) if prompts else None, data=data, n=settings.n)
+    run = open_run(run_dir)
+    check_judge(judge_path, template)  # before any data is read or model loaded: a bad judge is said at once
+    target = resolve(run, against=against, prompts=str(prompts) if prompts else None, data=data, n=settings.n)
     result = judge_run(target, judge_path, settings, template=template)
     record(target.run, result)
     return result
@@ -458,13 +460,15 @@ def settings_of(section) -> JudgeSettings:
                          temperature=section.temperature, top_p=section.top_p, seed=section.seed)
 
 
-def check_judge(section) -> None:
-    """Before training: the judge is a reward model or a causal LM, and a judge LM's template is usable."""
-    kind = judge_kind(section.judge)
-    if kind == "reward" and section.template is not None:
-        raise InputError(f"eval.template is for a judge language model; {section.judge} is a reward model")
+def check_judge(judge_path: str, template: str | None = None) -> str:
+    """The judge's kind, once it is known to be usable: a reward model takes no template, a judge LM's template holds
+    every placeholder."""
+    kind = judge_kind(judge_path)
+    if kind == "reward" and template is not None:
+        raise InputError(f"a judge template is for a judge language model; {judge_path} is a reward model")
     if kind == "lm":
-        read_template(section.template)
+        read_template(template)
+    return kind
 
 
 def judge_after_training(recipe, manifest: dict[str, Any]) -> None:

@@ -25,7 +25,8 @@ def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = N
         if recipe.eval is not None:
             from dpo_cli.evidence.judge import check_judge
 
-            check_judge(recipe.eval)  # a judge that cannot judge is said before training, not after
+            # a judge that cannot judge is said before training, not after it
+            check_judge(recipe.eval.judge, recipe.eval.template)
         result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
         if recipe.eval is not None and result.is_main:
             from dpo_cli.evidence.judge import judge_after_training
