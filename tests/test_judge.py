@@ -291,7 +291,7 @@ def test_a_local_judge_lm_asks_both_orders(judged, tmp_path):
     result = _cli(["eval", folder / "dpo", "--judge", "builtin:tiny-chat", "--prompts", prompts,
                    "--max-new-tokens", "8"])
     assert result.exit_code == 0, result.output
-    assert "judged win rate" in result.output and "language model, asked in both orders" in result.output
+    assert "judged win rate" in result.output and "wins / ties / losses" in result.output
     judge = json.loads((folder / "dpo" / "run.json").read_text())["evaluation"]["judge"]
     assert judge["judge"]["kind"] == "lm" and judge["judge"]["template"].startswith("builtin")
     assert judge["prompts"] == 3 and judge["prompts_source"] == str(prompts)

@@ -155,7 +155,8 @@ def _judge(m: dict) -> str:
         if not rows:
             continue
         cells = "".join(f"<tr><td class=num>{_fmt(r['margin'], '{:+.3f}')}</td><td>{escape(r['prompt'])}</td>"
-                        f"<td>{escape(r['tuned'])}</td><td>{escape(r['base'])}</td></tr>" for r in rows)
+                        f"<td>{escape(r['tuned'] or '(empty)')}</td><td>{escape(r['base'] or '(empty)')}</td></tr>"
+                        for r in rows)
         parts.append(f"<p>{title}, by the judge's margin</p><table class=gen><tr><th>margin</th><th>prompt</th>"
                      f"<th>tuned</th><th>against</th></tr>{cells}</table>")
     return "".join(parts)

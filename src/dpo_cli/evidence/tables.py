@@ -289,8 +289,8 @@ def print_judge(console: Console, result: dict) -> None:
         for column in ("margin", "prompt", "tuned", "against"):
             table.add_column(column, justify="right" if column == "margin" else "left", overflow="fold")
         for row in rows:
-            table.add_row(f"{row['margin']:+.3f}", escape(_short(row["prompt"])), escape(_short(row["tuned"])),
-                          escape(_short(row["base"])))
+            table.add_row(f"{row['margin']:+.3f}", escape(_short(row["prompt"])),
+                          escape(_short(row["tuned"] or "(empty)")), escape(_short(row["base"] or "(empty)")))
         console.print(table)
     console.print(f"every prompt, both answers and the judge's scores: {result['tuned']}/{result['rows_file']}",
                   markup=False)
