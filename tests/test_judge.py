@@ -264,6 +264,7 @@ def test_a_reward_model_judges_a_dpo_run_at_the_end_of_training(judged):
                                   r["tuned"] == r["base"] for r in rows)
     assert [r["outcome"] for r in rows].count(1.0) == judge["wins"]
     assert result.manifest["evaluation"]["judge"] == judge  # what the console table shows
+    assert "judge_also" not in manifest["evaluation"]
     html = write_report(folder / "dpo").read_text()
     section = html.split('<section id="judge">')[1].split("</section>")[0]
     assert f"{judge['wins']} / {judge['ties']} / {judge['losses']}" in section
@@ -278,7 +279,7 @@ def test_the_same_seed_gives_the_same_numbers_twice(judged):
             "--seed", "7", "--json"]
     first, second = _cli(args), _cli(args)
     assert first.exit_code == 0, first.output
-    a, b = json.loads(first.output), json.loads(second.output)
+    a, b = json.loads(first.output)["judge"], json.loads(second.output)["judge"]
     assert a == b and a["settings"]["decoding"] == "sampled" and a["settings"]["seed"] == 7 and a["prompts"] == 4
     assert json.loads((folder / "dpo" / "run.json").read_text())["evaluation"]["judge"] == a
 
@@ -289,10 +290,14 @@ def test_a_local_judge_lm_asks_both_orders(judged, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("What is 2 plus 2?\nName a colour.\nSay hello.\n")
     result = _cli(["eval", folder / "dpo", "--judge", "builtin:tiny-chat", "--prompts", prompts,
-                   "--max-new-tokens", "8"])
+                   "--max-new-tokens", "8", "--also-against", folder / "dpo"])
     assert result.exit_code == 0, result.output
     assert "judged win rate" in result.output and "wins / ties / losses" in result.output
-    judge = json.loads((folder / "dpo" / "run.json").read_text())["evaluation"]["judge"]
+    evaluation = json.loads((folder / "dpo" / "run.json").read_text())["evaluation"]
+    judge, itself = evaluation["judge"], evaluation["judge_also"][0]
+    # against itself every answer is the same: all ties, none asked, in its own file
+    assert itself["against"] == str(folder / "dpo") and (itself["ties"], itself["prompts"]) == (3, 3)
+    assert itself["rows_file"] == "judge-also-1.jsonl" and (folder / "dpo" / "judge-also-1.jsonl").is_file()
     assert judge["judge"]["kind"] == "lm" and judge["judge"]["template"].startswith("builtin")
     assert judge["prompts"] == 3 and judge["prompts_source"] == str(prompts)
     rows = [json.loads(line) for line in (folder / "dpo" / "judge.jsonl").read_text().splitlines()]

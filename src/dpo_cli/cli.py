@@ -176,6 +176,9 @@ def eval_(
     against: Annotated[Optional[str], typer.Option(
         "--against", help="With --judge: the model or run to beat (default: the run's starting model).",
         show_default=False)] = None,
+    also_against: Annotated[Optional[list[str]], typer.Option(
+        "--also-against", help="With --judge: one more model or run to judge against on the same prompts "
+        "(repeatable).", show_default=False)] = None,
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", help="With --judge: prompts (JSON lines with a prompt, or one per line) instead of the run's "
         "held-out data.", show_default=False)] = None,
@@ -196,7 +199,8 @@ def eval_(
     --judge, a judged win rate of the run against its base."""
     from dpo_cli.core.errors import InputError
 
-    judge_only = {"--against": against, "--prompts": prompts, "-n": n, "--max-new-tokens": max_new_tokens,
+    judge_only = {"--against": against, "--also-against": also_against or None, "--prompts": prompts, "-n": n,
+                  "--max-new-tokens": max_new_tokens,
                   "--sample": sample or None, "--seed": seed, "--judge-template": judge_template}
     if judge is None and any(v is not None for v in judge_only.values()):
         raise InputError(f"{', '.join(k for k, v in judge_only.items() if v is not None)} only apply with --judge")
@@ -207,16 +211,18 @@ def eval_(
 
         settings = JudgeSettings(**{k: v for k, v in (("n", n), ("max_new_tokens", max_new_tokens), ("seed", seed))
                                     if v is not None}, sample=sample)
-        result = evaluate_with_judge(model_or_run, judge, settings, against=against, prompts=prompts, data=data,
-                                     template=judge_template)
-        if as_json:
+        results = evaluate_with_judge(model_or_run, judge, settings, against=against, prompts=prompts, data=data,
+                                      template=judge_template, also=also_against or ())
+        if as_json:  # the shape run.json's evaluation holds them in
             import json
 
-            typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+            typer.echo(json.dumps({"judge": results[0], **({"judge_also": results[1:]} if results[1:] else {})},
+                                  indent=2, ensure_ascii=False))
         else:
             from dpo_cli.evidence.tables import print_judge
 
-            print_judge(console.stdout, result)
+            for result in results:
+                print_judge(console.stdout, result)
         return
     from dpo_cli.evidence.evaluate import resolve_target, run_eval
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -305,6 +305,7 @@ class JudgeTarget:
     against_tokenizer: Any  # a ModelSection: the run's recipe model section, or --against's own
     prompts: list[Any]
     prompts_source: str
+    also: list[str] = field(default_factory=list)  # more opponents, each judged on the same prompts (base, ...)
 
 
 def open_run(run_dir: str) -> RunDir:
@@ -320,7 +321,7 @@ def open_run(run_dir: str) -> RunDir:
 
 
 def resolve(run: RunDir, *, against: str | None = None, prompts: str | None = None, data: str | None = None,
-            n: int = 100) -> JudgeTarget:
+            n: int = 100, also: list[str] | tuple = ()) -> JudgeTarget:
     """The model the run is judged against and the prompts; one clear error for each bad input."""
     from dpo_cli.evidence.compare import read_prompts
     from dpo_cli.recipe.load import load_recipe
@@ -339,7 +340,7 @@ def resolve(run: RunDir, *, against: str | None = None, prompts: str | None = No
         texts, source = _data_prompts([data], n, data), str(data)
     else:
         texts, source = _run_prompts(recipe, n, run)
-    return JudgeTarget(run, against, section, texts, source)
+    return JudgeTarget(run, against, section, texts, source, list(also))
 
 
 def _data_prompts(sources, n: int, name: str) -> list[Any]:
@@ -362,8 +363,10 @@ def _run_prompts(recipe, n: int, run: RunDir) -> tuple[list[Any], str]:
     if rows is None or len(rows) == 0:
         raise InputError(f"run {run} has no held-out data (no data.eval nor data.eval_split in its recipe): pass "
                          "--prompts FILE or --data FILE")
-    source = ", ".join(info["eval"].get("files") or []) or \
-        f"{info['eval']['split_of_train']:.0%} split of the training data"
+    files = info["eval"].get("files") or []
+    # a source object ({path, limit, ...}) is named by what it reads
+    source = ", ".join(f if isinstance(f, str) else str(f.get("path") or f.get("hub") or f.get("name") or f)
+                       for f in files) or f"{info['eval']['split_of_train']:.0%} split of the training data"
     return [rows[i]["prompt"] for i in range(min(n, len(rows)))], source
 
 
@@ -385,30 +388,47 @@ def _answers(path: str, tokenizer, prompts: list[Any], settings: JudgeSettings) 
 
 
 def judge_run(target: JudgeTarget, judge_path: str, settings: JudgeSettings, *, template: str | None = None
-              ) -> dict[str, Any]:
-    """Generate, judge every pair, and return the result as run.json records it (see ``record``)."""
-    import torch
-
-    from dpo_cli.evidence.compare import prompt_text
+              ) -> list[dict[str, Any]]:
+    """Generate, judge every pair, and return one result per opponent (``target.against``, then ``target.also``) as
+    run.json records it; every prompt's answers and scores go to judge.jsonl (judge-also-N.jsonl for the others)."""
     from dpo_cli.recipe.schema import ModelSection
     from dpo_cli.train.models import load_tokenizer, quiet_libraries
 
     quiet_libraries()
     kind = check_judge(judge_path, template)
-    torch.manual_seed(settings.seed)
     tuned_tokenizer = load_tokenizer(ModelSection(name_or_path=str(target.run)))
-    tuned = _answers(str(target.run), tuned_tokenizer, target.prompts, settings)
-    base = _answers(resolve_builtin(target.against), load_tokenizer(target.against_tokenizer), target.prompts,
-                    settings)
-    judge, template_source = load_judge(judge_path, kind, template)
-    judged = judge.margins(target.prompts, tuned, base)
-    del judge
+    tuned = _answers(str(target.run), tuned_tokenizer, target.prompts, settings)  # once, for every opponent
+    opponents = [(target.against, target.against_tokenizer),
+                 *((name, ModelSection(name_or_path=name)) for name in target.also)]
+    others = [_answers(resolve_builtin(name), load_tokenizer(section), target.prompts, settings)
+              for name, section in opponents]
+    judge, template_source = load_judge(judge_path, kind, template)  # after generating: one model in memory at once
+    description = {"path": judge_path, "kind": kind, **({"template": template_source} if template_source else {}),
+                   "margin": "reward(tuned) - reward(other)" if kind == "reward" else
+                   "mean over the two orders of log P(tuned's letter) - log P(other's letter)"}
+    if kind == "lm":
+        description["orders"] = "both (tuned as A, then as B); a disagreement is a tie"
+    results = []
+    for i, ((name, _), other) in enumerate(zip(opponents, others)):
+        rows_file = RunDir.JUDGE if i == 0 else RunDir.JUDGE.replace(".jsonl", f"-also-{i}.jsonl")
+        result = _result(target, tuned, other, judge.margins(target.prompts, tuned, other), tuned_tokenizer)
+        result.update(tuned=str(target.run), against=name, prompts_source=target.prompts_source, judge=description,
+                      settings={"decoding": "sampled" if settings.sample else "greedy", **asdict(settings)},
+                      rows_file=rows_file)
+        target.run.write_jsonl(rows_file, result.pop("rows"))
+        results.append(result)
+    return results
+
+
+def _result(target: JudgeTarget, tuned: list[str], other: list[str], judged: list[dict], tokenizer) -> dict[str, Any]:
+    """The figures of one opponent, with its largest gains and losses; ``rows``: every prompt, for judge.jsonl."""
+    from dpo_cli.evidence.compare import prompt_text
 
     def length(text: str) -> int:  # both sides in the tuned tokenizer's tokens, so they compare
-        return len(tuned_tokenizer(text, add_special_tokens=False)["input_ids"])
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     rows = [{"prompt": p, "tuned": t, "base": b, "tuned_tokens": length(t), "base_tokens": length(b), **j}
-            for p, t, b, j in zip(target.prompts, tuned, base, judged)]
+            for p, t, b, j in zip(target.prompts, tuned, other, judged)]
     result = summarise([r["outcome"] for r in rows], [r["margin"] for r in rows], [r["tuned_tokens"] for r in rows],
                        [r["base_tokens"] for r in rows])
     by_margin = sorted(range(len(rows)), key=lambda i: rows[i]["margin"])
@@ -418,40 +438,36 @@ def judge_run(target: JudgeTarget, judge_path: str, settings: JudgeSettings, *, 
         return {"prompt": prompt_text(r["prompt"]), "tuned": r["tuned"], "base": r["base"], "margin": r["margin"],
                 "outcome": r["outcome"]}
 
-    result.update(
-        tuned=str(target.run), against=target.against, prompts_source=target.prompts_source,
-        judge={"path": judge_path, "kind": kind, **({"template": template_source} if template_source else {}),
-               "orders": "both (tuned as A, then as B); a disagreement is a tie" if kind == "lm" else None,
-               "margin": "reward(tuned) - reward(base)" if kind == "reward" else
-               "mean over the two orders of log P(tuned's letter) - log P(base's letter)"},
-        settings={"decoding": "sampled" if settings.sample else "greedy", **asdict(settings)},
-        largest_gains=[shown(i) for i in reversed(by_margin[-TOP:]) if rows[i]["margin"] > 0],
-        largest_losses=[shown(i) for i in by_margin[:TOP] if rows[i]["margin"] < 0],
-        rows_file=RunDir.JUDGE,
-    )
-    if kind == "reward":
-        del result["judge"]["orders"]
-    target.run.write_jsonl(RunDir.JUDGE, rows)
+    result.update(largest_gains=[shown(i) for i in reversed(by_margin[-TOP:]) if rows[i]["margin"] > 0],
+                  largest_losses=[shown(i) for i in by_margin[:TOP] if rows[i]["margin"] < 0], rows=rows)
     return result
 
 
-def record(run: RunDir, result: dict[str, Any]) -> None:
-    """Into run.json under evaluation.judge, atomically, leaving every other figure as it was."""
+def record(run: RunDir, results: list[dict[str, Any]]) -> None:
+    """Into run.json, atomically, leaving every other figure as it was: evaluation.judge holds the result against the
+    starting model (or --against), evaluation.judge_also the others (dropped when this judgement has none)."""
     manifest = run.manifest()
-    manifest.setdefault("evaluation", {})["judge"] = result
+    evaluation = manifest.setdefault("evaluation", {})
+    evaluation["judge"] = results[0]
+    if len(results) > 1:
+        evaluation["judge_also"] = results[1:]
+    else:
+        evaluation.pop("judge_also", None)
     run.write_manifest(manifest)
 
 
 def evaluate_with_judge(run_dir: str, judge_path: str, settings: JudgeSettings, *, against: str | None = None,
-                        prompts: str | Path | None = None, data: str | None = None, template: str | None = None
-                        ) -> dict[str, Any]:
-    """``dpo-cli eval RUN --judge JUDGE``: judge the run, record the result in its run.json, return it."""
+                        prompts: str | Path | None = None, data: str | None = None, template: str | None = None,
+                        also: list[str] | tuple = ()) -> list[dict[str, Any]]:
+    """``dpo-cli eval RUN --judge JUDGE``: judge the run, record the results in its run.json, return them (the one
+    against the starting model or ``against`` first, then one per ``also``)."""
     run = open_run(run_dir)
     check_judge(judge_path, template)  # before any data is read or model loaded: a bad judge is said at once
-    target = resolve(run, against=against, prompts=str(prompts) if prompts else None, data=data, n=settings.n)
-    result = judge_run(target, judge_path, settings, template=template)
-    record(target.run, result)
-    return result
+    target = resolve(run, against=against, prompts=str(prompts) if prompts else None, data=data, n=settings.n,
+                     also=also)
+    results = judge_run(target, judge_path, settings, template=template)
+    record(target.run, results)
+    return results
 
 
 def settings_of(section) -> JudgeSettings:
@@ -476,8 +492,13 @@ def judge_after_training(recipe, manifest: dict[str, Any]) -> None:
     from dpo_cli.core import console
 
     section = recipe.eval
-    console.note(f"judging the trained model against {section.against or recipe.model.name_or_path} with "
+    opponents = ", ".join([section.against or recipe.model.name_or_path, *section.also_against])
+    console.note(f"judging the trained model against {opponents} with "
                  f"{section.judge} on up to {section.n} prompts")
-    result = evaluate_with_judge(recipe.output_dir, section.judge, settings_of(section), against=section.against,
-                                 prompts=section.prompts, data=section.data, template=section.template)
-    manifest.setdefault("evaluation", {})["judge"] = result
+    results = evaluate_with_judge(recipe.output_dir, section.judge, settings_of(section), against=section.against,
+                                  prompts=section.prompts, data=section.data, template=section.template,
+                                  also=section.also_against)
+    evaluation = manifest.setdefault("evaluation", {})
+    evaluation["judge"] = results[0]
+    if len(results) > 1:
+        evaluation["judge_also"] = results[1:]

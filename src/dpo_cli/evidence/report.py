@@ -145,11 +145,15 @@ def _evaluation(m: dict) -> str:
 
 
 def _judge(m: dict) -> str:
-    result = (m.get("evaluation") or {}).get("judge")
-    if not result:
+    evaluation = m.get("evaluation") or {}
+    if not evaluation.get("judge"):
         return ('<p class="muted">not judged: <code>dpo-cli eval RUN_DIR --judge JUDGE</code> (or <code>eval.judge'
                 '</code> in the recipe) judges the run\'s answers against its starting model</p>')
-    parts = [_kv_table(judge_summary_rows(result))]
+    return "".join(_one_judgement(r) for r in [evaluation["judge"], *evaluation.get("judge_also", [])])
+
+
+def _one_judgement(result: dict) -> str:
+    parts = [f"<h3>Against {escape(str(result['against']))}</h3>", _kv_table(judge_summary_rows(result))]
     for title, rows in (("Largest gains", result.get("largest_gains")), ("Largest losses",
                                                                          result.get("largest_losses"))):
         if not rows:

@@ -146,8 +146,9 @@ def print_run_summary(console: Console, result) -> None:
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
-    if evaluation.get("judge"):
-        print_judge(console, evaluation["judge"])
+    for result in [evaluation.get("judge"), *evaluation.get("judge_also", [])]:
+        if result:
+            print_judge(console, result)
     line = throughput_line(manifest.get("throughput"))
     if line:
         console.print(line, markup=False)
@@ -193,6 +194,13 @@ def pipeline_rows(summary: dict) -> tuple[list[str], list[list[str]], list[str],
         ["  held-out accuracy after", *(_num(t.get("accuracy")) for t in trained)],
         ["  log-prob accuracy after", *(_num(t.get("logprob_accuracy")) for t in trained)],
     ]
+    # eval.judge in a round's training stage: its judged win rate against each opponent, the round before first
+    for slot in range(max((len(t.get("judged", [])) for t in trained), default=0)):
+        label = "the model it started from" if slot == 0 else \
+            ", ".join(sorted({t["judged"][slot]["against"] for t in trained if len(t.get("judged", [])) > slot}))
+        round_rows.append([f"  judged win rate vs {label}",
+                           *(_num(t["judged"][slot]["win_rate"]) if len(t.get("judged", [])) > slot else "-"
+                             for t in trained)])
     return stage_head, stage_rows, round_head, round_rows
 
 

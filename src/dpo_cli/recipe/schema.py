@@ -240,6 +240,8 @@ class EvalSection(_Section):
     prompts: str | None = Field(default=None, description="prompts file (default: the run's held-out data)")
     data: str | None = Field(default=None, description="a data file whose rows' prompts are used")
     against: str | None = Field(default=None, description="the model or run to beat (default: model.name_or_path)")
+    also_against: list[str] = Field(default_factory=list, description="more models or runs to judge against on the "
+                                    "same prompts, e.g. in a pipeline round the base: ${sft.output_dir}")
 
     @model_validator(mode="after")
     def _one_prompt_source(self) -> EvalSection:
@@ -324,7 +326,8 @@ class Recipe(_Section):
             named += [self.reward.model, self.reward.value_model]
             named += [f.rpartition(":")[0] for f in self.reward.functions if isinstance(f, str) and ":" in f]
         if self.eval is not None:
-            named += [self.eval.judge, self.eval.template, self.eval.prompts, self.eval.data, self.eval.against]
+            named += [self.eval.judge, self.eval.template, self.eval.prompts, self.eval.data, self.eval.against,
+                      *self.eval.also_against]
         found = []
         for name in filter(None, named):
             path = Path(name)

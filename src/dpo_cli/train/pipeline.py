@@ -80,6 +80,11 @@ def _headline(manifest: dict) -> dict[str, Any]:
                "logprob_accuracy": after.get("logprob_accuracy"), "pairs": made.get("pairs"), "ties": made.get("ties"),
                "mean_reward": made.get("mean_reward"), "heldout_mean_reward": (made.get("heldout") or {}).get(
                    "mean_reward")}
+    judged = [j for j in [(manifest.get("evaluation") or {}).get("judge"),
+                          *(manifest.get("evaluation") or {}).get("judge_also", [])] if j]
+    if judged:  # eval.judge: the win rate against the starting model (the round before), then any others (the base)
+        figures["judged"] = [{"against": j["against"], "win_rate": j["win_rate"],
+                              "length_controlled_win_rate": j["length_controlled_win_rate"]} for j in judged]
     return {key: value for key, value in figures.items() if value is not None}
 
 
@@ -105,7 +110,9 @@ def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str,
             "policy": outputs.get(s.recipe.model.name_or_path, s.recipe.model.name_or_path),
             **{k: figures[k] for k in ("pairs", "ties", "mean_reward", "heldout_mean_reward") if k in figures},
             **({"judge": judges[0], "judge_accuracy": stages[judges[0]].get("accuracy")} if judges else {}),
-            "trained": [{"name": n, **{k: stages[n][k] for k in ("accuracy", "logprob_accuracy") if k in stages[n]}}
+            "trained": [{"name": n, **{k: stages[n][k] for k in ("accuracy", "logprob_accuracy") if k in stages[n]},
+                         **({"judged": [{**j, "against": outputs.get(j["against"], j["against"])}
+                                        for j in stages[n]["judged"]]} if "judged" in stages[n] else {})}
                         for n in trained],
         })
     return {"output_dir": str(pipeline.output_dir), "stages": stages, "rounds": rounds}
