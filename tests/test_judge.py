@@ -193,7 +193,7 @@ def test_a_judge_that_is_neither_kind_is_exit_2(capsys, fake_run, tiny_model, tm
 
 
 def test_judge_options_without_a_judge_are_exit_2(capsys, fake_run):
-    _one_line_exit_2(capsys, ["eval", fake_run, "-n", "3", "--sample"], "-n", "--sample", "only apply with --judge")
+    _one_line_exit_2(capsys, ["eval", fake_run, "-n", "3", "--sample"], "-n, --sample only apply with --judge")
     _one_line_exit_2(capsys, ["eval", fake_run, "--judge", "x", "--ref", "y"], "--against")
 
 

@@ -203,7 +203,8 @@ def eval_(
                   "--max-new-tokens": max_new_tokens,
                   "--sample": sample or None, "--seed": seed, "--judge-template": judge_template}
     if judge is None and any(v is not None for v in judge_only.values()):
-        raise InputError(f"{', '.join(k for k, v in judge_only.items() if v is not None)} only apply with --judge")
+        given = [k for k, v in judge_only.items() if v is not None]
+        raise InputError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --judge")
     if judge is not None:
         if ref is not None or beta is not None or max_length is not None:
             raise InputError("--ref, --beta and --max-length score pairs; with --judge use --against MODEL_OR_RUN")

@@ -246,9 +246,9 @@ class LanguageModelJudge:
         self.option_ids = [self.tokenizer(o, add_special_tokens=False)["input_ids"] for o in self.OPTIONS]
 
     def _question_ids(self, prompt, answer_a: str, answer_b: str) -> list[int]:
-        from dpo_cli.evidence.compare import _encode, prompt_text
+        from dpo_cli.evidence.compare import encode_prompt, prompt_text
 
-        return _encode(self.tokenizer, fill(self.template, prompt_text(prompt), answer_a, answer_b), as_chat=True)
+        return encode_prompt(self.tokenizer, fill(self.template, prompt_text(prompt), answer_a, answer_b), as_chat=True)
 
     def preference(self, prompt, answer_a: str, answer_b: str) -> float:
         """log P(reply A) - log P(reply B) after the question: positive means the judge prefers answer A."""
@@ -374,14 +374,14 @@ def _answers(path: str, tokenizer, prompts: list[Any], settings: JudgeSettings) 
     """One answer per prompt from the model at ``path``; with sampling, prompt i is sampled with seed + i."""
     import torch
 
-    from dpo_cli.evidence.compare import Settings, _encode, _generate
+    from dpo_cli.evidence.compare import Settings, encode_prompt, generate_answer
     from dpo_cli.evidence.evaluate import load_for_eval
 
     model = load_for_eval(path).to("cuda" if torch.cuda.is_available() else "cpu").eval()
     answers = []
     for i, prompt in enumerate(prompts):
         per_prompt = Settings(settings.max_new_tokens, settings.temperature, settings.top_p, settings.seed + i)
-        answers.append(_generate(model, tokenizer, _encode(tokenizer, prompt, as_chat=True), per_prompt,
+        answers.append(generate_answer(model, tokenizer, encode_prompt(tokenizer, prompt, as_chat=True), per_prompt,
                                  sample=settings.sample))
     del model  # one model in memory at a time
     return answers
