@@ -307,3 +307,15 @@ def test_a_local_judge_lm_asks_both_orders(judged, tmp_path):
         # both orders were asked and scored; the outcome is what the two orders agree on, else a tie
         assert row["tuned_first"] != 0.0 and row["tuned_second"] != 0.0 and len(row["verdicts"]) == 2
         assert row["outcome"] == combine_orders(row["tuned_first"], row["tuned_second"])[0]
+
+
+def test_a_recipe_judge_that_cannot_judge_stops_before_training(capsys, write_recipe, tmp_path, tiny_model):
+    base = RECIPE.format(train="builtin:demo/train.jsonl", eval="builtin:demo/eval.jsonl", out=tmp_path / "out")
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n")
+    neither = _save_config(tmp_path / "encoder", tiny_model, architectures=["LlamaModel"])
+    for section, message in ((f"eval:\n  judge: builtin:tiny-chat\n  prompts: {empty}\n", f"{empty}: no prompts"),
+                             (f"eval:\n  judge: {neither}\n", "neither a reward model"),
+                             (f"eval:\n  judge: {neither.replace('encoder', 'rm')}\n", "rm")):
+        _one_line_exit_2(capsys, ["train", write_recipe(base + section)], message)
+        assert not (tmp_path / "out").exists()  # nothing trained, nothing written

@@ -162,7 +162,8 @@ def eval_(
     model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model (directory or hub name).",
                                                 show_default=False)],
     data: Annotated[Optional[str], typer.Option("--data", help="Preference pairs to score (default: the run's "
-                                                "held-out data).", show_default=False)] = None,
+                                                "held-out data); with --judge, rows whose prompts are answered.",
+                                                show_default=False)] = None,
     ref: Annotated[Optional[str], typer.Option("--ref", help="Reference model (default: the run's starting model).",
                                                show_default=False)] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO beta (default: the run's).",

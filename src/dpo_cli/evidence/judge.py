@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.builtins import asset_path, resolve_builtin
-from dpo_cli.core.errors import InputError
+from dpo_cli.core.errors import DpoCliError, InputError
 from dpo_cli.core.rundir import RunDir
 
 TEMPLATE = "judge/pairwise.txt"  # the question a judge language model is asked, shipped in assets/
@@ -487,6 +487,21 @@ def check_judge(judge_path: str, template: str | None = None) -> str:
     return kind
 
 
+def check_before_training(section) -> None:
+    """A recipe's eval: section, checked before any weights load, so a typo does not cost a training run: the judge and
+    its template, the opponents and the prompts file (its first prompt is read)."""
+    from dpo_cli.evidence.compare import read_prompts
+    from dpo_cli.train.models import resolve_model_path
+
+    check_judge(section.judge, section.template)
+    for name in filter(None, [section.against, *section.also_against]):
+        resolve_model_path(name)
+    if section.prompts:
+        read_prompts(section.prompts, 1)
+    if section.data and not section.data.startswith(("hub:", "builtin:")) and not Path(section.data).exists():
+        raise InputError(f"eval.data {section.data}: no such file or directory")
+
+
 def judge_after_training(recipe, manifest: dict[str, Any]) -> None:
     """A recipe's eval.judge, once the run is saved and complete: into run.json and ``manifest`` (the console table)."""
     from dpo_cli.core import console
@@ -495,9 +510,12 @@ def judge_after_training(recipe, manifest: dict[str, Any]) -> None:
     opponents = ", ".join([section.against or recipe.model.name_or_path, *section.also_against])
     console.note(f"judging the trained model against {opponents} with "
                  f"{section.judge} on up to {section.n} prompts")
-    results = evaluate_with_judge(recipe.output_dir, section.judge, settings_of(section), against=section.against,
-                                  prompts=section.prompts, data=section.data, template=section.template,
-                                  also=section.also_against)
+    try:
+        results = evaluate_with_judge(recipe.output_dir, section.judge, settings_of(section), against=section.against,
+                                      prompts=section.prompts, data=section.data, template=section.template,
+                                      also=section.also_against)
+    except DpoCliError as exc:  # say that the training itself is done and kept
+        raise type(exc)(f"training completed in {recipe.output_dir}, but eval.judge failed: {exc}") from exc
     evaluation = manifest.setdefault("evaluation", {})
     evaluation["judge"] = results[0]
     if len(results) > 1:

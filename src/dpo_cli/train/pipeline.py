@@ -23,10 +23,9 @@ def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = N
     stage = get_stage(recipe.stage)
     if stage.trains:
         if recipe.eval is not None:
-            from dpo_cli.evidence.judge import check_judge
+            from dpo_cli.evidence.judge import check_before_training
 
-            # a judge that cannot judge is said before training, not after it
-            check_judge(recipe.eval.judge, recipe.eval.template)
+            check_before_training(recipe.eval)  # a judge that cannot judge is said before training, not after it
         result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
         if recipe.eval is not None and result.is_main:
             from dpo_cli.evidence.judge import judge_after_training
