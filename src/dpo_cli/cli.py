@@ -183,14 +183,14 @@ def eval_(
     prompts: Annotated[Optional[Path], typer.Option(
         "--prompts", help="With --judge: prompts (JSON lines with a prompt, or one per line) instead of the run's "
         "held-out data.", show_default=False)] = None,
-    n: Annotated[Optional[int], typer.Option("-n", min=1, help="With --judge: how many prompts [default: 100].",
+    n: Annotated[Optional[int], typer.Option("-n", min=1, help="With --judge: how many prompts (default 100).",
                                              show_default=False)] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(
-        "--max-new-tokens", min=1, help="With --judge: answer length limit [default: 128].", show_default=False)
+        "--max-new-tokens", min=1, help="With --judge: answer length limit (default 128).", show_default=False)
     ] = None,
     sample: Annotated[bool, typer.Option("--sample", help="With --judge: sample the answers (temperature 0.7, top-p "
                                          "0.9) instead of greedy decoding.")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="With --judge: sampling seed [default: 0].",
+    seed: Annotated[Optional[int], typer.Option("--seed", help="With --judge: sampling seed (default 0).",
                                                 show_default=False)] = None,
     judge_template: Annotated[Optional[str], typer.Option(
         "--judge-template", help="With a judge LM: the question, with {prompt}, {answer_a} and {answer_b}.",
