@@ -84,6 +84,10 @@ ONLINE_RECIPE = PAIRS_RECIPE.replace("stage: pairs", "stage: online-dpo").replac
 CONVERT = ["convert-data", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"]
 GOOD_ROW = '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n'
 
+# a run directory as dpo-cli train leaves it, as far as the checks before any weights load look
+JUDGED_RUN = {"run/run.json": '{"status": "completed", "stage": "dpo"}', "run/recipe.resolved.yaml": GOOD_RECIPE,
+              "run/config.json": TINY_LLAMA, "train.jsonl": PAIR}
+
 CASES = [
     Case("recipe-missing", "recipe", "the recipe file does not exist", ["train", "{tmp}/nope.yaml"],
          "recipe file not found: {tmp}/nope.yaml"),
@@ -283,6 +287,26 @@ CASES = [
     Case("eval-negative-beta", "option", "dpo-cli eval --beta below zero",
          ["eval", "builtin:tiny-chat", "--data", "{tmp}/train.jsonl", "--beta", "-1"],
          "--beta must be positive (got -1.0): the implicit reward is beta * log-ratio", {"train.jsonl": PAIR}),
+    Case("judge-run-missing", "option", "dpo-cli eval --judge of a directory that is not a run",
+         ["eval", "{tmp}/nowhere", "--judge", "builtin:tiny-chat"],
+         "{tmp}/nowhere is not a dpo-cli run directory (no run.json and recipe.resolved.yaml); --judge judges a run "
+         "that dpo-cli train wrote"),
+    Case("judge-neither-kind", "model", "a --judge that is neither a reward model nor a causal language model",
+         ["eval", "{tmp}/run", "--judge", "{tmp}/encoder"],
+         "--judge {tmp}/encoder is neither a reward model (a ...ForSequenceClassification with one output) nor a "
+         "causal language model (its architecture: LlamaModel)",
+         {**JUDGED_RUN, "encoder/config.json": TINY_LLAMA.replace("LlamaForCausalLM", "LlamaModel")}),
+    Case("judge-no-prompts", "data", "dpo-cli eval --judge with a prompts file that holds no prompt",
+         ["eval", "{tmp}/run", "--judge", "builtin:tiny-chat", "--prompts", "{tmp}/prompts.txt"],
+         "{tmp}/prompts.txt: no prompts", {**JUDGED_RUN, "prompts.txt": "\n\n"}),
+    Case("judge-options-alone", "option", "dpo-cli eval with judging options but no --judge",
+         ["eval", "{tmp}/run", "-n", "5"], "-n only applies with --judge", JUDGED_RUN),
+    Case("judge-reward-stage", "recipe", "eval.judge in a stage that trains no language model", TRAIN,
+         "{tmp}/r.yaml:7: field 'eval.judge': stage reward makes no language model to judge: eval.judge judges the "
+         "answers of a trained policy (dpo, orpo, sft, ppo, ...)",
+         {"r.yaml": GOOD_RECIPE.replace("stage: dpo", "stage: reward").replace(
+             "trainer:\n  beta: 0.1\n", "eval:\n  judge: builtin:tiny-chat\n  prompts: {tmp}/train.jsonl\n"),
+          "train.jsonl": PAIR}),
     Case("rows-all-too-long", "data", "training rows whose prompts all fill max_length", [*TRAIN, "trainer.max_length=2"],
          "no training rows are left once TRL has prepared them: every prompt fills trainer.max_length (2), and TRL "
          "drops such rows; raise max_length or shorten the prompts (dpo-cli inspect-data --tokenizer shows the "

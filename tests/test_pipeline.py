@@ -186,6 +186,9 @@ def test_iterative_dpo_runs_two_rounds_reports_each_and_reruns_only_what_changed
     for name in ("round1-dpo", "round2-dpo"):
         small += [f"{name}.trainer.max_steps=2", f"{name}.data.eval={{path: builtin:demo/eval.jsonl, limit: 8}}"]
     small += [f"{name}.plot=false" for name in ("sft", "rm", "round1-dpo", "round2-dpo")]
+    # each round judged by the reward model against the round before; round 2 against the base (sft) too
+    small += ["round1-dpo.eval={judge: '${rm.output_dir}', n: 2, max_new_tokens: 4}",
+              "round2-dpo.eval={judge: '${rm.output_dir}', n: 2, max_new_tokens: 4, also_against: ['${sft.output_dir}']}"]
 
     def said() -> list[str]:
         return [line for line in capsys.readouterr().err.splitlines() if line.startswith("stage ")]
@@ -203,6 +206,14 @@ def test_iterative_dpo_runs_two_rounds_reports_each_and_reruns_only_what_changed
         assert all(0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["logprob_accuracy"] <= 1.0 for t in r["trained"])
     round1 = json.loads((tmp_path / "round1-dpo" / "run.json").read_text())
     assert round1["data"]["train"]["rows"] == rounds[0]["pairs"]  # round 1's DPO trained on round 1's pairs
+    judged = [[(j["against"], j["win_rate"]) for j in r["trained"][0]["judged"]] for r in rounds[:2]]
+    assert [[against for against, _ in js] for js in judged] == [["sft"], ["round1-dpo", "sft"]]
+    assert all(0.0 <= rate <= 1.0 for js in judged for _, rate in js)
+    assert round1["evaluation"]["judge"]["prompts"] == 2 and "after" in round1["evaluation"]
+    from dpo_cli.evidence.tables import pipeline_rows
+
+    labels = [row[0] for row in pipeline_rows(summary)[3]]
+    assert "  judged win rate vs the model it started from" in labels and "  judged win rate vs sft" in labels
 
     said()
     run_pipeline(load_pipeline(ITERATIVE, small))

@@ -19,6 +19,16 @@ AFTER = {"pairs": 8, "reward_accuracy": 0.875, "reward_margin": 0.12, "logprob_a
          "margin_histogram": {"edges": [-0.1, 0.0, 0.1, 0.2, 0.3], "counts": [1, 3, 3, 1]},
          "length_bias": {"chosen_longer_fraction": 0.625, "correlation": 0.5, "r_squared": 0.25,
                          "margin_per_token": 0.004}}
+JUDGE = {"prompts": 10, "wins": 6, "ties": 2, "losses": 2, "win_rate": 0.7,
+         "interval": {"low": 0.3968, "high": 0.8922, "level": 0.95, "method": "Wilson"},
+         "length_controlled_win_rate": 0.6123, "mean_length": {"tuned": 41.5, "base": 37.0, "unit": "tokens"},
+         "mean_margin": 0.3, "tuned": "run", "against": "base-model", "prompts_source": "eval.jsonl",
+         "judge": {"path": "runs/rm", "kind": "reward"},
+         "settings": {"decoding": "greedy", "n": 10, "max_new_tokens": 64, "sample": False, "temperature": 0.7,
+                      "top_p": 0.9, "seed": 0},
+         "largest_gains": [{"prompt": "Name a <colour>", "tuned": "red", "base": "", "margin": 1.25, "outcome": 1.0}],
+         "largest_losses": [{"prompt": "Say hi", "tuned": "no", "base": "hi", "margin": -0.5, "outcome": 0.0}],
+         "rows_file": "judge.jsonl"}
 BEFORE = {"pairs": 8, "reward_accuracy": 0.0, "reward_margin": 0.0, "logprob_accuracy": 0.5, "logps_chosen": -61.0,
           "logps_rejected": -69.0, "kl_chosen_per_token": 0.0}
 
@@ -33,7 +43,7 @@ def make_run(run_dir: Path, *, evaluation=True, metrics=True, generations=True) 
                          "eval": {"files": ["eval.jsonl"], "rows": 8, "fingerprint": "e" * 64}},
                 "warnings": ["step 9: the log-probs of the chosen responses have been falling <steadily>"]}
     if evaluation:
-        manifest["evaluation"] = {"before": BEFORE, "after": AFTER}
+        manifest["evaluation"] = {"before": BEFORE, "after": AFTER, "judge": JUDGE}
     (run_dir / "run.json").write_text(json.dumps(manifest))
     (run_dir / "recipe.resolved.yaml").write_text("stage: dpo\nmodel:\n  chat_template: '<|im_start|>{{x}}'\n")
     if metrics:
@@ -76,6 +86,7 @@ def test_report_of_a_bare_run_still_has_every_section_saying_what_is_missing(tmp
     html = write_report(run, tmp_path / "elsewhere.html").read_text()
     assert all(f'<section id="{key}">' in html for key in SECTIONS)
     assert "no held-out evaluation" in html and "no curves" in html and "dpo-cli compare" in html
+    assert "not judged" in html
     assert not (run / "report.html").exists()
 
 
@@ -106,6 +117,10 @@ def test_report_renders_in_headless_chromium_with_every_plot_showing(report, tmp
     assert [int(w) for w in widths.group(1).split(",")] == [640] * 6 + [320, 640]  # curves are 640 px, a grid of one 320
     for title in SECTIONS.values():
         assert f"<h2>{title}</h2>" in done.stdout
+    judged = done.stdout.split('<section id="judge">')[1].split("</section>")[0]
+    for shown in ("6 / 2 / 2", "0.700 (95% Wilson interval 0.397 to 0.892)", "0.612", "41.5 / 37.0 tokens",
+                  "Name a &lt;colour&gt;", "(empty)", "-0.500"):
+        assert shown in judged, shown
 
 
 PAIRS = {"prompts": 6, "samples_per_prompt": 4, "samples": 24, "pairs": 5, "ties": 1, "empty_samples": 0,

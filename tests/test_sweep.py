@@ -99,6 +99,24 @@ def _fake_point(point, status: str = "completed", accuracy: float | None = None,
                            if after else {})})
 
 
+def test_a_judged_win_rate_is_a_column_and_a_selectable_figure(capsys, tmp_path):
+    out = tmp_path / "sw"
+    sweep = plan_sweep(TINY, [f"output_dir={out}"], ["trainer.beta=0.1,0.2"])
+    for point, (accuracy, win) in zip(sweep.points, ((0.9, 0.40), (0.6, 0.70))):
+        _fake_point(point, accuracy=accuracy)
+        run = RunDir(point.recipe.output_dir)
+        manifest = run.read_json(RunDir.MANIFEST)
+        manifest["evaluation"]["judge"] = {"win_rate": win, "length_controlled_win_rate": win / 2}
+        run.write_manifest(manifest)
+    code, stdout, err = run_cli(capsys, "train", str(TINY), f"output_dir={out}", "--sweep", "trainer.beta=0.1,0.2",
+                                "--select", "eval.win_rate")
+    assert code == 0, err
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [p["name"] for p in summary["points"]] == ["trainer.beta=0.2", "trainer.beta=0.1"]
+    assert summary["points"][0]["heldout"]["lc_win_rate"] == 0.35
+    assert "LC win" in stdout and "0.700" in stdout
+
+
 def test_completed_points_are_skipped_and_ranked_best_first(capsys, tmp_path):
     out = tmp_path / "sw"
     args = [str(TINY), f"output_dir={out}", "--sweep", "trainer.beta=0.05,0.1,0.2"]

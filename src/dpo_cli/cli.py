@@ -188,7 +188,8 @@ def eval_(
     model_or_run: Annotated[str, typer.Argument(help="A run directory, or a model (directory or hub name).",
                                                 show_default=False)],
     data: Annotated[Optional[str], typer.Option("--data", help="Preference pairs to score (default: the run's "
-                                                "held-out data).", show_default=False)] = None,
+                                                "held-out data); with --judge, rows whose prompts are answered.",
+                                                show_default=False)] = None,
     ref: Annotated[Optional[str], typer.Option("--ref", help="Reference model (default: the run's starting model).",
                                                show_default=False)] = None,
     beta: Annotated[Optional[float], typer.Option("--beta", help="DPO beta (default: the run's).",
@@ -196,8 +197,61 @@ def eval_(
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="Truncate pairs to this many tokens.",
                                                       show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON on stdout.")] = False,
+    judge: Annotated[Optional[str], typer.Option(
+        "--judge", help="Judged win rate of the run's answers against its base: a reward model, or a causal LM asked "
+        "in both orders.", show_default=False)] = None,
+    against: Annotated[Optional[str], typer.Option(
+        "--against", help="With --judge: the model or run to beat (default: the run's starting model).",
+        show_default=False)] = None,
+    also_against: Annotated[Optional[list[str]], typer.Option(
+        "--also-against", help="With --judge: one more model or run to judge against on the same prompts "
+        "(repeatable).", show_default=False)] = None,
+    prompts: Annotated[Optional[Path], typer.Option(
+        "--prompts", help="With --judge: prompts (JSON lines with a prompt, or one per line) instead of the run's "
+        "held-out data.", show_default=False)] = None,
+    n: Annotated[Optional[int], typer.Option("-n", min=1, help="With --judge: how many prompts (default 100).",
+                                             show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        "--max-new-tokens", min=1, help="With --judge: answer length limit (default 128).", show_default=False)
+    ] = None,
+    sample: Annotated[bool, typer.Option("--sample", help="With --judge: sample the answers (temperature 0.7, top-p "
+                                         "0.9) instead of greedy decoding.")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="With --judge: sampling seed (default 0).",
+                                                show_default=False)] = None,
+    judge_template: Annotated[Optional[str], typer.Option(
+        "--judge-template", help="With a judge LM: the question, with {prompt}, {answer_a} and {answer_b}.",
+        show_default=False)] = None,
 ):
-    """Score held-out pairs: preference accuracy, margins, log-probs, KL to the reference, length bias."""
+    """Score held-out pairs: preference accuracy, margins, log-probs, KL to the reference, length bias; or, with
+    --judge, a judged win rate of the run against its base."""
+    from dpo_cli.core.errors import InputError
+
+    judge_only = {"--against": against, "--also-against": also_against or None, "--prompts": prompts, "-n": n,
+                  "--max-new-tokens": max_new_tokens,
+                  "--sample": sample or None, "--seed": seed, "--judge-template": judge_template}
+    if judge is None and any(v is not None for v in judge_only.values()):
+        given = [k for k, v in judge_only.items() if v is not None]
+        raise InputError(f"{', '.join(given)} only appl{'ies' if len(given) == 1 else 'y'} with --judge")
+    if judge is not None:
+        if ref is not None or beta is not None or max_length is not None:
+            raise InputError("--ref, --beta and --max-length score pairs; with --judge use --against MODEL_OR_RUN")
+        from dpo_cli.evidence.judge import JudgeSettings, evaluate_with_judge
+
+        settings = JudgeSettings(**{k: v for k, v in (("n", n), ("max_new_tokens", max_new_tokens), ("seed", seed))
+                                    if v is not None}, sample=sample)
+        results = evaluate_with_judge(model_or_run, judge, settings, against=against, prompts=prompts, data=data,
+                                      template=judge_template, also=also_against or ())
+        if as_json:  # the shape run.json's evaluation holds them in
+            import json
+
+            typer.echo(json.dumps({"judge": results[0], **({"judge_also": results[1:]} if results[1:] else {})},
+                                  indent=2, ensure_ascii=False))
+        else:
+            from dpo_cli.evidence.tables import print_judge
+
+            for result in results:
+                print_judge(console.stdout, result)
+        return
     from dpo_cli.evidence.evaluate import resolve_target, run_eval
 
     _positive_tokens(max_length)

@@ -25,6 +25,7 @@ class RunDir:
     COMPARE_JSON = "compare.json"
     PAIRS = "pairs.jsonl"  # a pairs stage's preference pairs, in TRL's rows
     SAMPLES = "samples.jsonl"  # every sample a pairs stage drew, with its reward and what became of it
+    JUDGE = "judge.jsonl"  # every prompt of a judged win rate: both answers, the judge's scores and the outcome
     PIPELINE = "pipeline.json"  # a pipeline's summary: every stage's headline figures, and per round
     SWEEP = "sweep.json"  # a sweep's summary: every point's held-out figures, best first
 

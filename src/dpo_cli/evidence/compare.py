@@ -70,7 +70,7 @@ def data_prompts(path: str, n: int) -> list[Any]:
     return [rows[i]["prompt"] for i in range(min(n, len(rows)))]
 
 
-def _encode(tokenizer, prompt, *, as_chat: bool) -> list[int]:
+def encode_prompt(tokenizer, prompt, *, as_chat: bool) -> list[int]:
     if isinstance(prompt, str) and as_chat and tokenizer.chat_template:
         prompt = [{"role": "user", "content": prompt}]
     if isinstance(prompt, list):
@@ -79,7 +79,7 @@ def _encode(tokenizer, prompt, *, as_chat: bool) -> list[int]:
     return tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
-def _generate(model, tokenizer, ids: list[int], settings: Settings, sample: bool) -> str:
+def generate_answer(model, tokenizer, ids: list[int], settings: Settings, sample: bool) -> str:
     import torch
 
     device = next(model.parameters()).device
@@ -125,14 +125,14 @@ def compare(tuned: str | Path, prompts: list[Any], *, base: str | None = None, s
     tokenizer = load_tokenizer(ModelSection(name_or_path=str(tuned)))
     result = Comparison(base=base, tuned=str(tuned), settings=settings,
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    encoded = [_encode(tokenizer, p, as_chat=as_chat) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, as_chat=as_chat) for p in prompts]
     result.rows = [{"prompt": p} for p in prompts]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for name, path in (("base", base), ("tuned", str(tuned))):
         model = load_for_eval(path).to(device).eval()  # one model in memory at a time
         for row, ids in zip(result.rows, encoded):
-            row[f"{name}_greedy"] = _generate(model, tokenizer, ids, settings, sample=False)
-            row[f"{name}_sampled"] = _generate(model, tokenizer, ids, settings, sample=True)
+            row[f"{name}_greedy"] = generate_answer(model, tokenizer, ids, settings, sample=False)
+            row[f"{name}_sampled"] = generate_answer(model, tokenizer, ids, settings, sample=True)
         del model
     atomic_write_text(tuned / RunDir.COMPARE_MD, to_markdown(result))
     atomic_write_text(tuned / RunDir.COMPARE_JSON, json.dumps(asdict(result), indent=2, ensure_ascii=False))

@@ -14,7 +14,7 @@ from dpo_cli.core.paths import check_output_file
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.compare import prompt_text
 from dpo_cli.evidence.plots import CURVES, plot_run
-from dpo_cli.evidence.tables import METRIC_ROWS, length_bias_line, pipeline_rows
+from dpo_cli.evidence.tables import METRIC_ROWS, judge_summary_rows, length_bias_line, pipeline_rows
 
 # Section id -> heading; every report has all of them, saying so when a run has nothing for one.
 SECTIONS = {
@@ -24,6 +24,7 @@ SECTIONS = {
     "data": "Data",
     "curves": "Training curves",
     "evaluation": "Held-out evaluation, before and after",
+    "judge": "Judged win rate",
     "generations": "Sample generations",
     "warnings": "Watchdog",
 }
@@ -121,8 +122,8 @@ def _fmt(value: Any, fmt: str) -> str:
 
 
 def _evaluation(m: dict) -> str:
-    evaluation = m.get("evaluation")
-    if not evaluation:
+    evaluation = m.get("evaluation") or {}
+    if not (evaluation.get("before") or evaluation.get("after")):
         return ('<p class="muted">no held-out evaluation: the recipe had no data.eval or data.eval_split (or the run '
                 'did not finish). <code>dpo-cli eval RUN_DIR --data FILE</code> scores any pairs.</p>')
     before, after = evaluation.get("before") or {}, evaluation.get("after") or {}
@@ -140,6 +141,28 @@ def _evaluation(m: dict) -> str:
     line = length_bias_line(after.get("length_bias"))
     if line:
         parts.append(f"<p>{escape(line)}</p>")
+    return "".join(parts)
+
+
+def _judge(m: dict) -> str:
+    evaluation = m.get("evaluation") or {}
+    if not evaluation.get("judge"):
+        return ('<p class="muted">not judged: <code>dpo-cli eval RUN_DIR --judge JUDGE</code> (or <code>eval.judge'
+                '</code> in the recipe) judges the run\'s answers against its starting model</p>')
+    return "".join(_one_judgement(r) for r in [evaluation["judge"], *evaluation.get("judge_also", [])])
+
+
+def _one_judgement(result: dict) -> str:
+    parts = [f"<h3>Against {escape(str(result['against']))}</h3>", _kv_table(judge_summary_rows(result))]
+    for title, rows in (("Largest gains", result.get("largest_gains")), ("Largest losses",
+                                                                         result.get("largest_losses"))):
+        if not rows:
+            continue
+        cells = "".join(f"<tr><td class=num>{_fmt(r['margin'], '{:+.3f}')}</td><td>{escape(r['prompt'])}</td>"
+                        f"<td>{escape(r['tuned'] or '(empty)')}</td><td>{escape(r['base'] or '(empty)')}</td></tr>"
+                        for r in rows)
+        parts.append(f"<p>{title}, by the judge's margin</p><table class=gen><tr><th>margin</th><th>prompt</th>"
+                     f"<th>tuned</th><th>against</th></tr>{cells}</table>")
     return "".join(parts)
 
 
@@ -181,6 +204,7 @@ def render_report(run_dir: str | Path) -> str:
         "data": _data(manifest),
         "curves": _curves(run),
         "evaluation": _evaluation(manifest),
+        "judge": _judge(manifest),
         "generations": _generations(run),
         "warnings": _warnings(manifest),
     }
@@ -217,7 +241,8 @@ def render_pipeline_report(pipeline_dir: str | Path) -> str:
         stage_run = RunDir(run.path / name)
         manifest = stage_run.manifest_or_none()
         link = f'<a href="{escape(name)}/{RunDir.REPORT}">{escape(name)}</a>' if manifest else escape(name)
-        body = _summary(manifest) + _evaluation(manifest) if manifest else '<p class="muted">not run yet</p>'
+        body = _summary(manifest) + _evaluation(manifest) + _judge(manifest) if manifest \
+            else '<p class="muted">not run yet</p>'
         parts.append(f"<section id=\"stage-{escape(name)}\"><h2>Stage {link}</h2>{body}</section>")
     title = f"dpo-cli pipeline report: {run.path.resolve().name}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'

@@ -140,13 +140,16 @@ def evaluation_table(before: dict, after: dict, rows=METRIC_ROWS) -> Table:
 
 def print_run_summary(console: Console, result) -> None:
     manifest = result.manifest
-    evaluation = manifest.get("evaluation")
-    if evaluation:
+    evaluation = manifest.get("evaluation") or {}
+    if evaluation.get("after"):
         rows = REWARD_MODEL_ROWS if manifest.get("stage") == "reward" else METRIC_ROWS
         console.print(evaluation_table(evaluation["before"], evaluation["after"], rows))
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
+    for result in [evaluation.get("judge"), *evaluation.get("judge_also", [])]:
+        if result:
+            print_judge(console, result)
     line = throughput_line(manifest.get("throughput"))
     if line:
         console.print(line, markup=False)
@@ -192,6 +195,13 @@ def pipeline_rows(summary: dict) -> tuple[list[str], list[list[str]], list[str],
         ["  held-out accuracy after", *(_num(t.get("accuracy")) for t in trained)],
         ["  log-prob accuracy after", *(_num(t.get("logprob_accuracy")) for t in trained)],
     ]
+    # eval.judge in a round's training stage: its judged win rate against each opponent, the round before first
+    for slot in range(max((len(t.get("judged", [])) for t in trained), default=0)):
+        label = "the model it started from" if slot == 0 else \
+            ", ".join(sorted({t["judged"][slot]["against"] for t in trained if len(t.get("judged", [])) > slot}))
+        round_rows.append([f"  judged win rate vs {label}",
+                           *(_num(t["judged"][slot]["win_rate"]) if len(t.get("judged", [])) > slot else "-"
+                             for t in trained)])
     return stage_head, stage_rows, round_head, round_rows
 
 
@@ -248,13 +258,14 @@ def print_eval(console: Console, result: dict) -> None:
         console.print("no reference model (--ref): implicit-reward accuracy, margins and KL need one")
 
 
-# A sweep's columns: (header, key of a point's held-out figures, format). The judged win rate of eval.judge (issue 21,
-# item 1) gets a column here once runs record it; a column no point has is left out.
+# A sweep's columns: (header, key of a point's held-out figures, format); a column no point has is left out.
 SWEEP_COLUMNS = (
     ("accuracy", "reward_accuracy", "{:.3f}"),
     ("margin", "reward_margin", "{:+.4f}"),
     ("lp acc.", "logprob_accuracy", "{:.3f}"),  # length-normalised log-prob accuracy
     ("KL/tok", "kl_chosen_per_token", "{:.5f}"),
+    ("win", "win_rate", "{:.3f}"),  # judged by eval.judge, ties half
+    ("LC win", "lc_win_rate", "{:.3f}"),
 )
 
 
@@ -302,3 +313,50 @@ def print_sweep_summary(console: Console, summary: dict) -> None:
     elif summary.get("best"):
         best = next(p for p in summary["points"] if p["name"] == summary["best"])
         console.print(f"best by {select['metric']}: {summary['best']} in {best['output_dir']}", markup=False)
+
+
+def _short(text: str, width: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+def judge_summary_rows(result: dict) -> list[tuple[str, str]]:
+    """A judged win rate as (label, value) lines, for the console and the HTML report alike."""
+    interval, lengths, settings, judge = result["interval"], result["mean_length"], result["settings"], result["judge"]
+    kind = "reward model" if judge["kind"] == "reward" else "language model, asked in both orders"
+    decoding = "greedy" if settings["decoding"] == "greedy" else \
+        f"sampled (temperature {settings['temperature']}, top-p {settings['top_p']}, seed {settings['seed']})"
+    return [
+        ("tuned", result["tuned"]),
+        ("against", result["against"]),
+        ("judge", f"{judge['path']} ({kind})"),
+        ("prompts", f"{result['prompts']} from {result['prompts_source']}"),
+        ("answers", f"{decoding}, at most {settings['max_new_tokens']} new tokens"),
+        ("wins / ties / losses", f"{result['wins']} / {result['ties']} / {result['losses']}"),
+        ("win rate (ties count half)", f"{result['win_rate']:.3f} (95% Wilson interval "
+                                       f"{interval['low']:.3f} to {interval['high']:.3f})"),
+        ("length-controlled win rate", f"{result['length_controlled_win_rate']:.3f}"),
+        ("mean length, tuned / against", f"{lengths['tuned']:.1f} / {lengths['base']:.1f} {lengths['unit']}"),
+    ]
+
+
+def print_judge(console: Console, result: dict) -> None:
+    table = Table(title="judged win rate", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    for label, value in judge_summary_rows(result):
+        table.add_row(label, escape(value))
+    console.print(table)
+    for title, rows in (("largest gains", result.get("largest_gains")),
+                        ("largest losses", result.get("largest_losses"))):
+        if not rows:
+            continue
+        table = Table(title=f"{title} (by the judge's margin)", title_justify="left")
+        for column in ("margin", "prompt", "tuned", "against"):
+            table.add_column(column, justify="right" if column == "margin" else "left", overflow="fold")
+        for row in rows:
+            table.add_row(f"{row['margin']:+.3f}", escape(_short(row["prompt"])),
+                          escape(_short(row["tuned"] or "(empty)")), escape(_short(row["base"] or "(empty)")))
+        console.print(table)
+    console.print(f"every prompt, both answers and the judge's scores: {result['tuned']}/{result['rows_file']}",
+                  markup=False)

@@ -206,6 +206,9 @@ def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
     if recipe.reward is not None and not stage.uses_reward:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_reward)
         raise error(("reward",), f"stage {recipe.stage} does not use a reward: section ({users} do)")
+    if recipe.eval is not None and not (stage.trains and stage.policy == "causal-lm"):
+        raise error(("eval", "judge"), f"stage {recipe.stage} makes no language model to judge: eval.judge judges the "
+                                       "answers of a trained policy (dpo, orpo, sft, ppo, ...)")
     if recipe.ref_model != RefModelSection() and not stage.uses_ref_model:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_ref_model)
         raise error(("ref_model",), f"stage {recipe.stage} does not use a ref_model: section ({users} do); its "

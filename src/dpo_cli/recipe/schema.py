@@ -224,6 +224,32 @@ class SamplingSection(_Section):
         return value
 
 
+class EvalSection(_Section):
+    """What the end of training judges beyond the held-out pairs: a judged win rate of the trained model's answers
+    against its starting model (dpo-cli eval RUN --judge JUDGE does the same afterwards)."""
+
+    judge: str = Field(description="a reward model (e.g. a reward stage's output_dir) or a causal LM judge")
+    n: int = Field(default=100, gt=0, description="how many held-out prompts")
+    max_new_tokens: int = Field(default=128, gt=0)
+    sample: bool = Field(default=False, description="sample the answers; greedy decoding by default")
+    temperature: float = Field(default=0.7, gt=0.0, description="with sample")
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0, description="with sample")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="with sample: prompt i is sampled with seed + i")
+    template: str | None = Field(default=None, description="a judge LM's question: a file with {prompt}, "
+                                 "{answer_a} and {answer_b} (default: the template dpo-cli ships)")
+    prompts: str | None = Field(default=None, description="prompts file (default: the run's held-out data)")
+    data: str | None = Field(default=None, description="a data file whose rows' prompts are used")
+    against: str | None = Field(default=None, description="the model or run to beat (default: model.name_or_path)")
+    also_against: list[str] = Field(default_factory=list, description="more models or runs to judge against on the "
+                                    "same prompts, e.g. in a pipeline round the base: ${sft.output_dir}")
+
+    @model_validator(mode="after")
+    def _one_prompt_source(self) -> EvalSection:
+        if self.prompts and self.data:
+            raise ValueError("give either eval.prompts or eval.data, not both")
+        return self
+
+
 def _auto_ref(value: Any) -> Any:
     # `ref_model: auto` (or an empty `ref_model:`) is the default strategy
     return {} if value is None or value == "auto" else value
@@ -263,6 +289,17 @@ class Recipe(_Section):
     early_stopping: EarlyStoppingSection | None = None
     reward: RewardSection | None = None
     sampling: SamplingSection | None = None
+    eval: EvalSection | None = None
+
+    @field_validator("eval")
+    @classmethod
+    def _judge_needs_prompts(cls, value, info: ValidationInfo):
+        data = info.data.get("data")
+        if value is not None and not (value.prompts or value.data) and data is not None \
+                and not (data.eval or data.eval_split):
+            raise ValueError("eval.judge needs held-out prompts: set data.eval or data.eval_split, or eval.prompts "
+                             "or eval.data")
+        return value
 
     @field_validator("early_stopping")
     @classmethod
@@ -288,6 +325,9 @@ class Recipe(_Section):
         if self.reward is not None:
             named += [self.reward.model, self.reward.value_model]
             named += [f.rpartition(":")[0] for f in self.reward.functions if isinstance(f, str) and ":" in f]
+        if self.eval is not None:
+            named += [self.eval.judge, self.eval.template, self.eval.prompts, self.eval.data, self.eval.against,
+                      *self.eval.also_against]
         found = []
         for name in filter(None, named):
             path = Path(name)

@@ -23,7 +23,16 @@ def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = N
     """One stage recipe: a stage that makes data runs its own flow, every other one trains."""
     stage = get_stage(recipe.stage)
     if stage.trains:
-        return train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+        if recipe.eval is not None:
+            from dpo_cli.evidence.judge import check_before_training
+
+            check_before_training(recipe.eval)  # a judge that cannot judge is said before training, not after it
+        result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+        if recipe.eval is not None and result.is_main:
+            from dpo_cli.evidence.judge import judge_after_training
+
+            judge_after_training(recipe, result.manifest)
+        return result
     if resume:
         raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
     return stage.make_data(recipe, overwrite=overwrite)
@@ -91,6 +100,11 @@ def _headline(manifest: dict) -> dict[str, Any]:
                "logprob_accuracy": after.get("logprob_accuracy"), "pairs": made.get("pairs"), "ties": made.get("ties"),
                "mean_reward": made.get("mean_reward"), "heldout_mean_reward": (made.get("heldout") or {}).get(
                    "mean_reward")}
+    judged = [j for j in [(manifest.get("evaluation") or {}).get("judge"),
+                          *(manifest.get("evaluation") or {}).get("judge_also", [])] if j]
+    if judged:  # eval.judge: the win rate against the starting model (the round before), then any others (the base)
+        figures["judged"] = [{"against": j["against"], "win_rate": j["win_rate"],
+                              "length_controlled_win_rate": j["length_controlled_win_rate"]} for j in judged]
     return {key: value for key, value in figures.items() if value is not None}
 
 
@@ -116,7 +130,9 @@ def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str,
             "policy": outputs.get(s.recipe.model.name_or_path, s.recipe.model.name_or_path),
             **{k: figures[k] for k in ("pairs", "ties", "mean_reward", "heldout_mean_reward") if k in figures},
             **({"judge": judges[0], "judge_accuracy": stages[judges[0]].get("accuracy")} if judges else {}),
-            "trained": [{"name": n, **{k: stages[n][k] for k in ("accuracy", "logprob_accuracy") if k in stages[n]}}
+            "trained": [{"name": n, **{k: stages[n][k] for k in ("accuracy", "logprob_accuracy") if k in stages[n]},
+                         **({"judged": [{**j, "against": outputs.get(j["against"], j["against"])}
+                                        for j in stages[n]["judged"]]} if "judged" in stages[n] else {})}
                         for n in trained],
         })
     return {"output_dir": str(pipeline.output_dir), "stages": stages, "rounds": rounds}

@@ -180,7 +180,8 @@ def _wait_for_everyone() -> None:
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:
     """What a checkpoint records so a resume can refuse a different recipe or different data."""
-    return {"recipe": redact(recipe.model_dump(mode="json")),
+    # eval: only says what to judge once training is done, so changing it does not make a checkpoint foreign
+    return {"recipe": redact(recipe.model_dump(mode="json", exclude={"eval"})),
             "data": {split: info.get("fingerprint") for split, info in data_info.items()}}
 
 

@@ -25,6 +25,8 @@ DEFAULT_SELECT = "eval.accuracy"
 ALIASES = {"accuracy": "reward_accuracy", "margin": "reward_margin", "kl": "kl_chosen_per_token"}
 FIGURES = ("reward_accuracy", "reward_margin", "logprob_accuracy", "logps_chosen", "logps_rejected",
            "kl_chosen_per_token", "margin_std", "reward_chosen", "reward_rejected")
+# the judged win rate of eval.judge (run.json's evaluation.judge): name here -> its key there
+JUDGED = {"win_rate": "win_rate", "lc_win_rate": "length_controlled_win_rate"}
 LOWER_IS_BETTER = {"kl_chosen_per_token"}  # less drift from the reference; every other figure ranks highest first
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+\-=@]")  # what a point's directory name may hold (POSIX and Windows alike)
 _MAX_NAME = 200
@@ -124,10 +126,10 @@ def parse_metric(select: str | None) -> Metric:
     """``eval.KEY`` with an optional ``:max`` or ``:min``; KEY a held-out figure of run.json or a short name."""
     name = select or DEFAULT_SELECT
     text, _, order = name.partition(":")
-    names = [f"eval.{k}" for k in (*ALIASES, *FIGURES)]
+    names = [f"eval.{k}" for k in (*ALIASES, *FIGURES, *JUDGED)]
     section, _, key = text.partition(".")
     key = ALIASES.get(key, key)
-    if section != "eval" or key not in FIGURES:
+    if section != "eval" or key not in (*FIGURES, *JUDGED):
         raise InputError(f"--select {name}: not a held-out figure{did_you_mean(text, names)} (the names: "
                          f"{', '.join(names)}; add :min or :max to choose the order)")
     if order not in ("", "min", "max"):
@@ -308,15 +310,15 @@ def _record(point: Point, this_run: str, manifest: dict, seconds: float | None, 
             error: str | None = None) -> dict[str, Any]:
     evaluation = manifest.get("evaluation") or {}
     after, before = evaluation.get("after") or {}, evaluation.get("before") or {}
+    judge = evaluation.get("judge") or {}
     record = {
         "name": point.name, "output_dir": point.recipe.output_dir, "values": point.values,
         "overrides": list(point.overrides), "status": manifest.get("status", "failed"), "this_run": this_run,
         "steps": manifest.get("global_step"), "seconds": seconds,
-        "heldout": {key: after[key] for key in FIGURES if isinstance(after.get(key), (int, float))},
+        "heldout": {**{key: after[key] for key in FIGURES if isinstance(after.get(key), (int, float))},
+                    **{name: judge[key] for name, key in JUDGED.items() if isinstance(judge.get(key), (int, float))}},
         "heldout_before": {key: before[key] for key in FIGURES if isinstance(before.get(key), (int, float))},
         "heldout_pairs": after.get("pairs"),
-        # the judged win rate of eval.judge (issue 21, item 1) belongs here and in the table's columns
-        # (evidence/tables.py SWEEP_COLUMNS), read from where that feature records it in run.json
         "reuse": reuse,
     }
     if error:
