@@ -170,8 +170,15 @@ CASES = [
          "--gpu-memory 'lots' is not a size; write it like 24GiB, 80GB or 40960MiB", recipe_with("", "")),
     Case("plan-options-without-dry-run", "option", "--gpu-memory or --json without --dry-run",
          [*TRAIN, "--json"], "--gpu-memory and --json describe a plan: use them with --dry-run", recipe_with("", "")),
-    Case("resume-nothing", "option", "--resume auto with no complete checkpoint", [*TRAIN, "--resume", "auto"],
-         "--resume auto: no complete checkpoint in {tmp}/run", recipe_with("", "", **{"run/checkpoint-2/x": ""})),
+    Case("resume-nothing", "option", "--resume auto with no complete checkpoint in a folder of other files",
+         [*TRAIN, "--resume", "auto"],
+         "--resume auto: no complete checkpoint in {tmp}/run, and it holds files no dpo-cli run wrote (no run.json), "
+         "so training cannot start over in it; choose another output_dir",
+         recipe_with("", "", **{"run/checkpoint-2/x": ""})),
+    Case("resume-completed", "option", "--resume auto on a completed run that kept no checkpoint",
+         [*TRAIN, "--resume", "auto"],
+         "--resume auto: {tmp}/run holds a completed run and no checkpoint to resume from; nothing to do (--overwrite "
+         "trains it again)", recipe_with("", "", **{"run/run.json": '{"status": "completed"}'})),
     Case("resume-missing", "option", "--resume PATH that does not exist",
          [*TRAIN, "--resume", "{tmp}/run/checkpoint-9"],
          "--resume {tmp}/run/checkpoint-9: no such checkpoint directory", recipe_with("", "")),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -93,6 +95,24 @@ def test_dry_run_prints_the_launch_command(capsys, write_recipe, tmp_path, cpu_o
     assert code == 0 and "--nproc_per_node 2 -m dpo_cli train" in out and "trainer.beta=0.2" in out
 
 
+@pytest.mark.parametrize("nproc, precompute", [(1, False), (8, True)])
+def test_a_dry_run_plans_for_the_processes_it_is_given(capsys, tmp_path, nproc, precompute):
+    """20 steps of 8 rows see 40 % of the 404 demo rows in one process and every row in eight: the reference is
+    precomputed on a GPU only when every row is seen, so the plan must count all processes."""
+    import json
+
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"), f"output_dir={tmp_path}",
+                             "--nproc", str(nproc), "--gpu-memory", "80GB", "--dry-run", "--json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["processes"] == nproc
+    assert plan["global_batch"] == {"per_device": 8, "accumulation": 1, "processes": nproc, "rows": 8 * nproc}
+    chosen = next(d for d in plan["defaults"] if d["key"] == "ref_model.precompute")
+    assert chosen["value"] is precompute and f"20 steps x {8 * nproc} rows" in chosen["reason"]
+
+
 @pytest.mark.slow
 def test_a_rank_other_than_0_can_build_the_tiny_model(tmp_path):
     """Under torchrun, transformers' save_pretrained writes on rank 0 only; here rank 1 builds first, rank 0 after."""
@@ -133,3 +153,37 @@ def test_pairs_under_two_torchrun_ranks_shares_the_prompts_and_writes_once(tiny_
     assert written == prompts["prompt"]  # both ranks' shares, back in the data's order
     assert done.stdout.count("done:") == 1 and done.stderr.count("pairs: ") == 1  # the main process reports
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_nproc_wrapper_stops_every_worker_with_a_checkpoint(tiny_model, tmp_path):
+    """The wrapper passes the signal to the launcher, which hands it to the workers: they stop after the same step
+    with a checkpoint, the main one says so once, and the wrapper exits 143 after them."""
+    import psutil
+
+    from dpo_cli.train import checkpoints
+
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    wrapper = subprocess.Popen([sys.executable, "-m", "dpo_cli", "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"),
+                                f"output_dir={out}", "trainer.max_steps=200", "trainer.logging_steps=1",
+                                "trainer.per_device_train_batch_size=2", "data.eval=null", "--nproc", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not ((out / "metrics.jsonl").exists() and (out / "metrics.jsonl").read_text().strip()):
+        assert wrapper.poll() is None and time.time() < deadline, "no step logged"
+        time.sleep(0.2)
+    started = psutil.Process(wrapper.pid).children(recursive=True)  # the launcher and both workers
+    assert len(started) >= 3
+    wrapper.send_signal(signal.SIGTERM)
+    _, err = wrapper.communicate(timeout=300)
+
+    assert wrapper.returncode == 143, err[-3000:]
+    assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err and "signal" not in err.replace(
+        "stopped by SIGTERM", ""), err[-3000:]
+    saved = checkpoints.newest_complete(out)[0]
+    assert saved is not None and f"checkpoint saved in {saved}" in err
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["status"] == "interrupted" and manifest["checkpoint"] == str(saved)
+    assert int(saved.name.split("-")[1]) < 200
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

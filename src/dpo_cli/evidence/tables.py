@@ -30,6 +30,8 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     device = plan["device"]
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
+    if plan.get("global_batch"):
+        console.print(f"[bold]processes[/]  {plan['processes']}; {batch_text(plan['global_batch'])}", highlight=False)
     for default in plan.get("defaults", []):
         how = "set by the recipe" if default.explicit else f"chosen: {default.reason}"
         console.print(f"[bold]{default.key}[/] {str(default.value).lower()} ({escape(how)})")
@@ -82,6 +84,8 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "config_class": plan["config_class"],
         "config_fields": redact(plan["config_fields"]),
         "device": dataclasses.asdict(plan["device"]),
+        "processes": plan.get("processes", 1),
+        "global_batch": plan.get("global_batch"),
         "defaults": [dataclasses.asdict(d) for d in plan.get("defaults", [])],
         "reference": plan["reference"],
         "safety": plan["safety"],
@@ -90,6 +94,13 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "notes": plan.get("notes", []),
     }
     return json.dumps(document, indent=2, default=str)
+
+
+def batch_text(batch: dict) -> str:
+    """The global batch as a product, so a reader sees where each factor comes from."""
+    processes = f"{batch['processes']} process" + ("es" if batch["processes"] > 1 else "")
+    return (f"global batch {batch['rows']} rows per optimizer step ({batch['per_device']} per device x "
+            f"{batch['accumulation']} accumulation x {processes})")
 
 
 def throughput_line(throughput: dict | None) -> str | None:

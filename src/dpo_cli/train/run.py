@@ -45,12 +45,13 @@ class Upstream:
     model: str  # what it starts from: its output model has that shape
 
 
-def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = ()
-             ) -> dict[str, Any]:
+def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = (),
+             processes: int = 1) -> dict[str, Any]:
     """What --dry-run prints: device decision, the defaults this run gets, the TRL config fields we set, the
     reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine may not
-    have (--gpu-memory). In a pipeline, data an ``upstream`` stage writes is said rather than read, and a model it
-    writes is planned as the model it starts from (``planned_model``).
+    have (--gpu-memory), ``processes`` for the process count the run will have (--nproc x --nnodes). In a pipeline,
+    data an ``upstream`` stage writes is said rather than read, and a model it writes is planned as the model it
+    starts from (``planned_model``).
 
     Data that cannot be read is ``data_error`` (the caller prints the plan, then raises it)."""
     stage = get_stage(recipe.stage)
@@ -71,7 +72,7 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
         if train else None
 
-    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, lambda: train_data))
+    settled, defaults = settle_defaults(recipe, PlannedRun(plan, processes, lambda: train_data))
     config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
     kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
@@ -84,6 +85,8 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "config_class": type(config).__name__ if config is not None else None,
         "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
         "device": plan,
+        "processes": processes,
+        "global_batch": global_batch(config, processes) if config is not None else None,
         "defaults": defaults,
         "reference": stage.reference(settled).description,
         "safety": _safety(stage),
@@ -93,6 +96,13 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
+
+
+def global_batch(args, processes: int) -> dict[str, int]:
+    """Rows per optimizer step: per device x accumulation x processes (per_device_train_batch_size is per process)."""
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    return {"per_device": per_device, "accumulation": accumulation, "processes": processes,
+            "rows": per_device * accumulation * processes}
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
@@ -146,6 +156,28 @@ def _identity(recipe: Recipe, data_info: dict) -> dict:
             "data": {split: info.get("fingerprint") for split, info in data_info.items()}}
 
 
+def _auto_resume(run: RunDir, is_main: bool, overwrite: bool) -> tuple[str | None, bool]:
+    """``--resume auto`` with no complete checkpoint starts from the beginning, so one command serves a requeued job's
+    every attempt: the first, and one stopped before its first checkpoint (written over, as --overwrite would). A
+    completed run, or files dpo-cli did not write, are never trained over. Returns (resume, overwrite)."""
+    found, skipped = checkpoints.newest_complete(run.path)
+    if found is not None:
+        return "auto", overwrite
+    previous = run.read_json(RunDir.MANIFEST)
+    if isinstance(previous, dict) and previous.get("status") == "completed":
+        raise InputError(f"--resume auto: {run} holds a completed run and no checkpoint to resume from; nothing to "
+                         f"do (--overwrite trains it again)")
+    if previous is None and run.path.is_dir() and any(run.path.iterdir()):
+        raise InputError(f"--resume auto: no complete checkpoint in {run}, and it holds files no dpo-cli run wrote "
+                         f"(no {RunDir.MANIFEST}), so training cannot start over in it; choose another output_dir")
+    if is_main:
+        earlier = f"; the earlier attempt ({previous.get('status')}) is written over" if previous else ""
+        incomplete = f" ({len(skipped)} incomplete skipped)" if skipped else ""
+        console.note(f"--resume auto: no complete checkpoint in {run} yet{incomplete}: training starts from the "
+                     f"beginning{earlier}")
+    return None, True
+
+
 def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path:
     checkpoint = checkpoints.resolve_resume(run.path, resume, console.warn)
     changes = checkpoints.identity_diff(checkpoints.marker(checkpoint), identity)
@@ -189,6 +221,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
     run = RunDir(recipe.output_dir)
+    if resume == "auto":
+        resume, overwrite = _auto_resume(run, is_main, overwrite)
     check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
     record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, args.world_size))
