@@ -179,6 +179,13 @@ CASES = [
          [*TRAIN, "--resume", "auto"],
          "--resume auto: {tmp}/run holds a completed run and no checkpoint to resume from; nothing to do (--overwrite "
          "trains it again)", recipe_with("", "", **{"run/run.json": '{"status": "completed"}'})),
+    Case("nnodes-without-rank", "option", "--nnodes without this machine's --node-rank and node 0's --master",
+         [*TRAIN, "--nproc", "1", "--nnodes", "2"],
+         "--nnodes 2 needs this machine's --node-rank (0 to 1) and --master HOST:PORT, the address of node 0 that "
+         "every node can reach", recipe_with("", "")),
+    Case("master-not-host-port", "option", "a --master that is not HOST:PORT",
+         [*TRAIN, "--nproc", "1", "--nnodes", "2", "--node-rank", "0", "--master", "node0"],
+         "--master 'node0' is not HOST:PORT (for example 10.0.0.1:29500)", recipe_with("", "")),
     Case("resume-missing", "option", "--resume PATH that does not exist",
          [*TRAIN, "--resume", "{tmp}/run/checkpoint-9"],
          "--resume {tmp}/run/checkpoint-9: no such checkpoint directory", recipe_with("", "")),

@@ -187,3 +187,25 @@ def test_sigterm_to_the_nproc_wrapper_stops_every_worker_with_a_checkpoint(tiny_
     assert manifest["status"] == "interrupted" and manifest["checkpoint"] == str(saved)
     assert int(saved.name.split("-")[1]) < 200
     assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
+def test_a_node_that_never_joins_ends_the_wait_with_one_message(tiny_model, tmp_path):
+    """Node 0 of two started alone: it says what it waits for, and gives up after --join-timeout with one line."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    started = time.time()
+    done = subprocess.run([sys.executable, "-m", "dpo_cli", "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"),
+                           f"output_dir={tmp_path / 'run'}", "--nproc", "1", "--nnodes", "2", "--node-rank", "0",
+                           "--master", f"127.0.0.1:{port}", "--join-timeout", "3"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert time.time() - started < 90  # the timeout plus starting Python twice on a busy machine, not torch's 600 s
+    assert f"node 0 of 2: waiting up to 3 s (--join-timeout) for all 2 nodes to join at 127.0.0.1:{port}" in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "1/2 clients joined" in errors[0], done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()

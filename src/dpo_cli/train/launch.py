@@ -181,6 +181,16 @@ def relaunch(command: list[str], nodes: Nodes = Nodes()) -> int:
 def _launcher_main(kind: str, args: list[str]) -> int:
     """torchrun's or accelerate launch's entry point, with what they raise turned into an exit code and at most one
     line: a stop and a worker's failure are told by the workers; a rendezvous that never completes, by us."""
+    quiet = os.environ.get("DPO_CLI_DEBUG") != "1"
+    if quiet:  # c10d's C++ log of each failed try to reach node 0 (with a stack); the workers keep their own level
+        level = os.environ.get("TORCH_CPP_LOG_LEVEL")
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    import torch  # noqa: F401 (it reads TORCH_CPP_LOG_LEVEL once, as it loads)
+
+    if quiet:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+        if level is not None:
+            os.environ["TORCH_CPP_LOG_LEVEL"] = level
     from torch.distributed import DistError
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -196,7 +206,7 @@ def _launcher_main(kind: str, args: list[str]) -> int:
 
         def start():
             launch_command(launch_command_parser().parse_args(args))
-    if os.environ.get("DPO_CLI_DEBUG") != "1":
+    if quiet:
         import logging
 
         # the launcher logs each signal it passes on, per worker: the stop we asked for, which the workers report
@@ -216,7 +226,7 @@ def _launcher_main(kind: str, args: list[str]) -> int:
         return 128 - failure.exitcode
     except (DistError, RendezvousError) as exc:
         count, endpoint, timeout = os.environ.get("DPO_CLI_RENDEZVOUS", "1 ? ?").split()
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
         console.error(f"the {count} nodes did not all join at {endpoint} within {timeout} s (--join-timeout): "
                       f"{reason}. Start the same command on every node with its --node-rank, and check that node 0's "
                       f"address and port are reachable from the others")
