@@ -59,6 +59,12 @@ def test_two_torchrun_ranks_match_one_process_with_the_same_global_batch(tiny_mo
     assert double.stdout.count("done:") == 1
     manifest = json.loads((two / "run.json").read_text())
     assert manifest["status"] == "completed" and manifest["device"]["processes"] == 2
+    assert manifest["distributed"] == {"type": "MULTI_CPU", "processes": 2, "nodes": 1, "mixed_precision": "no",
+                                       "global_batch": {"per_device": 2, "accumulation": 1, "processes": 2, "rows": 4}}
+    assert double.stderr.count("runs as data parallel (DDP over gloo) over 2 processes on 1 node") == 1
+    assert "ran as data parallel (DDP over gloo) over 2 processes on 1 node, mixed precision off; global batch 4 " \
+           "rows per optimizer step (2 per device x 1 accumulation x 2 processes)" in double.stdout
+    assert json.loads((one / "run.json").read_text())["distributed"]["global_batch"]["rows"] == 4
     assert not [p.name for p in two.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
@@ -209,3 +215,23 @@ def test_a_node_that_never_joins_ends_the_wait_with_one_message(tiny_model, tmp_
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "1/2 clients joined" in errors[0], done.stderr[-3000:]
     assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_fsdp_asked_of_a_machine_without_gpus_says_what_runs_instead(tiny_model, tmp_path):
+    """accelerate launch with fsdp2.yaml on CPU runs plain data parallel in the config's bf16: the run says so once,
+    plans bf16 (what accelerate's autocast does), and records what ran."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "recipes" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2", "-m", "dpo_cli",
+                           "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"), f"output_dir={out}",
+                           "trainer.max_steps=2", "data.eval=null"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["distributed"]["type"] == "MULTI_CPU" and manifest["distributed"]["asked"] == "FSDP"
+    assert manifest["distributed"]["mixed_precision"] == "bf16" and manifest["device"]["precision"] == "bf16"
+    assert manifest["distributed"]["global_batch"]["rows"] == 16
+    assert done.stderr.count("warning: the Accelerate config asks for FSDP, but this run is data parallel") == 1
+    assert "ran as data parallel (DDP over gloo) over 2 processes" in done.stdout

@@ -103,6 +103,29 @@ def batch_text(batch: dict) -> str:
             f"{batch['accumulation']} accumulation x {processes})")
 
 
+KINDS = {"NO": "one process", "MULTI_CPU": "data parallel (DDP over gloo)", "MULTI_GPU": "data parallel (DDP)",
+         "FSDP": "FSDP (sharded)"}
+
+
+def distributed_line(record: dict, verb: str = "ran as") -> str:
+    """How a run runs over its processes, from run.json's ``distributed``."""
+    kind = KINDS.get(record["type"], record["type"])
+    if record["type"] == "DEEPSPEED":
+        kind = f"DeepSpeed ZeRO-{record.get('zero_stage')}"
+    where = "" if record["processes"] == 1 else \
+        f" over {record['processes']} processes on {record['nodes']} node{'s' if record['nodes'] > 1 else ''}"
+    precision = record["mixed_precision"].replace("no", "off")
+    return f"{verb} {kind}{where}, mixed precision {precision}; {batch_text(record['global_batch'])}"
+
+
+def mismatch_warning(record: dict, device: str) -> str:
+    """An Accelerate config's distributed type that is not what runs (accelerate falls back without a word)."""
+    why = ("; accelerate needs GPUs for it, and on a machine without any runs plain data parallel, a full copy of the "
+           "model in each process") if device == "cpu" else ""
+    kind = KINDS.get(record["type"], record["type"])
+    return f"the Accelerate config asks for {record['asked']}, but this run is {kind}{why}"
+
+
 def throughput_line(throughput: dict | None) -> str | None:
     """Tokens per second and MFU of a run, as the end-of-run table shows them."""
     if not throughput or throughput.get("tokens_per_second") is None:
@@ -157,6 +180,8 @@ def print_run_summary(console: Console, result) -> None:
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
+    if manifest.get("distributed"):
+        console.print(distributed_line(manifest["distributed"]), highlight=False)
     line = throughput_line(manifest.get("throughput"))
     if line:
         console.print(line, markup=False)

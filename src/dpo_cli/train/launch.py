@@ -17,6 +17,7 @@ import yaml
 from dpo_cli.core import console
 from dpo_cli.core.builtins import asset_path
 from dpo_cli.core.errors import InputError
+from dpo_cli.train.device import launcher
 
 SHIPPED_CONFIGS = ("ddp", "fsdp2", "zero2", "zero3", "zero3-offload")
 JOIN_TIMEOUT = 600  # seconds a node waits for the others at the rendezvous (torch's own default)
@@ -79,6 +80,34 @@ def check_processes(nproc: int, plan, share_gpus: bool) -> None:
                      f"({plan.reason}); processes on one GPU share its memory and do not match a single process. Use "
                      f"--nproc {plan.gpus}, make more GPUs visible (CUDA_VISIBLE_DEVICES), or pass --share-gpus to "
                      f"start them anyway")
+
+
+def global_batch(args, processes: int) -> dict[str, int]:
+    """Rows per optimizer step: per device x accumulation x processes (per_device_train_batch_size is per process)."""
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    return {"per_device": per_device, "accumulation": accumulation, "processes": processes,
+            "rows": per_device * accumulation * processes}
+
+
+def launched_by_accelerate() -> bool:
+    return launcher().precision is not None
+
+
+def distributed_record(trainer, args) -> dict:
+    """What runs, as accelerate set it up in this process: distributed type, processes and nodes, mixed precision
+    and the global batch; ``asked`` is the type an Accelerate config asked for when that is not what runs."""
+    state = trainer.accelerator.state
+    processes = state.num_processes
+    record = {"type": state.distributed_type.value, "processes": processes,
+              "nodes": max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes))),
+              "mixed_precision": str(trainer.accelerator.mixed_precision),
+              "global_batch": global_batch(args, processes)}
+    if record["type"] == "DEEPSPEED":
+        record["zero_stage"] = state.deepspeed_plugin.zero_stage
+    asked = launcher().kind
+    if asked and asked != record["type"]:
+        record["asked"] = asked
+    return record
 
 
 @dataclass(frozen=True)
@@ -224,6 +253,9 @@ def _launcher_main(kind: str, args: list[str]) -> int:
         name = signal.Signals(-failure.exitcode).name
         console.error(f"worker rank {rank} was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else ""))
         return 128 - failure.exitcode
+    except ImportError as exc:  # accelerate launch of a DeepSpeed config without deepspeed installed
+        console.error(f"{kind}: {exc}")
+        return 1
     except (DistError, RendezvousError) as exc:
         count, endpoint, timeout = os.environ.get("DPO_CLI_RENDEZVOUS", "1 ? ?").split()
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")

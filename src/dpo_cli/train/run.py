@@ -19,6 +19,7 @@ from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.tables import distributed_line, mismatch_warning
 from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
@@ -26,6 +27,7 @@ from dpo_cli.train.callbacks import CompleteCheckpoints, MetricsFileCallback, Pr
 from dpo_cli.train.config import build_config, defaults_note, defaults_record, settle_defaults, trainer_kwargs
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
+from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import load_models, load_tokenizer, quiet_libraries
@@ -96,13 +98,6 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
-
-
-def global_batch(args, processes: int) -> dict[str, int]:
-    """Rows per optimizer step: per device x accumulation x processes (per_device_train_batch_size is per process)."""
-    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    return {"per_device": per_device, "accumulation": accumulation, "processes": processes,
-            "rows": per_device * accumulation * processes}
 
 
 def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
@@ -269,6 +264,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                                                   ref_cache))
         for noisy in (TransformersProgress, PrinterCallback):
             trainer.remove_callback(noisy)
+        # what accelerate set up, which a launcher's config may not have got (FSDP on a machine without GPUs)
+        record.update(distributed=distributed_record(trainer, args))
+        if is_main and (manifest["distributed"]["processes"] > 1 or launched_by_accelerate()):
+            console.note(distributed_line(manifest["distributed"], "runs as"))
+            if "asked" in manifest["distributed"]:
+                console.warn(mismatch_warning(manifest["distributed"], plan.device))
         if len(trainer.train_dataset) == 0:
             raise DataError(f"no training rows are left once TRL has prepared them: every prompt fills "
                             f"trainer.max_length ({args.max_length}), and TRL drops such rows; raise max_length or "
