@@ -235,3 +235,36 @@ def test_fsdp_asked_of_a_machine_without_gpus_says_what_runs_instead(tiny_model,
     assert manifest["distributed"]["global_batch"]["rows"] == 16
     assert done.stderr.count("warning: the Accelerate config asks for FSDP, but this run is data parallel") == 1
     assert "ran as data parallel (DDP over gloo) over 2 processes" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_recipe_at_odds_with_the_launchers_mixed_precision_is_one_line_from_one_rank(tiny_model, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "recipes" / "accelerate" / "fsdp2.yaml"), "--num_processes", "2", "-m", "dpo_cli",
+                           "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"), f"output_dir={tmp_path / 'run'}",
+                           "trainer.bf16=false"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: the Accelerate config this run was launched with asks for mixed_precision: bf16, which "
+                      "accelerate applies to every process, but the recipe sets trainer.bf16=false; remove "
+                      "trainer.bf16 from the recipe or set mixed_precision: no in the config"], done.stderr[-3000:]
+    assert "dpo_cli/" not in done.stderr  # no worker traceback (accelerate launch adds its own ChildFailedError)
+
+
+@pytest.mark.slow
+def test_zero2_on_a_machine_without_gpus_runs_in_the_configs_bf16(tiny_model, tmp_path):
+    """DeepSpeed takes mixed precision from the config; the run's plan follows it instead of failing every rank."""
+    pytest.importorskip("deepspeed")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(REPO / "recipes" / "accelerate" / "zero2.yaml"), "--num_processes", "2", "-m", "dpo_cli",
+                           "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"), f"output_dir={out}",
+                           "trainer.max_steps=1", "data.eval=null"],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "run.json").read_text())["distributed"]
+    assert (record["type"], record["zero_stage"], record["mixed_precision"]) == ("DEEPSPEED", 2, "bf16")
+    assert "ran as DeepSpeed ZeRO-2 over 2 processes" in done.stdout

@@ -410,8 +410,7 @@ def main() -> None:
     except DpoCliError as exc:
         if _state["debug"] or _env_debug():
             raise
-        # a signal stops every rank of a launched job at the same step (GracefulStop); the main process says so once
-        if not (isinstance(exc, Interrupted) and os.environ.get("RANK", "0") != "0"):
+        if not (exc.every_rank and os.environ.get("RANK", "0") != "0"):  # the main process says it once
             console.error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

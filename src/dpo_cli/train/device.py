@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-from dpo_cli.core.errors import InputError
+from dpo_cli.core.errors import InputError, LauncherConflict
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?)B?\s*$", re.IGNORECASE)
 
@@ -85,17 +85,18 @@ def plan_device(trainer: dict[str, Any], hardware: DevicePlan | None = None) -> 
         return replace(plan, precision="fp16", reason=plan.reason + "; fp16 set by the recipe")
     asked = launcher().precision if hardware is None else None
     if asked in ("bf16", "fp16") and trainer.get(asked) is False:  # accelerate applies it whatever TRL's config says
-        raise InputError(f"the Accelerate config this run was launched with asks for mixed_precision: {asked}, "
-                         f"which accelerate applies to every process, but the recipe sets trainer.{asked}=false; "
-                         f"remove trainer.{asked} from the recipe or set mixed_precision: no in the config")
+        raise LauncherConflict(f"the Accelerate config this run was launched with asks for mixed_precision: {asked}, "
+                               f"which accelerate applies to every process, but the recipe sets trainer.{asked}=false; "
+                               f"remove trainer.{asked} from the recipe or set mixed_precision: no in the config")
     if trainer.get("bf16") is False and plan.precision == "bf16":
         return replace(plan, precision="fp32", reason=plan.reason + "; bf16 turned off by the recipe")
     if asked in ("bf16", "fp16") and asked != plan.precision:
         # TRL's config and a DeepSpeed config must agree (DeepSpeed takes the launcher's), and under DDP and FSDP
         # accelerate's autocast follows the launcher anyway: plan what will run
         if plan.device == "cpu" and asked == "fp16":
-            raise InputError("the Accelerate config this run was launched with asks for mixed_precision: fp16, "
-                             "which needs a GPU, and this machine has none; set mixed_precision: bf16 or no")
+            raise LauncherConflict("the Accelerate config this run was launched with asks for mixed_precision: "
+                                   "fp16, which needs a GPU, and this machine has none; set mixed_precision: bf16 "
+                                   "or no")
         return replace(plan, precision=asked, reason=plan.reason + f"; {asked} from the Accelerate config "
                                                                    f"(mixed_precision)")
     return plan
