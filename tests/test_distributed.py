@@ -101,6 +101,22 @@ def test_dry_run_prints_the_launch_command(capsys, write_recipe, tmp_path, cpu_o
     assert code == 0 and "--nproc_per_node 2 -m dpo_cli train" in out and "trainer.beta=0.2" in out
 
 
+def test_one_node_of_several_gets_the_launchers_options_and_the_join_timeout():
+    from dpo_cli.train.launch import Nodes, launch_command
+
+    nodes = Nodes.parse(2, 1, "10.0.0.1:29400", 120)
+    assert "node 1 of 2: waiting up to 120 s (--join-timeout) for all 2 nodes to join at 10.0.0.1:29400" \
+        in nodes.waiting()
+    cpu = launch_command(["r.yaml"], 4, None, "cpu", nodes)
+    assert cpu[1:] == ["--nproc_per_node", "4", "--nnodes", "2", "--node_rank", "1", "--master_addr", "10.0.0.1",
+                       "--master_port", "29400", "--rdzv-conf", "timeout=120", "-m", "dpo_cli", "train", "r.yaml"]
+    gpu = launch_command(["r.yaml"], 4, None, "cuda", nodes)
+    assert gpu[1:] == ["launch", "--num_processes", "8", "--num_machines", "2", "--machine_rank", "1",
+                       "--main_process_ip", "10.0.0.1", "--main_process_port", "29400", "--rdzv_conf", "timeout=120",
+                       "-m", "dpo_cli", "train", "r.yaml"]
+    assert Nodes.parse(1, None, None, 600).waiting() is None
+
+
 @pytest.mark.parametrize("nproc, precompute", [(1, False), (8, True)])
 def test_a_dry_run_plans_for_the_processes_it_is_given(capsys, tmp_path, nproc, precompute):
     """20 steps of 8 rows see 40 % of the 404 demo rows in one process and every row in eight: the reference is

@@ -259,6 +259,9 @@ def _launcher_main(kind: str, args: list[str]) -> int:
     except (DistError, RendezvousError) as exc:
         count, endpoint, timeout = os.environ.get("DPO_CLI_RENDEZVOUS", "1 ? ?").split()
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        if count == "1":
+            console.error(f"{kind} could not bring its processes together: {reason}")
+            return 1
         console.error(f"the {count} nodes did not all join at {endpoint} within {timeout} s (--join-timeout): "
                       f"{reason}. Start the same command on every node with its --node-rank, and check that node 0's "
                       f"address and port are reachable from the others")
