@@ -174,8 +174,8 @@ def relaunch(command: list[str], nodes: Nodes = Nodes()) -> int:
 
     The launcher runs in its own session, so a Ctrl-C in the terminal reaches this process alone, and each signal is
     passed on once: the first SIGTERM/SIGINT to the launcher, which hands it to every worker (each stops after its
-    step with a checkpoint, and the main one says so); a second straight to the workers, which exit at once. The exit
-    code is then 128 + the first signal's number, whatever the launcher ends with."""
+    step with a checkpoint, and the main one says so); a second kills the workers at once. The exit code is then
+    128 + the first signal's number, whatever the launcher ends with."""
     console.note("running: " + shlex.join(command))
     if waiting := nodes.waiting():
         console.note(waiting)
@@ -193,10 +193,14 @@ def relaunch(command: list[str], nodes: Nodes = Nodes()) -> int:
             return
         import psutil  # accelerate's dependency
 
+        # SIGKILL: a worker blocked in a collective runs no Python signal handler until the collective returns
         with contextlib.suppress(psutil.Error):
             for worker in psutil.Process(child.pid).children(recursive=True):
                 with contextlib.suppress(psutil.Error):
-                    worker.send_signal(signum)
+                    worker.kill()
+        if len(stops) == 2:
+            console.error(f"a second {signal.Signals(signum).name}: the workers were killed at once (a checkpoint "
+                          f"they had not finished is left incomplete, and --resume auto skips it)")
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
