@@ -67,3 +67,50 @@ def test_trl_cross_field_errors_become_recipe_errors(write_recipe):
     recipe.trainer["loss_weights"] = [1.0]
     with pytest.raises(RecipeError, match="DPOConfig rejected the trainer: section: .*loss_weights"):
         build_config(recipe, CPU)
+
+
+def _launched_with(monkeypatch, **env):
+    """As accelerate launch leaves the environment of each process it starts (read once per process)."""
+    from dpo_cli.train import device
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    device.launcher.cache_clear()
+    monkeypatch.setattr(device, "detect_hardware", lambda: device.CPU)
+
+
+def test_an_accelerate_config_mixed_precision_is_what_the_plan_uses(monkeypatch, write_recipe):
+    """zero2.yaml on a CPU machine: DeepSpeed takes bf16 from the config, so TRL's config must ask for bf16 too
+    (else transformers fails every rank with `ds bf16.enabled=True vs hf bf16=False`)."""
+    from dpo_cli.train import device
+
+    _launched_with(monkeypatch, ACCELERATE_MIXED_PRECISION="bf16", ACCELERATE_USE_DEEPSPEED="true")
+    try:
+        plan = plan_device({})
+        assert plan.precision == "bf16" and "bf16 from the Accelerate config" in plan.reason
+        assert device.launcher().kind == "DEEPSPEED"
+        monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")  # TRL's config would then need deepspeed installed
+        config = build_config(load_recipe(write_recipe(RECIPE)), plan)
+        assert (config.bf16, config.use_cpu) == (True, True)
+        assert plan_device({"fp16": True}).precision == "fp16"  # the recipe's own choice still wins
+    finally:
+        device.launcher.cache_clear()
+
+
+def test_a_recipe_that_turns_off_the_launchers_mixed_precision_is_one_clear_error(monkeypatch):
+    import pytest
+
+    from dpo_cli.core.errors import InputError
+    from dpo_cli.train import device
+
+    _launched_with(monkeypatch, ACCELERATE_MIXED_PRECISION="bf16")
+    try:
+        with pytest.raises(InputError, match="asks for mixed_precision: bf16, .* the recipe sets trainer.bf16=false"):
+            plan_device({"bf16": False})
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+        device.launcher.cache_clear()
+        with pytest.raises(InputError, match="fp16, which needs a GPU"):
+            plan_device({})
+        assert plan_device({"bf16": True}).precision == "bf16"
+    finally:
+        device.launcher.cache_clear()

@@ -135,6 +135,20 @@ def test_a_full_disk_during_a_save_keeps_the_previous_checkpoint(tiny_model, tmp
     assert manifest["error"] == str(info.value)
 
 
+def test_resume_auto_without_a_checkpoint_starts_from_the_beginning(tiny_model, tmp_path, capsys):
+    """A requeue script runs the same command every time: its first attempt, and one stopped before any checkpoint."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text('{"status": "interrupted"}')  # an attempt killed before its first checkpoint
+    (tmp_path / "r.yaml").write_text(RECIPE.format(steps=2, save_steps=2, out=out))
+    result = train(load_recipe(tmp_path / "r.yaml"), resume="auto")
+    assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
+    assert "resumed_from" not in result.manifest
+    err = capsys.readouterr().err
+    assert "--resume auto: no complete checkpoint" in err and "starts from the beginning" in err
+    assert "(interrupted) is written over" in err
+
+
 def _cli(*args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "dpo_cli", "train", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kwargs)

@@ -68,6 +68,16 @@ def train(
     print_commands: Annotated[bool, typer.Option(
         "--print-commands", help="With --sweep: print one dpo-cli train line per point (for a job array) instead.")
     ] = False,
+    nnodes: Annotated[int, typer.Option(
+        "--nnodes", min=1, help="With --nproc: machines in the job; run the same command on each.")] = 1,
+    node_rank: Annotated[Optional[int], typer.Option(
+        "--node-rank", min=0, help="With --nnodes: this machine's rank, 0 on the one named by --master.",
+        show_default=False)] = None,
+    master: Annotated[Optional[str], typer.Option(
+        "--master", help="With --nnodes: HOST:PORT of node 0, reachable from every node.", show_default=False)] = None,
+    join_timeout: Annotated[int, typer.Option(
+        "--join-timeout", min=1, help="With --nnodes: seconds to wait for every node to join before giving up.")
+                            ] = 600,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
     from dpo_cli.core.errors import InputError
@@ -86,6 +96,11 @@ def train(
                       plan_only=bool(gpu_memory or as_json))
         return
     hardware = assumed_gpu(parse_size(gpu_memory)) if gpu_memory else None
+    from dpo_cli.train import launch
+
+    if nnodes > 1 and not nproc:
+        raise InputError("--nnodes starts the launcher on this machine: give --nproc too (processes per machine)")
+    nodes = launch.Nodes.parse(nnodes, node_rank, master, join_timeout)
     if is_pipeline(recipe):
         _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
                         resume_force=resume_force, several=bool(nproc or accelerate_config), hardware=hardware,
@@ -93,7 +108,6 @@ def train(
         return
     resolved = load_recipe(recipe, overrides or [])
     if nproc or accelerate_config or dry_run:
-        from dpo_cli.train import launch
         from dpo_cli.train.device import plan_device
 
         plan = plan_device(resolved.trainer, hardware)
@@ -106,16 +120,19 @@ def train(
             launch.check_processes(nproc, plan, share_gpus)
             recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else []),
                            *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else [])]
-            command = launch.launch_command(recipe_args, nproc, config, device)
+            command = launch.launch_command(recipe_args, nproc, config, device, nodes)
             if dry_run and not as_json:
                 console.stdout.print("would run: " + " ".join(command))
             elif not dry_run:
-                raise typer.Exit(launch.relaunch(command))
+                raise typer.Exit(launch.relaunch(command, nodes))
     if dry_run:
         from dpo_cli.evidence.tables import plan_json, print_dry_run
         from dpo_cli.train.run import describe
 
-        plan = describe(resolved, hardware)
+        # planned for the processes the run will have: --nproc on each of --nnodes, or the launcher's (a dry run
+        # under torchrun), since defaults such as a precomputed reference depend on the rows each step sees
+        processes = nproc * nodes.count if nproc else int(os.environ.get("WORLD_SIZE", "1"))
+        plan = describe(resolved, hardware, processes=processes)
         if as_json:
             console.stdout.out(plan_json(resolved, plan), highlight=False)
         else:
@@ -487,7 +504,8 @@ def main() -> None:
     except DpoCliError as exc:
         if _state["debug"] or _env_debug():
             raise
-        console.error(str(exc))
+        if not (exc.every_rank and os.environ.get("RANK", "0") != "0"):  # the main process says it once
+            console.error(str(exc))
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:  # Ctrl-C where no handler of ours turned it into Interrupted: said, not silent
         console.error("stopped by SIGINT")

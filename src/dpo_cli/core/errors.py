@@ -11,10 +11,14 @@ class DpoCliError(Exception):
     """A failure the user can act on; never shown with a traceback unless --debug."""
 
     exit_code = 1
+    every_rank = False  # raised alike by every process of a launched job: only the main one prints it
 
 
 class Interrupted(DpoCliError):
-    """A command stopped on a signal; the exit code is 128 + the signal number, as shells report it."""
+    """A command stopped on a signal; the exit code is 128 + the signal number, as shells report it. A signal stops
+    every rank of a launched job at the same step (train/interrupt.py)."""
+
+    every_rank = True
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -35,6 +39,12 @@ def where(file: object | None = None, line: int | None = None, field: str | None
         head = f"{head}:{line}" if head else f"line {line}"
     parts = [p for p in (head, f"field '{field}'" if field else "") if p]
     return ": ".join(parts)
+
+
+class LauncherConflict(InputError):
+    """A recipe at odds with the launcher every process was started by (its Accelerate config): each rank finds it."""
+
+    every_rank = True
 
 
 class RecipeError(InputError):

@@ -30,6 +30,8 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     device = plan["device"]
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
+    if plan.get("global_batch"):
+        console.print(f"[bold]processes[/]  {plan['processes']}; {batch_text(plan['global_batch'])}", highlight=False)
     for default in plan.get("defaults", []):
         how = "set by the recipe" if default.explicit else f"chosen: {default.reason}"
         console.print(f"[bold]{default.key}[/] {str(default.value).lower()} ({escape(how)})")
@@ -83,6 +85,8 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "config_class": plan["config_class"],
         "config_fields": redact(plan["config_fields"]),
         "device": dataclasses.asdict(plan["device"]),
+        "processes": plan.get("processes", 1),
+        "global_batch": plan.get("global_batch"),
         "defaults": [dataclasses.asdict(d) for d in plan.get("defaults", [])],
         "reference": plan["reference"],
         "safety": plan["safety"],
@@ -91,6 +95,36 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "notes": plan.get("notes", []),
     }
     return json.dumps(document, indent=2, default=str)
+
+
+def batch_text(batch: dict) -> str:
+    """The global batch as a product, so a reader sees where each factor comes from."""
+    processes = f"{batch['processes']} process" + ("es" if batch["processes"] > 1 else "")
+    return (f"global batch {batch['rows']} rows per optimizer step ({batch['per_device']} per device x "
+            f"{batch['accumulation']} accumulation x {processes})")
+
+
+KINDS = {"NO": "one process", "MULTI_CPU": "data parallel (DDP over gloo)", "MULTI_GPU": "data parallel (DDP)",
+         "FSDP": "FSDP (sharded)"}
+
+
+def distributed_line(record: dict, verb: str = "ran as") -> str:
+    """How a run runs over its processes, from run.json's ``distributed``."""
+    kind = KINDS.get(record["type"], record["type"])
+    if record["type"] == "DEEPSPEED":
+        kind = f"DeepSpeed ZeRO-{record.get('zero_stage')}"
+    where = "" if record["processes"] == 1 else \
+        f" over {record['processes']} processes on {record['nodes']} node{'s' if record['nodes'] > 1 else ''}"
+    precision = record["mixed_precision"].replace("no", "off")
+    return f"{verb} {kind}{where}, mixed precision {precision}; {batch_text(record['global_batch'])}"
+
+
+def mismatch_warning(record: dict, device: str) -> str:
+    """An Accelerate config's distributed type that is not what runs (accelerate falls back without a word)."""
+    why = ("; accelerate needs GPUs for it, and on a machine without any runs plain data parallel, a full copy of the "
+           "model in each process") if device == "cpu" else ""
+    kind = KINDS.get(record["type"], record["type"])
+    return f"the Accelerate config asks for {record['asked']}, but this run is {kind}{why}"
 
 
 def throughput_line(throughput: dict | None) -> str | None:
@@ -150,6 +184,8 @@ def print_run_summary(console: Console, result) -> None:
     for result in [evaluation.get("judge"), *evaluation.get("judge_also", [])]:
         if result:
             print_judge(console, result)
+    if manifest.get("distributed"):
+        console.print(distributed_line(manifest["distributed"]), highlight=False)
     line = throughput_line(manifest.get("throughput"))
     if line:
         console.print(line, markup=False)

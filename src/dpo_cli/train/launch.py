@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -14,8 +17,11 @@ import yaml
 from dpo_cli.core import console
 from dpo_cli.core.builtins import asset_path
 from dpo_cli.core.errors import InputError
+from dpo_cli.train.device import launcher
 
 SHIPPED_CONFIGS = ("ddp", "fsdp2", "zero2", "zero3", "zero3-offload")
+JOIN_TIMEOUT = 600  # seconds a node waits for the others at the rendezvous (torch's own default)
+STOP_TIMEOUT = 600  # seconds the launcher gives the workers to stop with a checkpoint before it kills them
 
 
 def inside_launcher() -> bool:
@@ -82,25 +88,196 @@ def check_processes(nproc: int, plan, share_gpus: bool) -> None:
                      f"start them anyway")
 
 
+def global_batch(args, processes: int) -> dict[str, int]:
+    """Rows per optimizer step: per device x accumulation x processes (per_device_train_batch_size is per process)."""
+    per_device, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    return {"per_device": per_device, "accumulation": accumulation, "processes": processes,
+            "rows": per_device * accumulation * processes}
+
+
+def launched_by_accelerate() -> bool:
+    return launcher().precision is not None
+
+
+def distributed_record(trainer, args) -> dict:
+    """What runs, as accelerate set it up in this process: distributed type, processes and nodes, mixed precision
+    and the global batch; ``asked`` is the type an Accelerate config asked for when that is not what runs."""
+    state = trainer.accelerator.state
+    processes = state.num_processes
+    record = {"type": state.distributed_type.value, "processes": processes,
+              "nodes": max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes))),
+              "mixed_precision": str(trainer.accelerator.mixed_precision),
+              "global_batch": global_batch(args, processes)}
+    if record["type"] == "DEEPSPEED":
+        record["zero_stage"] = state.deepspeed_plugin.zero_stage
+    asked = launcher().kind
+    if asked and asked != record["type"]:
+        record["asked"] = asked
+    return record
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The machines of a job as --nnodes, --node-rank, --master and --join-timeout give them."""
+
+    count: int = 1
+    rank: int = 0
+    host: str = "127.0.0.1"
+    port: int = 29500
+    join_timeout: int = JOIN_TIMEOUT
+
+    @classmethod
+    def parse(cls, count: int, rank: int | None, master: str | None, join_timeout: int) -> Nodes:
+        if count == 1:
+            if rank or master:
+                raise InputError("--node-rank and --master describe a job of several machines: give --nnodes too")
+            return cls(join_timeout=join_timeout)
+        if rank is None or master is None:
+            raise InputError(f"--nnodes {count} needs this machine's --node-rank (0 to {count - 1}) and --master "
+                             "HOST:PORT, the address of node 0 that every node can reach")
+        if not 0 <= rank < count:
+            raise InputError(f"--node-rank {rank} is outside 0 to {count - 1} (--nnodes {count})")
+        host, _, port = master.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InputError(f"--master '{master}' is not HOST:PORT (for example 10.0.0.1:29500)")
+        return cls(count, rank, host, int(port), join_timeout)
+
+    def waiting(self) -> str | None:
+        """What the launcher waits for before any worker starts; it says nothing itself for up to the timeout."""
+        if self.count == 1:
+            return None
+        return (f"node {self.rank} of {self.count}: waiting up to {self.join_timeout} s (--join-timeout) for all "
+                f"{self.count} nodes to join at {self.host}:{self.port}; start the same command on every node with "
+                f"its --node-rank")
+
+
 def _script(name: str) -> str | None:
     """A console script of this Python environment first (what the user installed), then anything on PATH."""
     beside = Path(sys.executable).with_name(name)
     return str(beside) if beside.exists() else shutil.which(name)
 
 
-def launch_command(recipe_args: list[str], nproc: int, config: Path | None, device: str) -> list[str]:
-    """The command that starts ``nproc`` workers, each running ``dpo-cli train <recipe_args>``."""
+def launch_command(recipe_args: list[str], nproc: int, config: Path | None, device: str,
+                   nodes: Nodes = Nodes()) -> list[str]:
+    """The command that starts ``nproc`` workers on this node, each running ``dpo-cli train <recipe_args>``: what a
+    user would type. ``relaunch`` runs the same launcher's entry point in a child process."""
     tail = ["-m", "dpo_cli", "train", *recipe_args]
+    rendezvous = f"timeout={nodes.join_timeout}"  # the static rendezvous' wait for the other nodes (torch: 600 s)
     if device == "cpu":
-        launcher = _script("torchrun")
-        head = [launcher] if launcher else [sys.executable, "-m", "torch.distributed.run"]
-        return [*head, "--nproc_per_node", str(nproc), *tail]
-    launcher = _script("accelerate")
-    head = [launcher, "launch"] if launcher else [sys.executable, "-m", "accelerate.commands.launch"]
+        several = ["--nnodes", str(nodes.count), "--node_rank", str(nodes.rank), "--master_addr", nodes.host,
+                   "--master_port", str(nodes.port), "--rdzv-conf", rendezvous] if nodes.count > 1 else []
+        return [_script("torchrun") or "torchrun", "--nproc_per_node", str(nproc), *several, *tail]
     config_args = ["--config_file", str(config)] if config else []
-    return [*head, *config_args, "--num_processes", str(nproc), *tail]
+    several = ["--num_machines", str(nodes.count), "--machine_rank", str(nodes.rank), "--main_process_ip",
+               nodes.host, "--main_process_port", str(nodes.port), "--rdzv_conf", rendezvous] \
+        if nodes.count > 1 else []
+    return [_script("accelerate") or "accelerate", "launch", *config_args, "--num_processes",
+            str(nproc * nodes.count), *several, *tail]
 
 
-def relaunch(command: list[str]) -> int:
+def relaunch(command: list[str], nodes: Nodes = Nodes()) -> int:
+    """Run ``command`` (from ``launch_command``) and return the exit code to end with.
+
+    The launcher runs in its own session, so a Ctrl-C in the terminal reaches this process alone, and each signal is
+    passed on once: the first SIGTERM/SIGINT to the launcher, which hands it to every worker (each stops after its
+    step with a checkpoint, and the main one says so); a second kills the workers at once. The exit code is then
+    128 + the first signal's number, whatever the launcher ends with."""
     console.note("running: " + shlex.join(command))
-    return subprocess.run(command).returncode
+    if waiting := nodes.waiting():
+        console.note(waiting)
+    kind, args = ("torchrun", command[1:]) if Path(command[0]).name == "torchrun" else ("accelerate", command[2:])
+    env = {**os.environ, "DPO_CLI_RENDEZVOUS": f"{nodes.count} {nodes.host}:{nodes.port} {nodes.join_timeout}"}
+    env.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(STOP_TIMEOUT))
+    child = subprocess.Popen([sys.executable, "-m", "dpo_cli.train.launch", kind, *args], env=env,
+                             start_new_session=True)
+    stops: list[int] = []
+
+    def forward(signum, frame) -> None:
+        stops.append(signum)
+        if len(stops) == 1:
+            child.send_signal(signum)
+            return
+        import psutil  # accelerate's dependency
+
+        # SIGKILL: a worker blocked in a collective runs no Python signal handler until the collective returns
+        with contextlib.suppress(psutil.Error):
+            for worker in psutil.Process(child.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    worker.kill()
+        if len(stops) == 2:
+            console.error(f"a second {signal.Signals(signum).name}: the workers were killed at once (a checkpoint "
+                          f"they had not finished is left incomplete, and --resume auto skips it)")
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = child.wait()  # a handler that returns lets wait() go on
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + stops[0] if stops else code
+
+
+def _launcher_main(kind: str, args: list[str]) -> int:
+    """torchrun's or accelerate launch's entry point, with what they raise turned into an exit code and at most one
+    line: a stop and a worker's failure are told by the workers; a rendezvous that never completes, by us."""
+    quiet = os.environ.get("DPO_CLI_DEBUG") != "1"
+    if quiet:  # c10d's C++ log of each failed try to reach node 0 (with a stack); the workers keep their own level
+        level = os.environ.get("TORCH_CPP_LOG_LEVEL")
+        os.environ["TORCH_CPP_LOG_LEVEL"] = "FATAL"
+    import torch  # noqa: F401 (it reads TORCH_CPP_LOG_LEVEL once, as it loads)
+
+    if quiet:
+        del os.environ["TORCH_CPP_LOG_LEVEL"]
+        if level is not None:
+            os.environ["TORCH_CPP_LOG_LEVEL"] = level
+    from torch.distributed import DistError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+
+    if kind == "torchrun":
+        from torch.distributed.run import parse_args, run
+
+        def start():
+            run(parse_args(args))
+    else:
+        from accelerate.commands.launch import launch_command, launch_command_parser
+
+        def start():
+            launch_command(launch_command_parser().parse_args(args))
+    if quiet:
+        import logging
+
+        # the launcher logs each signal it passes on, per worker: the stop we asked for, which the workers report
+        for name in ("torch.distributed.elastic.agent.server.api", "torch.distributed.elastic.multiprocessing.api"):
+            logging.getLogger(name).addFilter(lambda record: not any(
+                words in record.getMessage() for words in ("death signal", "closing signal")))
+    try:
+        start()
+    except SignalException as exc:  # forwarded to the workers, which said how they stopped
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode >= 0:  # the worker printed its own error
+            return failure.exitcode
+        name = signal.Signals(-failure.exitcode).name
+        console.error(f"worker rank {rank} was killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else ""))
+        return 128 - failure.exitcode
+    except ImportError as exc:  # accelerate launch of a DeepSpeed config without deepspeed installed
+        console.error(f"{kind}: {exc}")
+        return 1
+    except (DistError, RendezvousError) as exc:
+        count, endpoint, timeout = os.environ.get("DPO_CLI_RENDEZVOUS", "1 ? ?").split()
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].rstrip(".")
+        if count == "1":
+            console.error(f"{kind} could not bring its processes together: {reason}")
+            return 1
+        console.error(f"the {count} nodes did not all join at {endpoint} within {timeout} s (--join-timeout): "
+                      f"{reason}. Start the same command on every node with its --node-rank, and check that node 0's "
+                      f"address and port are reachable from the others")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_launcher_main(sys.argv[1], sys.argv[2:]))

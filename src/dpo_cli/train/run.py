@@ -19,6 +19,7 @@ from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
 from dpo_cli.evidence.scoring import Truncation
+from dpo_cli.evidence.tables import distributed_line, mismatch_warning
 from dpo_cli.evidence.template import template_warning
 from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
@@ -27,6 +28,7 @@ from dpo_cli.train.callbacks import CompleteCheckpoints, MetricsFileCallback, Pr
 from dpo_cli.train.config import build_config, defaults_note, defaults_record, settle_defaults, trainer_kwargs
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
+from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
@@ -48,12 +50,13 @@ class Upstream:
     model: str  # what it starts from: its output model has that shape
 
 
-def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = ()
-             ) -> dict[str, Any]:
+def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = (),
+             processes: int = 1) -> dict[str, Any]:
     """What --dry-run prints: device decision, the defaults this run gets, the TRL config fields we set, the
     reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine may not
-    have (--gpu-memory). In a pipeline, data an ``upstream`` stage writes is said rather than read, and a model it
-    writes is planned as the model it starts from (``planned_model``).
+    have (--gpu-memory), ``processes`` for the process count the run will have (--nproc x --nnodes). In a pipeline,
+    data an ``upstream`` stage writes is said rather than read, and a model it writes is planned as the model it
+    starts from (``planned_model``).
 
     Data that cannot be read is ``data_error`` (the caller prints the plan, then raises it)."""
     stage = get_stage(recipe.stage)
@@ -79,7 +82,7 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
         if train else None
 
-    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, lambda: train_data))
+    settled, defaults = settle_defaults(recipe, PlannedRun(plan, processes, lambda: train_data))
     config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
     kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
@@ -92,6 +95,8 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "config_class": type(config).__name__ if config is not None else None,
         "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
         "device": plan,
+        "processes": processes,
+        "global_batch": global_batch(config, processes) if config is not None else None,
         "defaults": defaults,
         "reference": stage.reference(settled).description,
         "safety": _safety(stage),
@@ -185,6 +190,28 @@ def _identity(recipe: Recipe, data_info: dict) -> dict:
             "data": {split: info.get("fingerprint") for split, info in data_info.items()}}
 
 
+def _auto_resume(run: RunDir, is_main: bool, overwrite: bool) -> tuple[str | None, bool]:
+    """``--resume auto`` with no complete checkpoint starts from the beginning, so one command serves a requeued job's
+    every attempt: the first, and one stopped before its first checkpoint (written over, as --overwrite would). A
+    completed run, or files dpo-cli did not write, are never trained over. Returns (resume, overwrite)."""
+    found, skipped = checkpoints.newest_complete(run.path)
+    if found is not None:
+        return "auto", overwrite
+    previous = run.read_json(RunDir.MANIFEST)
+    if isinstance(previous, dict) and previous.get("status") == "completed":
+        raise InputError(f"--resume auto: {run} holds a completed run and no checkpoint to resume from; nothing to "
+                         f"do (--overwrite trains it again)")
+    if previous is None and run.path.is_dir() and any(run.path.iterdir()):
+        raise InputError(f"--resume auto: no complete checkpoint in {run}, and it holds files no dpo-cli run wrote "
+                         f"(no {RunDir.MANIFEST}), so training cannot start over in it; choose another output_dir")
+    if is_main:
+        earlier = f"; the earlier attempt ({previous.get('status')}) is written over" if previous else ""
+        incomplete = f" ({len(skipped)} incomplete skipped)" if skipped else ""
+        console.note(f"--resume auto: no complete checkpoint in {run} yet{incomplete}: training starts from the "
+                     f"beginning{earlier}")
+    return None, True
+
+
 def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path:
     checkpoint = checkpoints.resolve_resume(run.path, resume, console.warn)
     changes = checkpoints.identity_diff(checkpoints.marker(checkpoint), identity)
@@ -229,6 +256,8 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
     run = RunDir(recipe.output_dir)
+    if resume == "auto":
+        resume, overwrite = _auto_resume(run, is_main, overwrite)
     check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
     _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
     check_shared_folder(run.path)  # several nodes: checkpoints and --resume need one output_dir they all see
@@ -282,6 +311,12 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                                                   ref_cache))
         for noisy in (TransformersProgress, PrinterCallback):
             trainer.remove_callback(noisy)
+        # what accelerate set up, which a launcher's config may not have got (FSDP on a machine without GPUs)
+        record.update(distributed=distributed_record(trainer, args))
+        if is_main and (manifest["distributed"]["processes"] > 1 or launched_by_accelerate()):
+            console.note(distributed_line(manifest["distributed"], "runs as"))
+            if "asked" in manifest["distributed"]:
+                console.warn(mismatch_warning(manifest["distributed"], plan.device))
         if len(trainer.train_dataset) == 0:
             raise DataError(f"no training rows are left once TRL has prepared them: every prompt fills "
                             f"trainer.max_length ({args.max_length}), and TRL drops such rows; raise max_length or "
