@@ -319,3 +319,18 @@ def test_a_recipe_judge_that_cannot_judge_stops_before_training(capsys, write_re
                              (f"eval:\n  judge: {neither.replace('encoder', 'rm')}\n", "rm")):
         _one_line_exit_2(capsys, ["train", write_recipe(base + section)], message)
         assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_the_run_summary_of_a_run_without_a_judge_names_its_directory(tmp_path):
+    """The judge's lines come first; the run's own lines after them still name the run (not the judge's result)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from dpo_cli.evidence.tables import print_run_summary
+    from dpo_cli.train.manifest import RunResult
+
+    printed = StringIO()
+    print_run_summary(Console(file=printed, width=200), RunResult(tmp_path, {"global_step": 3, "plots": ["l.png"]}))
+    assert f"curves in {tmp_path / 'plots'}" in printed.getvalue()
+    assert f"done: 3 steps; model, run.json and metrics.jsonl in {tmp_path}" in printed.getvalue()

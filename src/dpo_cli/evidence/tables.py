@@ -181,9 +181,9 @@ def print_run_summary(console: Console, result) -> None:
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:
             console.print(line)
-    for result in [evaluation.get("judge"), *evaluation.get("judge_also", [])]:
-        if result:
-            print_judge(console, result)
+    for judged in [evaluation.get("judge"), *evaluation.get("judge_also", [])]:
+        if judged:
+            print_judge(console, judged)
     if manifest.get("distributed"):
         console.print(distributed_line(manifest["distributed"]), highlight=False)
     line = throughput_line(manifest.get("throughput"))
