@@ -146,6 +146,7 @@ def train(
     result = run_stage(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
     if result.is_main:
         print_run_summary(console.stdout, result)
+    launch.leave_process_group()
 
 
 def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrite: bool, resume: Optional[str],
@@ -190,6 +191,9 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
         out.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in "
                   f"{pipeline.output_dir}; summary in pipeline.json, dpo-cli report {pipeline.output_dir} writes an "
                   "HTML report")
+    from dpo_cli.train.launch import leave_process_group
+
+    leave_process_group()
 
 
 def _positive_tokens(max_length: Optional[int]) -> None:

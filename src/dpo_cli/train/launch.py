@@ -29,6 +29,17 @@ def inside_launcher() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def leave_process_group() -> None:
+    """Close this worker's process group once its run is done: a worker exiting with it open can abort while the
+    interpreter tears it down (seen as 'terminate called without an active exception' on gloo, a warning on NCCL)."""
+    if "torch.distributed" not in sys.modules:  # never imports torch for a command that did not
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def accelerate_config_path(name_or_path: str) -> Path:
     """A shipped config by name (ddp, fsdp2, zero2, zero3, zero3-offload) or a path to one's own."""
     path = Path(name_or_path)
