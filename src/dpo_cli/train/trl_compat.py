@@ -104,9 +104,12 @@ def dpo_reference_logps(trainer, dataset, batch_size: int):
         if getattr(trainer, "_precompute_engine", None) is None:
             trainer._precompute_engine = prepare_deepspeed(trainer.model, trainer.accelerator)
         model = trainer._precompute_engine
+    # TRL 1.0 picks the reference itself, compute_ref_log_probs(inputs); 1.12 and 1.16 are handed it, (model, inputs)
+    takes_model = "model" in inspect.signature(trainer.compute_ref_log_probs).parameters
     chosen, rejected = [], []
     for batch in loader:
-        logps = trainer.accelerator.gather_for_metrics(trainer.compute_ref_log_probs(model, batch))
+        logps = trainer.compute_ref_log_probs(model, batch) if takes_model else trainer.compute_ref_log_probs(batch)
+        logps = trainer.accelerator.gather_for_metrics(logps)
         chosen.append(logps[0].float().cpu())
         rejected.append(logps[1].float().cpu())
     if not chosen:
