@@ -456,15 +456,21 @@ def pku_saferlhf(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     return [pair]
 
 
+def _prompt_column(row: dict, name: str, at: Where) -> str:
+    """A required text column that holds the prompt: empty or whitespace only is an empty prompt."""
+    text = c.text(c.require(row, name, at), at, name)
+    if not text.strip():
+        raise at.error("empty-prompt", f"{name} is empty or whitespace only", name)
+    return text
+
+
 # --- orca-dpo ----------------------------------------------------------------------------------------------------
 
 def orca_dpo(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """system, question, chosen, rejected (Intel/orca_dpo_pairs); argilla's distilabel copy names the question
     ``input`` and marks the pairs its judge rated equal ``status: tie``, which are left out."""
     name = "question" if "question" in row or "input" not in row else "input"
-    question = c.text(c.require(row, name, at), at, name)
-    if not question.strip():
-        raise at.error("empty-prompt", f"{name} is empty or whitespace only", name)
+    question = _prompt_column(row, name, at)
     prompt = _system_prefix(row, at) + [_user(question)]
     pair = _pair(prompt, c.require(row, "chosen", at), c.require(row, "rejected", at), at)
     if row.get("status") == "tie":
@@ -585,9 +591,7 @@ def argilla(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
 def shp(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """Stanford Human Preferences: a post (``history``), two top-level comments ``human_ref_A`` and ``human_ref_B``,
     and ``labels`` (1: A is preferred, 0: B is)."""
-    history = c.text(c.require(row, "history", at), at, "history")
-    if not history.strip():
-        raise at.error("empty-prompt", "history is empty or whitespace only", "history")
+    history = _prompt_column(row, "history", at)
     label = c.require(row, "labels", at)
     if type(label) is str and label in ("0", "1"):
         label = int(label)
@@ -608,9 +612,7 @@ def _helpsteer_prompt(row: dict, at: Where) -> str | list[dict[str, str]]:
         turns = c.messages(c.require(row, "context", at), at, "context")
         c.check_prompt(turns, at, "context")
         return turns
-    text = c.text(c.require(row, "prompt", at), at, "prompt")
-    if not text.strip():
-        raise at.error("empty-prompt", "prompt is empty or whitespace only", "prompt")
+    text = _prompt_column(row, "prompt", at)
     parts = _NEMO_TURN.split(text)
     if len(parts) == 1:
         return text
@@ -643,9 +645,7 @@ def helpsteer(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
 def align_anything(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     """PKU-Alignment/align-anything text-to-text: question, response_1, response_2 and overall_response (1 or 2, the
     better response overall; the per-aspect columns are not read)."""
-    question = c.text(c.require(row, "question", at), at, "question")
-    if not question.strip():
-        raise at.error("empty-prompt", "question is empty or whitespace only", "question")
+    question = _prompt_column(row, "question", at)
     better = c.require(row, "overall_response", at)
     if type(better) is str and better in ("1", "2"):
         better = int(better)
