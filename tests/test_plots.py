@@ -70,6 +70,18 @@ def test_a_run_with_only_a_loss_gets_only_a_loss_plot(tmp_path):
     assert [p.name for p in plot_run(tmp_path)] == ["loss.png"]
 
 
+def test_a_run_of_one_logged_step_has_no_curve_to_draw(tmp_path):
+    """One point per metric is no curve: the plot command says so, and the end of training draws nothing (and does
+    not import matplotlib for it)."""
+    from dpo_cli.core.rundir import RunDir
+    from dpo_cli.evidence.plots import plot_after_training, plot_run
+
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 0.69}) + "\n")
+    with pytest.raises(InputError, match="no metric was logged at two steps or more"):
+        plot_run(tmp_path)
+    assert plot_after_training(RunDir(tmp_path)) == [] and not (tmp_path / "plots").exists()
+
+
 def test_missing_or_empty_or_broken_metrics_are_clear_errors(tmp_path):
     from dpo_cli.evidence.plots import plot_run
 

@@ -23,6 +23,7 @@ CURVES = {
     "kl": ("KL to the reference", ["kl", "objective/kl"]),
     "ppo_losses": ("PPO losses", ["loss/policy_avg", "loss/value_avg"]),
 }
+MIN_POINTS = 2  # a curve of one logged point says nothing (and matplotlib's import and a figure cost a second)
 # Eval figures that say nothing about the model.
 _EVAL_NOISE = ("runtime", "samples_per_second", "steps_per_second", "num_tokens", "model_preparation_time")
 
@@ -75,7 +76,7 @@ def _curve(records: list[dict], title: str, keys: list[str], path: Path) -> Path
             steps, values = _series(records, series_key)
             if steps:
                 lines.append((label, steps, values, style))
-    if not lines:
+    if max((len(steps) for _, steps, _, _ in lines), default=0) < MIN_POINTS:
         return None
     fig = _figure()
     ax = fig.subplots()
@@ -99,7 +100,7 @@ def _eval_grid(records: list[dict], path: Path) -> Path | None:
     drawn = {f"eval_{k}" for _, keys in CURVES.values() for k in keys}
     keys = sorted({k for r in records if r.get("split") == "eval" for k in r
                    if k.startswith("eval_") and not k.endswith(_EVAL_NOISE) and k not in drawn})
-    keys = [k for k in keys if _series(records, k)[0]]
+    keys = [k for k in keys if len(_series(records, k)[0]) >= MIN_POINTS]
     if not keys:
         return None
     from matplotlib.figure import Figure
@@ -153,19 +154,25 @@ def plot_run(run_dir: str | Path | RunDir, evaluation: dict | None = None) -> li
         evaluation = (run.manifest_or_none() or {}).get("evaluation")
     records = run.metrics()
     out = run.plots_dir
-    out.mkdir(exist_ok=True)
     written = [_curve(records, title, keys, out / f"{stem}.png") for stem, (title, keys) in CURVES.items()]
     written += [_eval_grid(records, out / "eval.png"), _heldout_margins(evaluation, out / "heldout_margins.png")]
     written = [p for p in written if p is not None]
-    if not written:
+    if not written and not records:
         raise InputError(f"{run.metrics_file} holds no logged metrics to plot (is trainer.logging_steps larger than "
                          "the run?)")
+    if not written:
+        raise InputError(f"{run.metrics_file}: no metric was logged at two steps or more, so there is no curve to "
+                         "draw (a smaller trainer.logging_steps logs more points)")
     return written
 
 
 def plot_after_training(run: RunDir, evaluation: dict | None = None) -> list[str]:
-    """plot_run at the end of training: a plotting failure is a warning, never a failed run."""
+    """plot_run at the end of training: a plotting failure is a warning, never a failed run; a run too short for a
+    curve (one logged step) simply has none."""
     try:
+        records = run.metrics()
+        if not evaluation and all(len(_series(records, k)[0]) < MIN_POINTS for k in {k for r in records for k in r}):
+            return []
         return [p.name for p in plot_run(run, evaluation)]
     except Exception as exc:  # noqa: BLE001 - the model is trained and saved; the curves are a convenience
         console.warn(f"no plots written ({exc}); run dpo-cli plot {run}")
