@@ -89,7 +89,7 @@ class TemplateDrops:
 
 def _may_hold(rows) -> bool:
     """Whether a training dataset can hold such fields: dpo-cli stores turns with more than role and content, and
-    the tools column, as JSON (data.load.to_dataset), so a dataset without JSON columns holds none and is not read
+    the tools column, as JSON (data/cache.py), so a dataset without JSON columns holds none and is not read
     row by row."""
     features = getattr(rows, "features", None)
     if features is None:
