@@ -306,13 +306,16 @@ def test_a_signal_between_pipeline_stages_says_where_the_pipeline_stopped(tmp_pa
     ran = []
     monkeypatch.setattr(runner, "run_stage", lambda recipe, **kwargs: ran.append(recipe.output_dir) or
                         RunResult(recipe.output_dir, {}))
-    previous = signal.signal(signal.SIGTERM, _terminated)  # the CLI's SIGTERM handler, as main() installs it
+    # the CLI's handlers, as a fresh process has them: main() installs SIGTERM's, SIGINT is Python's own (an earlier
+    # test in this process may have left another)
+    previous = signal.signal(signal.SIGTERM, _terminated), signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(Interrupted) as caught:
             runner.run_pipeline(_two_stage_pipeline(tmp_path),
                                 on_result=lambda stage, result: os.kill(os.getpid(), getattr(signal, signum)))
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
     assert len(ran) == 1
     assert caught.value.exit_code == 128 + getattr(signal, signum)
     assert str(caught.value) == (f"stopped by {signum} between stages, with a complete; run the same command again "
