@@ -441,3 +441,29 @@ def test_zero2_on_a_machine_without_gpus_runs_in_the_configs_bf16(tiny_model, tm
     record = json.loads((out / "run.json").read_text())["distributed"]
     assert (record["type"], record["zero_stage"], record["mixed_precision"]) == ("DEEPSPEED", 2, "bf16")
     assert "ran as DeepSpeed ZeRO-2 over 2 processes" in done.stdout
+
+
+def test_a_stop_hidden_under_torchs_metrics_wrapper_is_still_a_stop(monkeypatch, capsys):
+    """torch's metrics wrapper, hit by SIGTERM on its first line, raises UnboundLocalError over the SignalException
+    (seen in CI): the launcher still exits 143 without a traceback."""
+    import torch.distributed.run
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from dpo_cli.train.launch import _launcher_main
+
+    def interrupted(_args):
+        try:
+            raise SignalException("got signal: 15", sigval=signal.SIGTERM)
+        except SignalException:
+            raise UnboundLocalError("cannot access local variable 'start'") from None
+
+    monkeypatch.setattr(torch.distributed.run, "run", interrupted)
+    assert _launcher_main("torchrun", ["--nproc_per_node", "1", "train.py"]) == 143
+    assert "Traceback" not in capsys.readouterr().err
+
+    def broken(_args):
+        raise UnboundLocalError("a real defect")
+
+    monkeypatch.setattr(torch.distributed.run, "run", broken)
+    with pytest.raises(UnboundLocalError):
+        _launcher_main("torchrun", ["--nproc_per_node", "1", "train.py"])

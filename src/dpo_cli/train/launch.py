@@ -287,7 +287,22 @@ def _launcher_main(kind: str, args: list[str]) -> int:
                       f"{reason}. Start the same command on every node with its --node-rank, and check that node 0's "
                       f"address and port are reachable from the others")
         return 1
+    except Exception as exc:
+        # a signal that lands on the first line of torch's metrics wrapper (`start = time.time()`) leaves `start`
+        # unbound, and its `finally` raises UnboundLocalError over the SignalException; the agent has still stopped
+        # the workers, so it is the same stop
+        stop = _signal_under(exc, SignalException)
+        if stop is None:
+            raise
+        return 128 + int(stop.sigval)
     return 0
+
+
+def _signal_under(exc: BaseException | None, kind: type[Exception]) -> Exception | None:
+    """The exception of `kind` that `exc` was raised while handling, if any."""
+    while exc is not None and not isinstance(exc, kind):
+        exc = exc.__context__
+    return exc
 
 
 if __name__ == "__main__":
