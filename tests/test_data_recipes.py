@@ -326,3 +326,30 @@ def test_gpu_recipe_dry_run_reads_its_data(capsys):
     path = REPO / "recipes" / "qwen2.5-0.5b" / "dpo.yaml"
     code, _, err = run_cli(capsys, "train", str(path), "--dry-run")
     assert code == 2 and err.strip().splitlines()[-1] == "error: data/train.jsonl: data file not found"
+
+
+def test_truncation_measurement_is_kept_beside_the_prepared_rows(tiny_model, tmp_path, monkeypatch):
+    """A sweep's next point reads the measurement instead of every page of the rows; another tokenizer, other rows
+    or a damaged record measure again."""
+    from transformers import AutoTokenizer
+
+    from dpo_cli.data.load import load_training_data
+    from dpo_cli.evidence import truncation
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    rows, _ = load_training_data(str(LF / "dpo_en_demo.json"), cache_dir=tmp_path)
+    first = truncation.response_loss(tokenizer, rows, 24)
+    [record] = (tmp_path).glob("*/signals/*.json")
+
+    measured = []
+    monkeypatch.setattr(truncation, "_measure", lambda *a: measured.append(a) or [(99, 100)] * 2)
+    again, _ = load_training_data(str(LF / "dpo_en_demo.json"), cache_dir=tmp_path)
+    assert truncation.response_loss(tokenizer, again, 24) == first and not measured
+
+    other = AutoTokenizer.from_pretrained(tiny_model)
+    other.chat_template = other.chat_template + " "
+    assert truncation.response_loss(other, again, 24).suggested == 128 and len(measured) == 1
+    assert truncation.response_loss(tokenizer, again.select([0]), 24).rows == 2 and len(measured) == 2
+    record.write_text("{not json")
+    assert truncation.response_loss(tokenizer, again, 24).lost == 2 and len(measured) == 3
+    assert len(list(tmp_path.glob("*/signals/*.json"))) == 3
