@@ -467,3 +467,15 @@ def test_a_stop_hidden_under_torchs_metrics_wrapper_is_still_a_stop(monkeypatch,
     monkeypatch.setattr(torch.distributed.run, "run", broken)
     with pytest.raises(UnboundLocalError):
         _launcher_main("torchrun", ["--nproc_per_node", "1", "train.py"])
+
+
+def test_an_accelerate_config_gets_the_recipes_bounds_on_aliases(tmp_path):
+    """A "billion laughs" in an Accelerate config is one line naming it, before accelerate expands it."""
+    from dpo_cli.core.errors import InputError
+
+    bomb = tmp_path / "bomb.yaml"
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 8)]
+    bomb.write_text("distributed_type: MULTI_GPU\n" + "\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"bomb.yaml:\d+: YAML aliases expand this value to more than"):
+        load_accelerate_config(bomb)

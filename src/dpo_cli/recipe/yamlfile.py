@@ -114,7 +114,7 @@ def _compose(text: str) -> yaml.Node | None:
         raise NodeProblem(None, f"the YAML nests values more than {MAX_DEPTH} levels deep") from None
 
 
-def _construct(text: str) -> tuple[Any, yaml.Node | None]:
+def construct(text: str) -> tuple[Any, yaml.Node | None]:
     """Compose, check (check_node), then build the values; raises NodeProblem when the check fails."""
     node = _compose(text)
     problem = check_node(node)
@@ -134,7 +134,7 @@ def parse_scalar(text: str) -> Any:
     if not text.strip():
         return ""
     try:
-        return _construct(text)[0]
+        return construct(text)[0]
     except NodeProblem as exc:
         raise RecipeError(f"override value '{text[:60]}{'...' if len(text) > 60 else ''}': {exc.reason}") from None
     except yaml.YAMLError:
@@ -200,7 +200,7 @@ def load_yaml(path: Path) -> tuple[dict, yaml.Node | None]:
         raise RecipeError(f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at column {column}; save the recipe as "
                           f"UTF-8", file=path, line=line) from None
     try:
-        data, node = _construct(text)
+        data, node = construct(text)
     except DuplicateKey as exc:
         raise RecipeError(str(exc), file=path, line=exc.line, field=exc.key) from None
     except NodeProblem as exc:

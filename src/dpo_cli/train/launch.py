@@ -17,6 +17,7 @@ import yaml
 from dpo_cli.core import console
 from dpo_cli.core.builtins import asset_path
 from dpo_cli.core.errors import InputError
+from dpo_cli.recipe.yamlfile import NodeProblem, construct
 from dpo_cli.train.device import launcher
 
 SHIPPED_CONFIGS = ("ddp", "fsdp2", "zero2", "zero3", "zero3-offload")
@@ -53,7 +54,9 @@ def accelerate_config_path(name_or_path: str) -> Path:
 
 def load_accelerate_config(path: Path) -> dict:
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config, _ = construct(path.read_text(encoding="utf-8"))  # with the recipe's bounds on aliases and depth
+    except NodeProblem as exc:
+        raise InputError(f"{path}{f':{exc.line}' if exc.line else ''}: {exc.reason}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
