@@ -108,7 +108,7 @@ def test_reading_a_recipe_imports_no_torch():
     import subprocess
     import sys
 
-    probe = ("import sys, dpo_cli.recipe.load, dpo_cli.recipe.pipeline, dpo_cli.data.convert; "
+    probe = ("import sys, dpo_cli.train.recipe_load, dpo_cli.train.recipe_pipeline, dpo_cli.data.convert; "
              "print([m for m in ('torch', 'transformers', 'trl', 'bitsandbytes') if m in sys.modules])")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -18,7 +18,6 @@ from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
-from dpo_cli.evidence.scoring import Truncation
 from dpo_cli.evidence.tables import distributed_line, mismatch_warning
 from dpo_cli.evidence.template import template_warning
 from dpo_cli.evidence.truncation import truncation_warning
@@ -34,6 +33,7 @@ from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
+from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.stages.dpo import ref_logp_cache
