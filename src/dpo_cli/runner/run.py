@@ -36,7 +36,6 @@ from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
-from dpo_cli.train.stages.dpo import ref_logp_cache
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
@@ -296,7 +295,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
-        ref_cache = ref_logp_cache(recipe, manifest["data"], plan.precision) if stage.uses_ref_model else None
+        ref_cache = stage.reference_cache(recipe, manifest["data"], plan.precision)
 
         # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
         resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
