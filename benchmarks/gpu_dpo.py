@@ -103,9 +103,9 @@ def plan_error(plan_bytes: int | None, peak_bytes: int | None) -> float | None:
 
 def plan_bytes(args: argparse.Namespace, variant: str, out: Path) -> tuple[int, dict]:
     """The dry-run plan (as --gpu-memory plans it) of a variant: total bytes, and the defaults it settled."""
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.runner.run import describe
     from dpo_cli.train.device import assumed_gpu
-    from dpo_cli.train.run import describe
+    from dpo_cli.train.recipe_load import load_recipe
 
     path = out / "recipe.json"
     path.write_text(json.dumps(recipe(args, "dpo-cli-slow" if variant == "plain-trl" else variant, out)))
@@ -189,9 +189,9 @@ def pass_tokens(dataset, max_length: int | None) -> int:
 def dpo_cli_run(args: argparse.Namespace, variant: str, out: Path) -> tuple[dict, list]:
     import torch
 
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.runner.run import train
     from dpo_cli.train import trl_compat
-    from dpo_cli.train.run import train
+    from dpo_cli.train.recipe_load import load_recipe
 
     # time the reference pass a precomputing run makes before training (refcache.py calls it through the module)
     reference_pass = {"seconds": 0.0, "tokens": 0}

@@ -70,8 +70,8 @@ def child(name: str, workdir: Path, model_dir: Path, data: Path) -> dict:
     import trl  # noqa: F401
     from trl import DPOTrainer
 
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.recipe_load import load_recipe
 
     # Peak RSS of the training steps alone: Linux resets the high-water mark (VmHWM) when 5 is written to clear_refs,
     # so loading transients (state dicts read before they land in the model) do not mask what the steps hold.

@@ -45,8 +45,8 @@ def plain(steps: int, out: Path) -> dict:
 
 
 def dpo_cli(steps: int, out: Path) -> dict:
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.recipe_load import load_recipe
 
     recipe_path = out.parent / "bench.yaml"
     trainer = {k: v for k, v in TRAINER.items() if k not in {"report_to", "use_cpu", "bf16"}}

@@ -116,8 +116,8 @@ def test_errors_under_train_name_the_recipe_keys_not_the_flags(tmp_path):
 
 
 def _imported(tmp_path, text: str) -> tuple[dict, str]:
-    from dpo_cli.recipe.llamafactory import import_recipe
     from dpo_cli.recipe.yamlfile import load_yaml
+    from dpo_cli.train.llamafactory import import_recipe
 
     (tmp_path / "lf.yaml").write_text(text)
     import_recipe(tmp_path / "lf.yaml", tmp_path / "r.yaml", force=True)

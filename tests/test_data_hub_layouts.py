@@ -286,8 +286,8 @@ def test_new_formats_are_described():
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_each_hub_layout_trains_the_tiny_dpo_recipe(tiny_model, tmp_path, layout):
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.recipe_load import load_recipe
 
     out = tmp_path / "run"
     recipe = load_recipe(REPO / "recipes" / "tiny" / "dpo.yaml", [

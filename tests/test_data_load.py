@@ -94,7 +94,7 @@ output_dir: {out}
 
 
 def test_recipe_accepts_source_objects_and_reports_errors_with_lines(write_recipe, tmp_path):
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     ok = RECIPE.format(path=FIXTURES / "alpaca.jsonl", format="alpaca", where="instruction != ''", out=tmp_path / "r")
     recipe = load_recipe(write_recipe(ok))

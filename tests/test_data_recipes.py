@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.core.errors import RecipeError
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 from helpers import run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -286,7 +286,7 @@ def test_tools_and_tool_calls_reach_trls_tokenization(tiny_model, write_recipe, 
     ("sft", ["glaive_toolcall_en_demo", "alpaca_en_demo", "identity"], ""),
 ])
 def test_training_from_registry_sources(tiny_model, write_recipe, tmp_path, capsys, stage, names, trainer):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
 
     (tmp_path / "template.jinja").write_text(TOOL_TEMPLATE)
     sources = "[" + ", ".join(f"{{registry: {REGISTRY}, name: {n}}}" for n in names) + "]"
@@ -311,7 +311,7 @@ def test_training_from_registry_sources(tiny_model, write_recipe, tmp_path, caps
 
 @pytest.mark.slow
 def test_raw_hh_rlhf_trains_with_skip_invalid(tiny_model, write_recipe, tmp_path):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
 
     train_source = f"{{path: {_hh(tmp_path)}, skip_invalid: true, rejects: {tmp_path}/rejects.jsonl}}"
     train(load_recipe(_recipe(write_recipe, tmp_path, train_source)))

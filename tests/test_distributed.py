@@ -13,8 +13,8 @@ import time
 import pytest
 
 from conftest import REPO
-from dpo_cli.recipe.load import load_recipe
 from dpo_cli.train.launch import SHIPPED_CONFIGS, accelerate_config_path, config_warnings, load_accelerate_config
+from dpo_cli.train.recipe_load import load_recipe
 
 RECIPE = """\
 stage: dpo

@@ -53,7 +53,7 @@ def _preferring_chosen(model, tokenizer):
 
 def test_a_model_made_to_prefer_chosen_scores_accuracy_one(tiny):
     from dpo_cli.evidence.metrics import preference_metrics
-    from dpo_cli.evidence.scoring import kl_on_chosen, score_pairs
+    from dpo_cli.train.scoring import kl_on_chosen, score_pairs
 
     model, tokenizer = tiny
     policy = _preferring_chosen(model, tokenizer)
@@ -68,7 +68,7 @@ def test_a_model_made_to_prefer_chosen_scores_accuracy_one(tiny):
 
 def test_identical_policy_and_reference_score_margin_zero_and_kl_zero(tiny):
     from dpo_cli.evidence.metrics import preference_metrics
-    from dpo_cli.evidence.scoring import kl_on_chosen, score_pairs
+    from dpo_cli.train.scoring import kl_on_chosen, score_pairs
 
     model, tokenizer = tiny
     rows = _rows()
@@ -110,7 +110,7 @@ def test_margin_distribution_quantiles_and_histogram():
 
 def test_reward_model_metrics_known_answer():
     from dpo_cli.evidence.metrics import reward_model_metrics
-    from dpo_cli.evidence.scoring import PairScores
+    from dpo_cli.train.scoring import PairScores
 
     scores = PairScores(torch.tensor([2.0, 1.0, 0.5, 3.0]), torch.tensor([1.0, 1.5, 0.0, 0.0]),
                         torch.tensor([4, 4, 4, 4]), torch.tensor([2, 2, 2, 2]))
@@ -204,6 +204,6 @@ def test_compare_needs_exactly_one_prompt_source(tmp_path):
     ([1, 2, 3], [1, 2, 4], 2), ([1, 2], [1, 2, 3], 2), ([1, 2, 3], [1, 2, 3], 3), ([5], [6], 0), ([], [1], 0),
 ])
 def test_common_prefix_length_counts_the_leading_items_two_sequences_share(a, b, shared):
-    from dpo_cli.evidence.scoring import common_prefix_length
+    from dpo_cli.train.scoring import common_prefix_length
 
     assert common_prefix_length(a, b) == common_prefix_length(b, a) == shared

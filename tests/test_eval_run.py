@@ -36,8 +36,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model, tmp_path_factory):
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.recipe_load import load_recipe
 
     folder = tmp_path_factory.mktemp("evidence")
     paths = {}

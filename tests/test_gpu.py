@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 
@@ -59,7 +59,7 @@ def recipe_file(write_recipe, tmp_path, *, model="builtin:tiny-chat", steps=4, e
 
 
 def test_bf16_dpo_run_on_cuda_trains_and_reports_throughput(tiny_model, write_recipe, tmp_path):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
 
     result = train(load_recipe(recipe_file(write_recipe, tmp_path)))
     manifest = result.manifest
@@ -76,7 +76,7 @@ def test_bf16_dpo_run_on_cuda_trains_and_reports_throughput(tiny_model, write_re
 def test_qlora_trains_on_cuda_with_4bit_layers_on_the_gpu(tiny_model, write_recipe, tmp_path):
     import torch
 
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
     from helpers import build_trainer
 
     recipe = load_recipe(recipe_file(write_recipe, tmp_path, extra="lora: {r: 4}\nquantization: {bits: 4}"),
@@ -92,7 +92,7 @@ def test_qlora_trains_on_cuda_with_4bit_layers_on_the_gpu(tiny_model, write_reci
 
 
 def test_fast_defaults_are_on_for_a_run_over_the_whole_data(tiny_model, write_recipe, tmp_path):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
     from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss
     from helpers import build_trainer
 
@@ -116,8 +116,8 @@ def test_fast_defaults_are_on_for_a_run_over_the_whole_data(tiny_model, write_re
 
 PEAK_SCRIPT = """
 import json, sys, torch
-from dpo_cli.recipe.load import load_recipe
-from dpo_cli.train.run import train
+from dpo_cli.train.recipe_load import load_recipe
+from dpo_cli.runner.run import train
 torch.cuda.reset_peak_memory_stats()
 train(load_recipe(sys.argv[1]))
 print(json.dumps({"peak": torch.cuda.max_memory_allocated()}))

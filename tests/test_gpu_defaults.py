@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
 from dpo_cli.train.device import CPU, assumed_gpu
+from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.stages.base import PlannedRun
 
 BASE = """\

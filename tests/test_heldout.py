@@ -7,8 +7,8 @@ import pytest
 from dpo_cli.core.builtins import asset_path
 from dpo_cli.data.load import load_splits
 from dpo_cli.evidence.heldout import HeldOut
-from dpo_cli.evidence.scoring import Truncation
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
+from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from helpers import build_trainer
 

@@ -57,7 +57,7 @@ def test_a_lone_surrogate_in_a_key_is_named_without_breaking_the_message(tmp_pat
 ])
 def test_beta_is_refused_where_the_loss_needs_it(write_recipe, tmp_path, stage, recipe_extra, beta, accepted):
     from dpo_cli.core.errors import RecipeError
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
     reward = "reward:\n  functions: [length]\n" if stage == "rloo" else ""
@@ -73,7 +73,7 @@ def test_beta_is_refused_where_the_loss_needs_it(write_recipe, tmp_path, stage, 
 
 def test_online_dpo_checks_every_beta_of_its_list(write_recipe, tmp_path):
     from dpo_cli.core.errors import RecipeError
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "Q"}) + "\n")
     path = write_recipe(f"stage: online-dpo\nmodel:\n  name_or_path: builtin:tiny-chat\ndata:\n  train: "
@@ -85,7 +85,7 @@ def test_online_dpo_checks_every_beta_of_its_list(write_recipe, tmp_path):
 
 def test_a_pipeline_stage_with_nan_names_the_stage_key(write_recipe, tmp_path):
     from dpo_cli.core.errors import RecipeError
-    from dpo_cli.recipe.pipeline import load_pipeline
+    from dpo_cli.train.recipe_pipeline import load_pipeline
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
     path = write_recipe(f"output_dir: {tmp_path}/run\nstages:\n  - name: a\n    stage: dpo\n    model:\n"
@@ -282,7 +282,7 @@ def test_a_tokenizer_without_a_chat_template_on_conversations(no_template_model,
 
 
 def _two_stage_pipeline(tmp_path):
-    from dpo_cli.recipe.pipeline import load_pipeline
+    from dpo_cli.train.recipe_pipeline import load_pipeline
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + "\n")
     stage = "    stage: dpo\n    model:\n      name_or_path: '{model}'\n    data:\n      train: " + str(tmp_path) \
@@ -300,7 +300,7 @@ def test_a_signal_between_pipeline_stages_says_where_the_pipeline_stopped(tmp_pa
 
     from dpo_cli.cli import _terminated
     from dpo_cli.core.errors import Interrupted
-    from dpo_cli.train import pipeline as runner
+    from dpo_cli.runner import pipeline as runner
     from dpo_cli.train.manifest import RunResult
 
     ran = []

@@ -107,8 +107,8 @@ def test_two_sources_may_not_share_a_rejects_file(tmp_path, capsys):
 def test_an_existing_rejects_file_is_replaced_only_with_overwrite_and_may_live_in_the_runs_own_directory(tmp_path):
     from dpo_cli.core.errors import InputError
     from dpo_cli.core.rundir import RunDir
-    from dpo_cli.recipe.load import load_recipe
     from dpo_cli.train.manifest import check_output_dir
+    from dpo_cli.train.recipe_load import load_recipe
 
     train, held_out = _write_data(tmp_path)
     out = tmp_path / "run"  # an earlier run: a saved model, its rejects file beside it
@@ -316,7 +316,7 @@ def test_a_pipe_or_a_device_as_data_is_refused_in_one_line(tmp_path, kind, comma
 # --- 18: a YAML merge key is YAML -----------------------------------------------------------------------------------
 
 def test_a_yaml_merge_key_is_read_and_keys_beside_it_win(tmp_path, write_recipe):
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     train, held_out = _write_data(tmp_path)
     recipe = write_recipe(f"stage: dpo\nmodel: {{name_or_path: builtin:tiny-chat}}\ndata:\n  train: &source\n    "

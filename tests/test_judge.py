@@ -198,7 +198,7 @@ def test_judge_options_without_a_judge_are_exit_2(capsys, fake_run):
 
 
 def test_the_recipe_eval_section_is_checked(write_recipe):
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     base = RECIPE.format(train="builtin:demo/train.jsonl", eval="builtin:demo/eval.jsonl", out="/tmp/x")
     recipe = load_recipe(write_recipe(base + "eval:\n  judge: builtin:tiny-chat\n  n: 4\n"))
@@ -229,8 +229,8 @@ def _subset(folder: Path) -> dict[str, Path]:
 def judged(tiny_model, tmp_path_factory):
     """A reward model trained by the tiny reward recipe, then a tiny DPO run whose recipe judges it with that model."""
     from conftest import REPO
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.train.pipeline import run_stage
+    from dpo_cli.runner.pipeline import run_stage
+    from dpo_cli.train.recipe_load import load_recipe
 
     folder = tmp_path_factory.mktemp("judge")
     paths = _subset(folder)

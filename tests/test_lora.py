@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dpo_cli.core.errors import RecipeError
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 BASE = """\
 stage: dpo
@@ -158,7 +158,7 @@ def test_qlora_trains_on_cpu_with_shared_reference(tiny_model, write_recipe, tmp
     import torch
     from safetensors.torch import load_file
 
-    from dpo_cli.train import run
+    from dpo_cli.runner import run
     from helpers import build_trainer
 
     data = small_data(tmp_path)

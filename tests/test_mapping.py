@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dpo_cli.recipe.load import load_recipe
 from dpo_cli.train.config import build_config, trainer_kwargs
 from dpo_cli.train.device import DevicePlan, plan_device
+from dpo_cli.train.recipe_load import load_recipe
 
 RECIPE = """\
 stage: dpo

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dpo_cli.core.errors import InputError
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast 
 def qlora_run(tiny_model, tmp_path_factory):
     """A two-step QLoRA run: the adapter was trained over 4-bit weights, the merge must not be."""
     from dpo_cli.core.builtins import asset_path
-    from dpo_cli.train import run
+    from dpo_cli.runner import run
 
     tmp = tmp_path_factory.mktemp("merge")
     data = tmp / "pairs.jsonl"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "tiny").glob("dpo-*lora.yaml"))
 

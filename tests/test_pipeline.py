@@ -8,8 +8,8 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.core.errors import RecipeError
-from dpo_cli.recipe.pipeline import load_pipeline
-from dpo_cli.train.pipeline import run_pipeline
+from dpo_cli.runner.pipeline import run_pipeline
+from dpo_cli.train.recipe_pipeline import load_pipeline
 
 STAGE = """\
   - name: {name}
@@ -98,7 +98,7 @@ def test_overrides_address_a_stage_by_name(write_recipe, tmp_path):
 
 
 def test_a_pipeline_file_is_not_a_stage_recipe():
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     with pytest.raises(RecipeError, match="this file is a pipeline"):
         load_recipe(REPO / "recipes" / "tiny" / "pipeline-sft-dpo.yaml")

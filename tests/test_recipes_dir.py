@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.core.builtins import resolve_builtin
-from dpo_cli.recipe.load import load_recipe
-from dpo_cli.recipe.pipeline import is_pipeline, load_pipeline
+from dpo_cli.train.recipe_load import load_recipe
+from dpo_cli.train.recipe_pipeline import is_pipeline, load_pipeline
 from dpo_cli.train.stages import unavailable
 from helpers import run_cli
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 
 def _small_data(tmp_path, rows=12):

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.runner.run import train
 from dpo_cli.train import checkpoints
-from dpo_cli.train.run import train
+from dpo_cli.train.recipe_load import load_recipe
 
 pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
 

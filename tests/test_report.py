@@ -132,8 +132,8 @@ PAIRS = {"prompts": 6, "samples_per_prompt": 4, "samples": 24, "pairs": 5, "ties
 def test_pipeline_report_shows_every_stage_and_every_round(tmp_path):
     from conftest import REPO
     from dpo_cli.core.rundir import RunDir
-    from dpo_cli.recipe.pipeline import load_pipeline
-    from dpo_cli.train.pipeline import pipeline_summary
+    from dpo_cli.runner.pipeline import pipeline_summary
+    from dpo_cli.train.recipe_pipeline import load_pipeline
 
     pipeline = load_pipeline(REPO / "recipes" / "tiny" / "pipeline-iterative-dpo.yaml", [f"output_dir={tmp_path}"])
     for stage in pipeline.stages[:-1]:  # the last stage has not run yet

@@ -197,7 +197,7 @@ def test_values_that_only_failed_at_train_time_fail_at_load(tmp_path, capsys, wr
 
 
 def test_save_strategy_no_stays_the_string_trl_expects(tmp_path, write_recipe):
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     data = tmp_path / "pairs.jsonl"
     data.write_text(PAIR)
@@ -214,7 +214,7 @@ def test_eval_refuses_a_negative_beta(tmp_path, capsys, tiny_model):
 
 def test_a_1500_stage_pipeline_cycle_is_found_without_recursion(tmp_path, write_recipe):
     from dpo_cli.core.errors import RecipeError
-    from dpo_cli.recipe.pipeline import load_pipeline
+    from dpo_cli.train.recipe_pipeline import load_pipeline
 
     stages = "".join(f"  - name: s{i}\n    stage: sft\n    model: {{name_or_path: '${{s{(i + 1) % 1500}.output_dir}}'}}\n"
                      f"    data: {{train: x.jsonl}}\n" for i in range(1500))

@@ -9,10 +9,10 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.core.errors import DataError, RecipeError
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.runner.run import train
 from dpo_cli.train.config import build_config
 from dpo_cli.train.device import DevicePlan
-from dpo_cli.train.run import train
+from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.stages import unavailable
 
 CPU = DevicePlan("cpu", 0, "fp32", "test")

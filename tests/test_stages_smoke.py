@@ -7,9 +7,9 @@ import json
 import pytest
 
 from conftest import REPO
-from dpo_cli.recipe.load import load_recipe
-from dpo_cli.train.pipeline import run_stage as train_stage
-from dpo_cli.train.run import train
+from dpo_cli.runner.pipeline import run_stage as train_stage
+from dpo_cli.runner.run import train
+from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.stages import unavailable
 from helpers import run_cli
 

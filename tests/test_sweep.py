@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.train.sweep import plan_sweep, point_name, split_values
+from dpo_cli.runner.sweep import plan_sweep, point_name, split_values
 from helpers import run_cli
 
 TINY = REPO / "recipes" / "tiny" / "dpo.yaml"
@@ -178,7 +178,7 @@ def test_a_beta_sweep_reuses_data_and_reference_and_resumes(capsys, tmp_path, ti
     on disk), and --resume auto skips the complete points and goes on inside that one."""
     import datasets
 
-    from dpo_cli.train import pipeline
+    from dpo_cli.runner import pipeline
 
     store = tmp_path / "data"
     computed: list[str] = []  # per point: the dataset maps that wrote a cache file rather than finding one

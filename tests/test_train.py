@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from dpo_cli.recipe.load import load_recipe
-from dpo_cli.train.run import train
+from dpo_cli.runner.run import train
+from dpo_cli.train.recipe_load import load_recipe
 from helpers import run_cli
 
 pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)

@@ -85,7 +85,7 @@ def test_an_option_the_trainer_ignores_is_found_from_trl_itself():
 def test_the_precompute_hook_replaces_trls_pass_with_the_same_log_probs(tiny_model, write_recipe, tmp_path):
     """Built the way stages/dpo.py builds it: the hook is called per split, and dpo_reference_logps gives exactly
     the log-probs TRL's own pass (still reachable as the parent method) gives."""
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
     from dpo_cli.train.trl_compat import dpo_reference_logps
     from helpers import build_trainer
 

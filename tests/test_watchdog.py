@@ -38,7 +38,7 @@ def _head(name: str, rows: int, folder) -> str:
 
 
 def _recipe(write_recipe, out, *, lr=5.0e-4, steps=5, max_length=64, extra="", overrides=()):
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
 
     folder = out.parent
     text = RECIPE.format(lr=lr, steps=steps, max_length=max_length, extra=extra, out=out,
@@ -50,7 +50,7 @@ def _poison_step(monkeypatch, step: int) -> None:
     """Make the policy's logits NaN in its ``step``-th training forward pass (one forward per step here)."""
     import torch
 
-    from dpo_cli.train import run
+    from dpo_cli.runner import run
 
     real = run.load_models
     seen = {"forwards": 0}
@@ -77,7 +77,7 @@ def _poison_step(monkeypatch, step: int) -> None:
 @pytest.mark.slow
 def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model, write_recipe, tmp_path,
                                                                       monkeypatch):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
     from dpo_cli.train.watchdog import TrainingStopped
 
     _poison_step(monkeypatch, 3)
@@ -97,7 +97,7 @@ def test_nan_loss_stops_training_at_that_step_and_saves_a_checkpoint(tiny_model,
 
 @pytest.mark.slow
 def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_path, monkeypatch):
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
 
     _poison_step(monkeypatch, 2)
     result = train(_recipe(write_recipe, tmp_path / "run", steps=4, overrides=["watchdog=false", "plot=false"]))
@@ -108,7 +108,7 @@ def test_watchdog_false_lets_a_nan_run_continue(tiny_model, write_recipe, tmp_pa
 @pytest.mark.slow
 def test_early_stopping_triggers_after_patience_evaluations(tiny_model, write_recipe, tmp_path):
     """With learning rate 0 the eval loss never improves: best at the first eval (step 1), stop after 2 more."""
-    from dpo_cli.train.run import train
+    from dpo_cli.runner.run import train
 
     extra = "  eval_strategy: steps\n  eval_steps: 1\nearly_stopping:\n  metric: loss\n  patience: 2\nplot: false\n"
     result = train(_recipe(write_recipe, tmp_path / "run", lr=0.0, steps=20, extra=extra))

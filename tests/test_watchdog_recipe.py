@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpo_cli.core.errors import RecipeError
-from dpo_cli.recipe.load import load_recipe
+from dpo_cli.train.recipe_load import load_recipe
 
 BASE = """\
 stage: dpo

@@ -81,14 +81,14 @@ def train(
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
     from dpo_cli.core.errors import InputError
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.recipe.pipeline import is_pipeline
     from dpo_cli.train.device import assumed_gpu, parse_size
+    from dpo_cli.train.recipe_load import load_recipe
+    from dpo_cli.train.recipe_pipeline import is_pipeline
 
     if (gpu_memory or as_json) and not dry_run:
         raise InputError("--gpu-memory and --json describe a plan: use them with --dry-run")
     if sweep or select or print_commands:
-        from dpo_cli.train.sweep import sweep_command
+        from dpo_cli.runner.sweep import sweep_command
 
         sweep_command(recipe, overrides or [], sweep or [], select=select, print_commands=print_commands,
                       dry_run=dry_run, overwrite=overwrite, resume=resume, resume_force=resume_force, nproc=nproc,
@@ -127,7 +127,7 @@ def train(
                 raise typer.Exit(launch.relaunch(command, nodes))
     if dry_run:
         from dpo_cli.evidence.tables import plan_json, print_dry_run
-        from dpo_cli.train.run import describe
+        from dpo_cli.runner.run import describe
 
         # planned for the processes the run will have: --nproc on each of --nnodes, or the launcher's (a dry run
         # under torchrun), since defaults such as a precomputed reference depend on the rows each step sees
@@ -141,7 +141,7 @@ def train(
             raise plan["data_error"]
         return
     from dpo_cli.evidence.tables import print_run_summary
-    from dpo_cli.train.pipeline import run_stage
+    from dpo_cli.runner.pipeline import run_stage
 
     result = run_stage(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
     if result.is_main:
@@ -153,7 +153,7 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
                     resume_force: bool, several: bool, hardware=None, as_json: bool = False) -> None:
     """A recipe with stages: each stage in order, complete ones skipped."""
     from dpo_cli.core.errors import InputError
-    from dpo_cli.recipe.pipeline import load_pipeline
+    from dpo_cli.train.recipe_pipeline import load_pipeline
 
     pipeline = load_pipeline(path, overrides)
     if several:
@@ -162,7 +162,7 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
     out = console.stdout
     if dry_run:
         from dpo_cli.evidence.tables import plan_json, print_dry_run
-        from dpo_cli.train.run import Upstream, describe
+        from dpo_cli.runner.run import Upstream, describe
 
         upstream: list[Upstream] = []  # what the earlier stages will have written, not there yet
         plans = []
@@ -182,7 +182,7 @@ def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrit
         return
     from dpo_cli.core.rundir import RunDir
     from dpo_cli.evidence.tables import print_pipeline_summary, print_run_summary
-    from dpo_cli.train.pipeline import run_pipeline
+    from dpo_cli.runner.pipeline import run_pipeline
 
     run_pipeline(pipeline, overwrite=overwrite, resume=resume, resume_force=resume_force,
                  on_result=lambda stage, result: print_run_summary(out, result) if result.is_main else None)
@@ -454,7 +454,7 @@ def import_recipe(
     force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
 ):
     """Translate a LLaMA-Factory training YAML into a dpo-cli recipe, with a comment on every key."""
-    from dpo_cli.recipe.llamafactory import import_recipe as translate
+    from dpo_cli.train.llamafactory import import_recipe as translate
 
     imported = translate(source, output, force=force)
     for key, value, why in imported.unmapped:

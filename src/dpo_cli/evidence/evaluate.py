@@ -11,8 +11,6 @@ from dpo_cli.core.errors import InputError
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.data.load import load_splits, load_training_data
 from dpo_cli.evidence.metrics import clean, preference_metrics, reward_model_metrics
-from dpo_cli.evidence.scoring import Truncation, kl_on_chosen, score_pairs, score_reward_pairs
-from dpo_cli.recipe.load import load_recipe
 from dpo_cli.recipe.schema import ModelSection, Recipe
 from dpo_cli.train.models import (
     load_causal_lm,
@@ -23,6 +21,8 @@ from dpo_cli.train.models import (
     quiet_libraries,
     resolve_model_path,
 )
+from dpo_cli.train.recipe_load import load_recipe
+from dpo_cli.train.scoring import Truncation, kl_on_chosen, score_pairs, score_reward_pairs
 from dpo_cli.train.stages import get_stage
 
 

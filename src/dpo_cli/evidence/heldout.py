@@ -7,7 +7,7 @@ from typing import Any
 
 from dpo_cli.core import console
 from dpo_cli.evidence.metrics import clean, preference_metrics, reward_model_metrics
-from dpo_cli.evidence.scoring import PairScores, Truncation, kl_on_chosen, score_pairs, score_reward_pairs
+from dpo_cli.train.scoring import PairScores, Truncation, kl_on_chosen, score_pairs, score_reward_pairs
 
 # TRL's DPOTrainer adds these columns to its datasets when it precomputes the reference (documented in its DPO guide)
 PRECOMPUTED = ("ref_chosen_logps", "ref_rejected_logps")

@@ -214,7 +214,7 @@ class RewardJudge:
         return rows
 
     def margins(self, prompts, tuned, base) -> list[dict[str, Any]]:
-        from dpo_cli.evidence.scoring import Truncation, encode_pairs, score_sequences
+        from dpo_cli.train.scoring import Truncation, encode_pairs, score_sequences
 
         scores = {}
         for side, answers in (("tuned", tuned), ("base", base)):
@@ -324,8 +324,8 @@ def resolve(run: RunDir, *, against: str | None = None, prompts: str | None = No
             n: int = 100, also: list[str] | tuple = ()) -> JudgeTarget:
     """The model the run is judged against and the prompts; one clear error for each bad input."""
     from dpo_cli.evidence.compare import read_prompts
-    from dpo_cli.recipe.load import load_recipe
     from dpo_cli.recipe.schema import ModelSection
+    from dpo_cli.train.recipe_load import load_recipe
 
     if prompts and data:
         raise InputError("give at most one of --prompts FILE or --data FILE")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dpo_cli.evidence.scoring import PairScores
+from dpo_cli.train.scoring import PairScores
 
 # Quantiles reported for the margin distribution; a histogram of HISTOGRAM_BINS bins goes with them.
 QUANTILES = {"min": 0.0, "p10": 0.1, "p25": 0.25, "p50": 0.5, "p75": 0.75, "p90": 0.9, "max": 1.0}

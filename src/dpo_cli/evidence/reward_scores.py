@@ -12,9 +12,9 @@ from dpo_cli.core.errors import InputError
 from dpo_cli.core.paths import check_output_file
 from dpo_cli.data.rows import RowPipeline, Source
 from dpo_cli.evidence.evaluate import to_device
-from dpo_cli.evidence.scoring import Truncation, encode_pairs, score_sequences
 from dpo_cli.recipe.schema import ModelSection
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer, loading, quiet_libraries, resolve_model_path
+from dpo_cli.train.scoring import Truncation, encode_pairs, score_sequences
 
 
 @dataclass

@@ -176,7 +176,10 @@ def print_run_summary(console: Console, result) -> None:
     manifest = result.manifest
     evaluation = manifest.get("evaluation") or {}
     if evaluation.get("after"):
-        rows = REWARD_MODEL_ROWS if manifest.get("stage") == "reward" else METRIC_ROWS
+        from dpo_cli.train.stages import STAGES
+
+        stage = STAGES.get(manifest.get("stage"))
+        rows = REWARD_MODEL_ROWS if stage is not None and stage.evaluation == "reward" else METRIC_ROWS
         console.print(evaluation_table(evaluation["before"], evaluation["after"], rows))
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:

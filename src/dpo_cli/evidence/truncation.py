@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from dpo_cli.evidence.scoring import Truncation, common_prefix_length, encode_pairs
+from dpo_cli.train.scoring import Truncation, common_prefix_length, encode_pairs
 
 SAMPLE = 500  # rows measured at most, spread evenly over the dataset: a share to about 2 points, in a second
 THRESHOLD = 0.05  # warn above this share

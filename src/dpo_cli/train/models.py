@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from dpo_cli.core.builtins import resolve_builtin
 from dpo_cli.core.errors import ModelLoadError
@@ -14,8 +14,15 @@ from dpo_cli.recipe.schema import LoraSection, ModelSection, QuantizationSection
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
 
-if TYPE_CHECKING:  # at run time, importing the stages package here would import this module back half-made
-    from dpo_cli.train.stages.base import Stage
+
+class ModelsPlan(Protocol):
+    """What load_models asks of a stage (stages/base.py's Stage has it). The stages import this module, so it names
+    no stage type: importing the stages package from here would import this module back half-made."""
+
+    policy: str  # causal-lm or sequence-classifier
+    peft_task: str
+
+    def reference(self, recipe: Recipe) -> Any: ...  # a ReferencePlan: its kind, and whether ref_model names it
 
 
 def resolve_model_path(name: str, trust_remote_code: bool = False) -> str:
@@ -260,7 +267,7 @@ def prepare_quantized(policy, section: QuantizationSection):
     return policy
 
 
-def load_models(recipe: Recipe, stage: Stage, plan: DevicePlan | None = None) -> LoadedModels:
+def load_models(recipe: Recipe, stage: ModelsPlan, plan: DevicePlan | None = None) -> LoadedModels:
     """The policy as the stage loads it (quantized and prepared for k-bit training for QLoRA), and the reference
     weights its reference plan holds in memory (none when shared, precomputed, or made by the TRL trainer)."""
     if stage.policy == "sequence-classifier":

@@ -124,6 +124,9 @@ class Stage:
     # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
     settle: Callable[[Recipe, PlannedRun], list[Default]] = lambda recipe, run: []
     sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
+    # the on-disk cache of reference log-probs that a run reads and fills (a precomputed reference, cached), or None:
+    # (recipe, run.json's data record, precision) -> RefLogpCache; the run passes it to build_trainer as ref_cache
+    reference_cache: Callable[[Recipe, dict, str], Any] = lambda recipe, data, precision: None
 
     @contextlib.contextmanager
     def reading(self, recipe: Recipe) -> Iterator[None]:

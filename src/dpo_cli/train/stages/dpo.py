@@ -220,4 +220,5 @@ STAGE = Stage(
     validate=validate,
     trainer_fields=trainer_fields,
     settle=settle,
+    reference_cache=ref_logp_cache,
 )

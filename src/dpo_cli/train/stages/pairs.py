@@ -16,13 +16,13 @@ from dpo_cli.core import console
 from dpo_cli.core.errors import DpoCliError, InputError
 from dpo_cli.core.paths import run_lock
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.evidence.scoring import Truncation, encode_pairs, score_sequences
 from dpo_cli.recipe.schema import Recipe, SamplingSection
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import plan_device
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.models import load_causal_lm, load_tokenizer, quiet_libraries, resolve_model_path
 from dpo_cli.train.sampling import sample_transformers, sample_vllm, vllm_missing
+from dpo_cli.train.scoring import Truncation, encode_pairs, score_sequences
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,

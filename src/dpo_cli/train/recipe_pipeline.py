@@ -11,9 +11,9 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
-from dpo_cli.recipe.load import check_keys, check_override_depth, check_rules
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
+from dpo_cli.train.recipe_load import check_keys, check_override_depth, check_rules
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")

@@ -18,7 +18,6 @@ from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.evidence.plots import plot_after_training
-from dpo_cli.evidence.scoring import Truncation
 from dpo_cli.evidence.tables import distributed_line, mismatch_warning
 from dpo_cli.evidence.template import template_warning
 from dpo_cli.evidence.truncation import truncation_warning
@@ -34,9 +33,9 @@ from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
 from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
+from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
-from dpo_cli.train.stages.dpo import ref_logp_cache
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
@@ -296,7 +295,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
-        ref_cache = ref_logp_cache(recipe, manifest["data"], plan.precision) if stage.uses_ref_model else None
+        ref_cache = stage.reference_cache(recipe, manifest["data"], plan.precision)
 
         # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
         resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None

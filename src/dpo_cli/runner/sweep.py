@@ -156,7 +156,7 @@ def _with_precompute(path: Path, overrides: list[str], recipe: Recipe) -> Recipe
     auto: every point after the first then reads them from the cache instead of running the reference model (auto
     alone computes nothing ahead on a CPU, or for a run shorter than one pass, so no later point could reuse them).
     None when the recipe says otherwise or its stage cannot precompute."""
-    from dpo_cli.recipe.load import load_recipe
+    from dpo_cli.train.recipe_load import load_recipe
     from dpo_cli.train.stages import get_stage
 
     stage = get_stage(recipe.stage)
@@ -173,8 +173,8 @@ def _with_precompute(path: Path, overrides: list[str], recipe: Recipe) -> Recipe
 
 def plan_sweep(path: Path, overrides: Sequence[str], specs: Sequence[str], select: str | None = None) -> Sweep:
     """Every point of the grid, its recipe loaded and checked as a run of its own would be, before anything runs."""
-    from dpo_cli.recipe.load import load_recipe
-    from dpo_cli.recipe.pipeline import is_pipeline
+    from dpo_cli.train.recipe_load import load_recipe
+    from dpo_cli.train.recipe_pipeline import is_pipeline
 
     if is_pipeline(path):
         raise InputError(f"{path}: --sweep runs a one-stage recipe; a pipeline (stages:) cannot be swept: sweep the "
@@ -226,7 +226,7 @@ def commands(sweep: Sweep, options: Sequence[str] = ()) -> list[str]:
 
 def state(point: Point) -> tuple[str, str | None]:
     """(new | complete | changed | unfinished | foreign, run.json's status)."""
-    from dpo_cli.train.pipeline import is_complete
+    from dpo_cli.runner.pipeline import is_complete
 
     run = RunDir(point.recipe.output_dir)
     if not run.path.is_dir() or not any(run.path.iterdir()):
@@ -350,8 +350,8 @@ def run_sweep(sweep: Sweep, *, overwrite: bool = False, resume: str | None = Non
               on_result=None) -> dict[str, Any]:
     """Run every point not yet complete, one at a time, then write sweep.json; returns its contents. A point that
     fails is recorded and the next one runs; a signal stops the sweep (sweep.json says how far it got)."""
+    from dpo_cli.runner.pipeline import run_stage
     from dpo_cli.train import checkpoints
-    from dpo_cli.train.pipeline import run_stage
 
     states = _check_states(sweep, overwrite, resume)
     if sweep.precompute_added and any(kind != "complete" for kind, _ in states):

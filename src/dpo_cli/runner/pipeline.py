@@ -11,10 +11,10 @@ from typing import Any
 from dpo_cli.core import console
 from dpo_cli.core.errors import InputError, Interrupted
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.recipe.pipeline import Pipeline
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.runner.run import train
 from dpo_cli.train.manifest import RunResult
-from dpo_cli.train.run import train
+from dpo_cli.train.recipe_pipeline import Pipeline
 from dpo_cli.train.stages import get_stage
 
 
