@@ -54,6 +54,8 @@ def _decodes(data: bytes, at: Where, field: str) -> tuple[int, int]:
     except UnidentifiedImageError:
         raise at.error("bad-image", f"not a readable image: no image format (PNG, JPEG, GIF, WebP, ...) recognises "
                        f"its {len(data):,} bytes", field) from None
+    except Image.DecompressionBombError as exc:  # PIL's guard against images made to exhaust memory
+        raise at.error("bad-image", f"not read: {exc}", field) from None
     except (OSError, SyntaxError, ValueError) as exc:  # a known format, damaged or cut short
         reason = str(exc).split("\n")[0] or type(exc).__name__
         raise at.error("bad-image", f"not a readable image ({reason})", field) from None
