@@ -63,6 +63,9 @@ def recipe_with(old: str, new: str, **files: str) -> dict[str, str]:
 
 TRAIN = ["train", "{tmp}/r.yaml"]
 USER, ASSISTANT = {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}
+IMAGE_USER = {"role": "user", "content": "<image>What is it?"}  # LLaMA-Factory's placeholder for the row's image
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSu"
+       "QmCC")  # one red pixel
 HUMAN, GPT = {"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}
 REGISTRY = json.dumps({"dpo_en_demo": {"file_name": "dpo_en_demo.json", "formatting": "sharegpt", "ranking": True},
                        "dpo_mix_en": {"hf_hub_url": "llamafactory/DPO-En-Zh-20k", "ranking": True}})
@@ -440,8 +443,28 @@ CASES = [
            {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
                                                       {"type": "image_url", "image_url": {"url": "a.png"}}]},
                          ASSISTANT]},
-           "field 'messages[0].content[1]': content part type 'image_url' is not text; dpo-cli trains on text only "
-           "(drop the part, or keep its text in a text part)"),
+           "field 'messages[0].content[1]': content part type 'image_url' is not text; dpo-cli reads images as "
+           "{\"type\": \"image\"} parts with the images in the row's images column (drop the part, or keep its "
+           "text in a text part)"),
+          ("image-missing", "an image file that is not there",
+           {"images": [PNG], "messages": [IMAGE_USER, ASSISTANT]},
+           {"images": ["pics/gone.png"], "messages": [IMAGE_USER, ASSISTANT]},
+           "field 'images[0]': image file not found: {tmp}/pics/gone.png"),
+          ("image-undecodable", "image bytes no image reader can open",
+           {"images": [PNG], "messages": [IMAGE_USER, ASSISTANT]},
+           {"images": ["data:image/png;base64,bm90IGFuIGltYWdl"], "messages": [IMAGE_USER, ASSISTANT]},
+           "field 'images[0]': not a readable image: no image format (PNG, JPEG, GIF, WebP, ...) recognises its 12 "
+           "bytes"),
+          ("image-url", "an image given as a URL",
+           {"images": [PNG], "messages": [IMAGE_USER, ASSISTANT]},
+           {"images": ["https://example.com/cat.png"], "messages": [IMAGE_USER, ASSISTANT]},
+           "field 'images[0]': is a URL (https://example.com/cat.png); dpo-cli reads local images only: download it "
+           "and give the file's path"),
+          ("image-count", "more images than <image> placeholders",
+           {"images": [PNG], "messages": [IMAGE_USER, ASSISTANT]},
+           {"images": [PNG, PNG], "messages": [IMAGE_USER, ASSISTANT]},
+           "field 'images': the row has 2 images but 1 <image> placeholder (image content parts); they must match "
+           "one to one"),
           ("v1-prompt-mismatch", "LLaMA-Factory v1 pairs whose conversations differ before the answer",
            {"chosen_messages": [USER, ASSISTANT], "rejected_messages": [USER, {"role": "assistant", "content": "B"}]},
            {"chosen_messages": [USER, ASSISTANT], "rejected_messages": [
@@ -497,7 +520,7 @@ CASES = [
     Case("data-unknown-format", "data", "columns that match no format", CONVERT,
          "{tmp}/in.jsonl:1: cannot tell the data format from the columns (answer, question); name it with --format "
          "(trl, messages, alpaca, sharegpt, hh-rlhf, pku-saferlhf, orca-dpo, ranked, nectar, argilla, shp, helpsteer, "
-         "align-anything, llamafactory-v1, openai-dpo, kto, prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
+         "rlaif-v, align-anything, llamafactory-v1, openai-dpo, kto, prompt-only, conversation, prompt-completion) or rename columns with --map prompt=COLUMN", {"in.jsonl": '{"question": "q", "answer": "a"}\n'}),
     Case("data-wrong-values", "data", "TRL's column names (after --map) holding values TRL cannot read",
          [*CONVERT, "--map", "chosen=good", "--map", "rejected=bad"],
          "{tmp}/in.jsonl:1: field 'chosen': the row has format trl's columns, but: expected a list of messages, "

@@ -58,10 +58,11 @@ def test_forced_format_gives_the_same_rows(name):
 
 def test_every_registered_format_has_a_fixture_or_kind_test():
     from test_data_hub_layouts import LAYOUTS  # the Hub's preference sets, in their public schemas
+    from test_data_images import LAYOUTS as IMAGE_LAYOUTS  # rows with images, in their public schemas
     from test_data_real import REAL  # real files and files in other tools' public schemas
 
     covered = ({fmt for fmt, _ in CASES.values()} | set(REAL.values()) | {fmt for _, fmt, *_ in LAYOUTS.values()}
-               | {"prompt-completion"})
+               | {fmt for _, _, fmt, _ in IMAGE_LAYOUTS.values()} | {"prompt-completion"})
     assert covered == set(FORMATS)
 
 

@@ -294,7 +294,6 @@ def test_a_registry_hub_entry_reads_the_hub_with_its_subset_and_split():
 
 
 @pytest.mark.parametrize("name, message", [
-    ("mllm_demo", "entry 'mllm_demo': has images columns; dpo-cli trains text-only models"),
     ("dpo_en_demos", "no dataset named 'dpo_en_demos' in the registry; did you mean 'dpo_en_demo'?"),
 ])
 def test_registry_entries_dpo_cli_cannot_read_say_why(name, message):

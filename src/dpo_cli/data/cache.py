@@ -10,10 +10,16 @@ while their Arrow types are inferred a batch at a time, then the file is read ba
 types of all rows. Message columns holding tool calls or reasoning, and ``tools``, are stored as JSON: Arrow would
 merge every row's tool arguments into one struct and fill the keys a row lacks with nulls, changing what the chat
 template renders.
+
+Images are stored as ``datasets.Image()`` values (``{"bytes", "path"}``, an absolute path for a file), so rows read
+back decode to PIL images. The key cannot name the image files (only the rows do), so prepared rows with images
+keep each image file's path, size and modification time, and are prepared again when any of them changed or went:
+a stat per image on a prepared run, no re-reading of their bytes.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -30,6 +36,7 @@ from dpo_cli.core.errors import DataError
 
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")  # may carry tool calls or reasoning
 JSON_COLUMNS = ("tools",)  # always JSON; a row without tools reads them as none
+IMAGE_COLUMNS = ("images",)  # a list of datasets.Image() values
 BATCH = 4096
 ROWS, META = "rows.arrow", "meta.json"
 
@@ -84,9 +91,25 @@ def load(directory: Path) -> tuple[Any, dict] | None:
         return None
     if any(not Path(path).exists() for path in meta.get("rejects", [])):
         return None  # its bad rows were written to a file that is gone: read the sources again to write it
+    from dpo_cli.data.images import stamp
+
+    if any(stamp(path) != [size, mtime] for path, size, mtime in meta.get("image_files", [])):
+        return None  # an image file changed or went since the rows were prepared
     from datasets import Dataset
 
     return Dataset.from_file(str(directory / ROWS)), meta
+
+
+def discard(directory: Path) -> None:
+    """Remove prepared rows that are out of date (renamed away first, so no reader sees half a folder)."""
+    if not directory.exists():
+        return
+    trash = Path(tempfile.mkdtemp(prefix=f".{directory.name}-stale-", dir=directory.parent))
+    try:
+        os.rename(directory, trash / directory.name)
+    except OSError:  # another process discarded or replaced it first
+        pass
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _unify(column: str, known, found):
@@ -100,6 +123,13 @@ def _unify(column: str, known, found):
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         raise DataError(f"column '{column}' holds {known} in some rows and {found} in others; one dataset needs "
                         f"one type per column") from None
+
+
+def _unspooled(refs: list[dict] | None) -> list[dict] | None:
+    if refs is None:
+        return None
+    return [{"bytes": base64.b64decode(r["bytes"]) if r["bytes"] is not None else None, "path": r["path"]}
+            for r in refs]
 
 
 def _has_extras(value: Any) -> bool:
@@ -120,6 +150,7 @@ class Writer:
         self.types: dict[str, Any] = {}
         self._batch: list[dict] = []
         self.rows = 0
+        self.image_files: dict[str, list[int] | None] = {}  # path -> (size, mtime) of every image file named
 
     def add(self, row: dict) -> None:
         for name in row:
@@ -130,6 +161,8 @@ class Writer:
         for name in MESSAGE_COLUMNS:
             if name not in self.json_columns and _has_extras(row.get(name)):
                 self.json_columns.add(name)
+        if any(row.get(name) for name in IMAGE_COLUMNS):
+            row = {**row, **{name: self._spooled(row[name]) for name in IMAGE_COLUMNS if row.get(name)}}
         self._lines.write(self._dumps(row))
         self._lines.write(b"\n")
         self._batch.append(row)
@@ -137,13 +170,27 @@ class Writer:
         if len(self._batch) == BATCH:
             self._infer()
 
+    def _spooled(self, refs: list[dict]) -> list[dict]:
+        """Image references as the JSON spool holds them (bytes as base64), their files' stamps noted."""
+        from dpo_cli.data.images import stamp
+
+        out = []
+        for ref in refs:
+            if ref.get("bytes") is not None:
+                out.append({"bytes": base64.b64encode(ref["bytes"]).decode("ascii"), "path": None})
+            else:
+                if ref["path"] not in self.image_files:
+                    self.image_files[ref["path"]] = stamp(ref["path"])
+                out.append({"bytes": None, "path": ref["path"]})
+        return out
+
     def _infer(self) -> None:
         """Fold one batch's Arrow types into the types seen so far (JSON columns are JSON whatever they hold)."""
         import pyarrow as pa
 
         batch = self._batch
-        if self.json_columns:
-            batch = [{k: v for k, v in row.items() if k not in self.json_columns} for row in batch]
+        skipped = self.json_columns.union(IMAGE_COLUMNS)  # typed by their features, not inferred
+        batch = [{k: v for k, v in row.items() if k not in skipped} for row in batch]
         try:
             schema = pa.Table.from_pylist(batch).schema
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -165,7 +212,11 @@ class Writer:
                                 "upgrade it with pip install -U datasets") from None
         out = {}
         for name in self.columns:
-            if name in self.json_columns:
+            if name in IMAGE_COLUMNS:
+                from datasets import Image, Sequence
+
+                out[name] = Sequence(Image())
+            elif name in self.json_columns:
                 out[name] = Json() if name in JSON_COLUMNS else List(Json())
             else:
                 out[name] = Features.from_arrow_schema(pa.schema([(name, self.types.get(name, pa.null()))]))[name]
@@ -181,12 +232,16 @@ class Writer:
         self._lines.close()
         features = self.features()
         schema = features.arrow_schema
-        json_features = Features({name: features[name] for name in self.columns if name in self.json_columns})
+        json_features = Features({name: features[name] for name in self.columns
+                                  if name in self.json_columns or name in IMAGE_COLUMNS})
         lines = self.directory / "rows.jsonl"
         with open(lines, "rb") as f, pa.OSFile(str(self.directory / ROWS), "wb") as sink, \
                 pa.ipc.new_stream(sink, schema) as stream:
             while batch := [orjson.loads(line) for _, line in zip(range(BATCH), f)]:
                 columns = {name: [row.get(name) for row in batch] for name in self.columns}
+                for name in IMAGE_COLUMNS:
+                    if name in columns:
+                        columns[name] = [_unspooled(refs) for refs in columns[name]]
                 # Arrow converts plain values itself; only JSON columns need datasets' (Python) encoding
                 encoded = Dataset.from_dict({name: columns[name] for name in json_features},
                                             features=json_features).data.table if json_features else None
@@ -194,6 +249,11 @@ class Writer:
                           for name, field in zip(self.columns, schema)]
                 stream.write_table(pa.Table.from_arrays(arrays, schema=schema))
         lines.unlink()
+
+    def manifest(self) -> list[list]:
+        """``[path, size, mtime]`` of each image file the rows name, for ``load`` to check (a file gone at preparing
+        time never gets here: its row was refused)."""
+        return [[path, *found] for path, found in self.image_files.items() if found is not None]
 
     def abandon(self) -> None:
         self._lines.close()

@@ -24,7 +24,9 @@ CHECKS = {
     "prompt-mismatch": "chosen and rejected do not share the same prompt turns",
     "mixed-format": "the row is in a different format from the rest of its file",
     "bad-value": "a field has a value outside what the format allows",
-    "non-text": "a content part is not text (an image, audio or video)",
+    "non-text": "a content part is not text (an image without an images column, audio or video)",
+    "bad-image": "an image is missing, unreadable, not an image, or a URL (only local images are read)",
+    "image-count": "the <image> placeholders (image content parts) do not match the row's images one to one",
     "bad-tool-call": "a tool call or tool list is not valid JSON of the expected shape",
     "filter": "the --where expression could not be evaluated on this row",
 }
@@ -219,8 +221,9 @@ def content_parts(parts: list, at: Where, field: str) -> tuple[str, str, list[di
             else:
                 texts.append(body)
         else:
-            raise at.error("non-text", f"content part type {kind!r} is not text; dpo-cli trains on text only "
-                           "(drop the part, or keep its text in a text part)", where)
+            raise at.error("non-text", f"content part type {kind!r} is not text; dpo-cli reads images as "
+                           "{\"type\": \"image\"} parts with the images in the row's images column (drop the "
+                           "part, or keep its text in a text part)", where)
     return "".join(texts), "".join(reasoning), calls
 
 

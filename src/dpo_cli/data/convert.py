@@ -20,6 +20,7 @@ from dpo_cli.core.errors import DataError, DpoCliError, InputError, did_you_mean
 from dpo_cli.core.paths import check_output_file
 from dpo_cli.data.checks import reject_record
 from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.images import for_output
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.targets import TARGETS
 from dpo_cli.data.writers import dumps, open_writer, output_kind
@@ -197,6 +198,8 @@ def convert(options: ConvertOptions) -> ConvertSummary:
         limit = options.limit
         for source in sources:
             for _record, row in pipeline.rows(source):
+                if row.get("images") is not None:  # kept valid where the output is read: never copied
+                    row = {**row, "images": for_output(row["images"], output.parent)}
                 line = dumps(row)
                 if seen is not None:
                     key = hashlib.blake2b(line, digest_size=16).digest()

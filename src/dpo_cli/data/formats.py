@@ -20,10 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data import checks as c
+from dpo_cli.data import images
 from dpo_cli.data.checks import Omitted, RowError, Where
 
 
@@ -45,6 +47,7 @@ class AdapterOptions:
     pairs: str | None = None  # ranked, nectar: best-worst (default) | all | threshold=X
     warn: Callable[[RowError], None] | None = None  # rows that convert but deserve a mention
     tags: Tags | None = None  # sharegpt: set per source from a registry entry
+    media_dir: str | None = None  # where relative image paths start (a registry's folder); None: the data file's
 
     def __post_init__(self) -> None:
         if self.preference not in (None, "better", "safer", "safe-only"):
@@ -478,6 +481,17 @@ def orca_dpo(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
     return [pair]
 
 
+# --- rlaif-v -----------------------------------------------------------------------------------------------------
+
+def rlaif_v(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+    """openbmb/RLAIF-V-Dataset: image, question, chosen, rejected (ds_name, origin_dataset, idx, image_path are
+    metadata); the image goes before the question unless the question places it with ``<image>``."""
+    question = _prompt_column(row, "question", at)
+    if row.get("image") is not None:
+        question = images.first_user_image(question)
+    return [_pair([_user(question)], c.require(row, "chosen", at), c.require(row, "rejected", at), at)]
+
+
 # --- ranked, nectar ----------------------------------------------------------------------------------------------
 
 def _pairs_by_score(prompt: str | list, texts: list[str], scores: list[float], field: str,
@@ -643,16 +657,21 @@ def helpsteer(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
 
 
 def align_anything(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
-    """PKU-Alignment/align-anything text-to-text: question, response_1, response_2 and overall_response (1 or 2, the
-    better response overall; the per-aspect columns are not read)."""
+    """PKU-Alignment/align-anything text-to-text and text-image-to-text: question (and image), response_1,
+    response_2 and overall_response or better_response_id (1 or 2, the better response overall; the per-aspect
+    columns are not read). The image goes before the question unless the question places it with ``<image>``."""
     question = _prompt_column(row, "question", at)
-    better = c.require(row, "overall_response", at)
+    if row.get("image") is not None:
+        question = images.first_user_image(question)
+    name = "overall_response" if "overall_response" in row or "better_response_id" not in row \
+        else "better_response_id"
+    better = c.require(row, name, at)
     if type(better) is str and better in ("1", "2"):
         better = int(better)
     elif type(better) is float and better in (1.0, 2.0):
         better = int(better)
     if type(better) is not int or better not in (1, 2):
-        raise at.error("bad-value", f"must be 1 or 2 (the better response), found {better!r}", "overall_response")
+        raise at.error("bad-value", f"must be 1 or 2 (the better response), found {better!r}", name)
     return [_named_pair(question, row, f"response_{better}", f"response_{3 - better}", at)]
 
 
@@ -820,26 +839,50 @@ def _has(*names: str) -> Callable[[dict], bool]:
     return lambda row: all(n in row for n in names)
 
 
+def _imaged(adapter: Callable[[dict, Where, AdapterOptions], list[dict]], column: str = images.MANY):
+    """The adapter, reading rows with images too: image parts become ``<image>`` placeholders for the text checks,
+    the images are resolved (relative paths from the data file's folder, or the registry's) and checked to decode,
+    and each example becomes TRL's vision layout with its ``images``. Rows without images take the text path."""
+    def adapt(row: dict, at: Where, options: AdapterOptions) -> list[dict]:
+        if not images.has_images(row, column):
+            return adapter(row, at, options)
+        base = Path(options.media_dir) if options.media_dir else Path(at.file).parent
+        refs = images.references(row, base, at)
+        field = column if column == images.ONE or row.get(images.MANY) is None else images.MANY
+        return [images.vision(example, refs, at, field)
+                for example in adapter(images.with_placeholders(row, at), at, options)]
+
+    adapt.__doc__ = adapter.__doc__
+    adapt.__name__ = adapter.__name__
+    return adapt
+
+
+IMAGES = frozenset({images.MANY})  # the image column every message format reads
+
+
 FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("trl", trl, _detect_trl, frozenset({"prompt", "chosen", "rejected", "tools", *SCORE_NAMES}),
+    Format("trl", _imaged(trl), _detect_trl,
+           frozenset({"prompt", "chosen", "rejected", "tools", *SCORE_NAMES, *IMAGES}),
            "TRL's own rows: prompt/chosen/rejected as strings or messages, explicit or implicit prompt (full "
-           "multi-turn conversations such as Capybara-Preferences split at the last turn); equal scores "
+           "multi-turn conversations such as Capybara-Preferences split at the last turn), images with "
+           "{\"type\": \"image\"} content parts (TRL's vision layout); equal scores "
            "(score_chosen/score_rejected, chosen_rating/rejected_rating, ...) are a tie, left out"),
-    Format("messages", messages, _detect_messages,
-           frozenset({"prompt", "chosen", "rejected", "messages", "tools", *SCORE_NAMES}),
+    Format("messages", _imaged(messages), _detect_messages,
+           frozenset({"prompt", "chosen", "rejected", "messages", "tools", *SCORE_NAMES, *IMAGES}),
            "full OpenAI-style conversations in chosen/rejected, optional prompt (DPO-En-Zh-20k, UltraFeedback "
            "binarized); equal scores (score_chosen/score_rejected, chosen-rating/rejected-rating, ...) are a tie, "
            "left out"),
-    Format("alpaca", alpaca,
+    Format("alpaca", _imaged(alpaca),
            lambda row: "instruction" in row and (("chosen" in row and "rejected" in row) or "output" in row),
            frozenset({"instruction", "input", "chosen", "rejected", "output", "system", "history", "tools",
-                      *LABELS}),
+                      *LABELS, *IMAGES}),
            "instruction, input, optional system and history, then chosen/rejected (pairs) or output (SFT; KTO "
            "with a label) (LLaMA-Factory alpaca)"),
-    Format("sharegpt", sharegpt, lambda row: "conversations" in row,
-           frozenset({"conversations", "chosen", "rejected", "system", "tools", *LABELS}),
+    Format("sharegpt", _imaged(sharegpt), lambda row: "conversations" in row,
+           frozenset({"conversations", "chosen", "rejected", "system", "tools", *LABELS, *IMAGES}),
            "conversations (from/value, function_call and observation turns), optional system and tools, plus "
-           "chosen/rejected (pairs), a kto_tag (KTO) or neither (SFT) (LLaMA-Factory sharegpt)"),
+           "chosen/rejected (pairs), a kto_tag (KTO) or neither (SFT), images with <image> placeholders "
+           "(LLaMA-Factory sharegpt and mllm)"),
     Format("hh-rlhf", hh_rlhf,
            lambda row: "prompt" not in row and _is_hh(row.get("chosen")) and _is_hh(row.get("rejected")),
            frozenset({"chosen", "rejected"}), "Human:/Assistant: transcripts in chosen and rejected (Anthropic HH)"),
@@ -851,7 +894,7 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "prompt, response_0, response_1, better_response_id, safer_response_id (PKU-SafeRLHF)"),
     Format("orca-dpo", orca_dpo,
            lambda row: ("question" in row or ("input" in row and "instruction" not in row))
-           and "chosen" in row and "rejected" in row,
+           and "chosen" in row and "rejected" in row and "image" not in row,
            frozenset({"system", "question", "input", "chosen", "rejected", "status"}),
            "system, question (or input), chosen, rejected (Intel/orca_dpo_pairs, argilla's distilabel copy: "
            "status tie is left out)"),
@@ -880,25 +923,36 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
            "prompt, response_1, response_2, preference_strength (HelpSteer2) or context, response1, response2, "
            "overall_preference (HelpSteer3): below 0 the first response is preferred, above 0 the second, 0 is a "
            "tie, left out"),
-    Format("align-anything", align_anything, _has("question", "response_1", "response_2", "overall_response"),
-           frozenset({"question", "response_1", "response_2", "overall_response"}),
-           "question, response_1, response_2, overall_response (1 or 2) (Align-Anything text-to-text)"),
+    Format("rlaif-v", _imaged(rlaif_v, images.ONE), _has("image", "question", "chosen", "rejected"),
+           frozenset({"image", "question", "chosen", "rejected", "ds_name", "origin_dataset", "origin_split", "idx",
+                      "image_path"}),
+           "image, question, chosen, rejected (openbmb/RLAIF-V-Dataset; ds_name, origin_dataset, origin_split, idx "
+           "and image_path are metadata)"),
+    Format("align-anything", _imaged(align_anything, images.ONE),
+           lambda row: _has("question", "response_1", "response_2")(row)
+           and ("overall_response" in row or "better_response_id" in row),
+           frozenset({"question", "image", "response_1", "response_2", "overall_response", "better_response_id"}),
+           "question, response_1, response_2, overall_response or better_response_id (1 or 2), and an image for "
+           "text-image-to-text (Align-Anything)"),
     Format("llamafactory-v1", llamafactory_v1, _has("chosen_messages", "rejected_messages"),
            frozenset({"chosen_messages", "rejected_messages", "tools"}),
            "chosen_messages and rejected_messages, content parts and loss_weight per turn (LLaMA-Factory v1)"),
     Format("openai-dpo", openai_dpo, _has("preferred_output", "non_preferred_output"),
            frozenset({"input", "preferred_output", "non_preferred_output"}),
            "input.messages, preferred_output, non_preferred_output (OpenAI and Azure OpenAI DPO fine-tuning)"),
-    Format("kto", kto, _detect_kto, frozenset({"prompt", "completion", "messages", "tools", *LABELS}),
+    Format("kto", _imaged(kto), _detect_kto, frozenset({"prompt", "completion", "messages", "tools", *LABELS,
+                                                       *IMAGES}),
            "unpaired prompt, completion, label (true = desirable); or messages with a label or kto_tag"),
-    Format("prompt-only", prompt_only, _detect_prompt_only, frozenset({"prompt", "messages", "tools"}),
+    Format("prompt-only", _imaged(prompt_only), _detect_prompt_only,
+           frozenset({"prompt", "messages", "tools", *IMAGES}),
            "a prompt (text or messages), or messages ending on a user turn, with extra columns kept, for GRPO, "
            "RLOO, online DPO and PPO", keeps_extra=True),
-    Format("conversation", conversation, _detect_conversation, frozenset({"messages", "tools"}),
-           "whole conversations in messages, tool calls and content parts included (SFT data)"),
-    Format("prompt-completion", prompt_completion,
+    Format("conversation", _imaged(conversation), _detect_conversation, frozenset({"messages", "tools", *IMAGES}),
+           "whole conversations in messages, tool calls and content parts included, images with <image> "
+           "placeholders or image parts (SFT data; LLaMA-Factory mllm, TRL vision)"),
+    Format("prompt-completion", _imaged(prompt_completion),
            lambda row: "prompt" in row and "completion" in row and not any(k in row for k in LABELS),
-           frozenset({"prompt", "completion", "tools"}), "prompt and completion without a label (SFT data)"),
+           frozenset({"prompt", "completion", "tools", *IMAGES}), "prompt and completion without a label (SFT data)"),
 )}
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +15,40 @@ from dpo_cli.core.errors import DataError
 from dpo_cli.data.checks import CHECKS
 from dpo_cli.data.convert import print_findings
 from dpo_cli.data.formats import AdapterOptions
+from dpo_cli.data.images import mime_of, size_of, text_of
 from dpo_cli.data.rows import RowPipeline, Source, Stats
 from dpo_cli.data.writers import dumps
 
 SAMPLES = 3
+
+
+@dataclass
+class ImageCounts:
+    """Images in the valid rows (how many rows have them, how many a row has, their pixel sizes) and the rows
+    dropped for an image (a file not found, or unreadable: not an image, undecodable, a URL)."""
+
+    rows: int = 0
+    per_row: Counter = field(default_factory=Counter)
+    widths: array = field(default_factory=lambda: array("l"))
+    heights: array = field(default_factory=lambda: array("l"))
+    missing: int = 0
+    unreadable: int = 0
+
+    def add(self, refs: list[dict]) -> None:
+        self.rows += 1
+        self.per_row[len(refs)] += 1
+        for ref in refs:
+            size = size_of(ref)
+            if size is not None:
+                self.widths.append(size[0])
+                self.heights.append(size[1])
+
+    def reject(self, error: DataError, row: dict | None) -> None:
+        if getattr(error, "check", None) == "bad-image":
+            if error.reason.startswith("image file not found"):
+                self.missing += 1
+            else:
+                self.unreadable += 1
 
 
 @dataclass
@@ -37,23 +68,42 @@ class InspectReport:
     signal_starts: array = field(default_factory=lambda: array("l"))
     signal_lengths: array = field(default_factory=lambda: array("l"))
     template_warning: str | None = None  # what the chat template leaves out (tool calls, reasoning, tools)
+    images: ImageCounts = field(default_factory=lambda: ImageCounts())
 
     @property
     def clean(self) -> bool:
         return not self.stats.dropped
 
 
+def _text(content: Any) -> str:
+    """A message's text; of vision content parts, the text parts only (an image is not characters)."""
+    if type(content) is str:
+        return content
+    return "".join(part.get("text") or "" for part in content if part.get("type") == "text")
+
+
 def _response(value: Any) -> str:
     if type(value) is str:
         return value
-    return "".join(turn["content"] for turn in value)
+    return "".join(_text(turn["content"]) for turn in value)
 
 
 def _prompt_chars(example: dict) -> int:
     prompt = example.get("prompt", example.get("messages"))
     if type(prompt) is str:
         return len(prompt)
-    return sum(len(turn["content"]) for turn in prompt)
+    return sum(len(_text(turn["content"])) for turn in prompt)
+
+
+def _as_text(example: dict) -> dict:
+    """An image row with its content parts as text (``<image>`` where each image is), for a text tokenizer's counts:
+    the tokens an image becomes depend on the model's processor, which inspect-data does not load."""
+    out = dict(example)
+    out.pop("images", None)
+    for name in ("prompt", "chosen", "rejected", "completion", "messages"):
+        if type(out.get(name)) is list:
+            out[name] = [{**turn, "content": text_of(turn["content"])} for turn in out[name]]
+    return out
 
 
 def _responses(example: dict) -> dict[str, Any]:
@@ -71,8 +121,9 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
     the training side), so that --max-length counts the rows training warns about; ``template_drops``
     (evidence.template.TemplateDrops) counts what the chat template leaves out, as training warns of it."""
     started = time.perf_counter()
+    image_counts = ImageCounts()
     pipeline = RowPipeline(lambda example, at: [example], AdapterOptions(preference=preference, pairs=pairs),
-                        skip_invalid=True, count_languages=True)
+                        skip_invalid=True, count_languages=True, on_reject=image_counts.reject)
     seen: set[bytes] = set()
     duplicates = rows = 0
     chars: dict[str, array] = {}
@@ -85,6 +136,8 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
             if key in seen:
                 duplicates += 1
             seen.add(key)
+            if example.get("images") is not None:
+                image_counts.add(example["images"])
             chars.setdefault("prompt", array("l")).append(_prompt_chars(example))
             for name, value in _responses(example).items():
                 chars.setdefault(name, array("l")).append(len(_response(value)))
@@ -93,7 +146,7 @@ def inspect(inputs: list[str], *, format: str | None = None, columns: dict[str, 
     if pipeline.stats.read == 0 and not pipeline.stats.dropped:  # lines that could not be read are reported below
         raise DataError("no rows: the files hold nothing to inspect or train on", file=", ".join(map(str, inputs)))
     report = InspectReport(inputs=list(inputs), stats=pipeline.stats, rows=rows, duplicates=duplicates,
-                           char_lengths=chars, max_length=max_length, samples=samples)
+                           char_lengths=chars, max_length=max_length, samples=samples, images=image_counts)
     if tokenizer is not None:
         _token_statistics(report, sources, tokenizer, preference, pairs, signal if max_length else None,
                           template_drops)
@@ -124,6 +177,8 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
                         skip_invalid=True)
     for source in sources:
         for _record, example in pipeline.rows(source):
+            if "images" in example:
+                example = _as_text(example)
             if template_drops is not None:
                 template_drops.add(example)
             if signal is not None:
@@ -157,6 +212,8 @@ def _token_statistics(report: InspectReport, sources: list[Source], tok, prefere
     if template_drops is not None:
         report.template_warning = template_drops.message()
     for example in report.samples:
+        if "images" in example:
+            example = _as_text(example)
         if report.chat_template and type(example.get("prompt")) is list:
             first = next(iter(_responses(example).values()), None)
             turns = example["prompt"] + (first if type(first) is list else [])
@@ -195,6 +252,34 @@ def over_limit(report: InspectReport) -> dict[str, int]:
     return {"lost": prompt_side, "cut": response_side, "rows": len(prompt)}
 
 
+def _shown(value: Any) -> str:
+    """An image's bytes in a printed sample: their size, not the bytes."""
+    if isinstance(value, bytes):
+        return f"<{len(value):,} bytes of {mime_of(value)}>"
+    raise TypeError(type(value).__name__)
+
+
+def _print_images(console, counts: ImageCounts) -> None:
+    if not (counts.rows or counts.missing or counts.unreadable):
+        return
+    from rich.table import Table
+
+    table = Table(title="images", title_justify="left", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("rows with images", f"{counts.rows:,}")
+    per_row = [f"{n} image{'s' if n != 1 else ''}: {rows:,} row{'s' if rows != 1 else ''}"
+               for n, rows in sorted(counts.per_row.items())]
+    table.add_row("images per row", "; ".join(per_row))
+    table.add_row("image files missing", f"{counts.missing:,}")
+    table.add_row("images unreadable", f"{counts.unreadable:,}")
+    for name, values in (("width (px)", counts.widths), ("height (px)", counts.heights)):
+        if values:
+            lo, median, p95, hi, mean = _quantiles(values)
+            table.add_row(name, f"min {lo:,}, median {median:,}, p95 {p95:,}, max {hi:,}")
+    console.print(table)
+
+
 def print_report(console, report: InspectReport) -> None:
     from rich.table import Table
 
@@ -231,6 +316,7 @@ def print_report(console, report: InspectReport) -> None:
     if findings.row_count:
         console.print(findings)
 
+    _print_images(console, report.images)
     for unit, lengths in (("characters", report.char_lengths), ("tokens", report.token_lengths)):
         if not lengths:
             continue
@@ -256,7 +342,8 @@ def print_report(console, report: InspectReport) -> None:
         if i < len(report.rendered):
             console.print(report.rendered[i], markup=False, highlight=False)
         else:
-            console.print(json.dumps(example, ensure_ascii=False, indent=2), markup=False, highlight=False)
+            console.print(json.dumps(example, ensure_ascii=False, indent=2, default=_shown), markup=False,
+                          highlight=False)
     if report.samples and report.token_lengths and not report.chat_template:
         console.print("(the tokenizer has no chat template; samples are shown as rows)")
     console.print("clean: every row passes every check" if report.clean

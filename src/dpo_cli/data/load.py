@@ -19,6 +19,7 @@ from dpo_cli.core.builtins import cache_home
 from dpo_cli.core.errors import DataError, did_you_mean
 from dpo_cli.data import cache, hub
 from dpo_cli.data.checks import reject_record
+from dpo_cli.data.images import file_digest
 from dpo_cli.data.readers import Record
 from dpo_cli.data.rows import RECIPE_KEYS, RowPipeline, Source, Stats
 from dpo_cli.data.targets import KINDS
@@ -77,7 +78,11 @@ def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = 
             raise DataError(f"this row has columns ({', '.join(sorted(keys))}) but earlier rows have "
                             f"({', '.join(sorted(columns))}); one dataset cannot mix them",
                             file=record.file, line=record.line)
-        digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
+        if row.get("images"):  # an image is in the fingerprint by its bytes, wherever the row keeps it
+            fingerprinted = {**row, "images": [file_digest(ref).hex() for ref in row["images"]]}
+            digest.update(json.dumps(fingerprinted, ensure_ascii=False, sort_keys=True).encode())
+        else:
+            digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())
         yield row
 
 
@@ -88,6 +93,7 @@ def _prepare(sources: list[Source], kind: str, root: Path) -> tuple[Any, dict]:
     found = cache.load(root / name)
     if found is not None:
         return found
+    cache.discard(root / name)  # out of date (an image changed, a rejects file went): prepared again in its place
     pipeline = _pipeline(kind)
     digest = hashlib.sha256()
     with cache.preparing(root, name) as (writer, meta):
@@ -97,6 +103,8 @@ def _prepare(sources: list[Source], kind: str, root: Path) -> tuple[Any, dict]:
             raise _no_rows(kind, ", ".join(str(s.path) for s in sources))
         meta.update(fingerprint=digest.hexdigest(), rows=writer.rows, stats=pipeline.stats.to_json(),
                     rejects=[s.rejects for s in sources if s.rejects and s.skip_invalid])
+        if writer.image_files:
+            meta["image_files"] = writer.manifest()
         hubs = [s.hub.record(hub.open_dataset(s.hub)[1]) for s in sources if s.hub is not None]
         if hubs:
             meta["hub"] = hubs

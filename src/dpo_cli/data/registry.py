@@ -14,11 +14,13 @@ from dpo_cli.data.hub import HubSpec
 # LLaMA-Factory's column roles -> the column each format adapter reads, with LLaMA-Factory's defaults
 _ALPACA = {"prompt": ("instruction", "instruction"), "query": ("input", "input"), "response": ("output", "output"),
            "history": ("history", None), "system": ("system", None), "tools": ("tools", None),
-           "chosen": ("chosen", None), "rejected": ("rejected", None), "kto_tag": ("label", None)}
+           "chosen": ("chosen", None), "rejected": ("rejected", None), "kto_tag": ("label", None),
+           "images": ("images", None)}
 _SHAREGPT = {"messages": ("conversations", "conversations"), "system": ("system", None), "tools": ("tools", None),
-             "chosen": ("chosen", None), "rejected": ("rejected", None), "kto_tag": ("label", None)}
+             "chosen": ("chosen", None), "rejected": ("rejected", None), "kto_tag": ("label", None),
+           "images": ("images", None)}
 _HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
-_MEDIA = ("images", "videos", "audios")
+_MEDIA = ("videos", "audios")  # images are read (mllm entries); videos and audio are not
 _ELSEWHERE = {"ms_hub_url": "ModelScope", "om_hub_url": "Modelers (openmind)",
               "script_url": "a loading script (datasets no longer runs them)", "cloud_file_name": "cloud storage"}
 _KNOWN = {"file_name", "formatting", "ranking", "columns", "tags", "num_samples", "split", "subset", "folder",
@@ -43,7 +45,8 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
 
     Paths in the entry are relative to the registry's folder, as LLaMA-Factory's dataset_dir. The entry's
     ``formatting`` picks the adapter, ``columns`` become renames, ``tags`` the message tags, ``num_samples`` a limit
-    (the first rows; LLaMA-Factory samples at random).
+    (the first rows; LLaMA-Factory samples at random). Image paths (an ``images`` column, mllm entries) start from
+    the registry's folder, as LLaMA-Factory's media_dir defaults to its dataset_dir.
     """
     registry = read_registry(path)
     if name not in registry:
@@ -79,7 +82,8 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
     columns = entry.get("columns") or {}
     media = [k for k in _MEDIA if columns.get(k)]
     if media:
-        raise DataError(f"has {', '.join(media)} columns; dpo-cli trains text-only models", file=where)
+        raise DataError(f"has {', '.join(media)} columns; dpo-cli reads text and images, not video or audio",
+                        file=where)
     roles = _ALPACA if formatting == "alpaca" else _SHAREGPT
     unknown = sorted(set(columns) - set(roles) - set(_MEDIA))
     if unknown:
@@ -99,4 +103,4 @@ def registry_source(path: str, name: str) -> dict[str, Any]:
     return {"path": str(file), "hub": hub, "format": "alpaca" if formatting == "alpaca" else "sharegpt",
             "columns": renames,
             "tags": registry_tags(entry.get("tags") or {}) if formatting != "alpaca" else None,
-            "limit": entry.get("num_samples")}
+            "limit": entry.get("num_samples"), "media_dir": str(Path(path).parent)}

@@ -15,6 +15,7 @@ from dpo_cli.data import hub
 from dpo_cli.data.checks import CHECKS, OMISSIONS, WARNINGS, Omitted, RowError, Where, check_of
 from dpo_cli.data.formats import AdapterOptions, Format, Tags, candidates, detect, get_format
 from dpo_cli.data.hub import HubSpec
+from dpo_cli.data.images import text_of
 from dpo_cli.data.readers import Record, expand_paths, iter_records
 from dpo_cli.data.registry import registry_source
 from dpo_cli.data.targets import SHAPE_WORDS, shape_of
@@ -45,6 +46,7 @@ class Source:
     hub: HubSpec | None = None  # a dataset on the Hub (path is then its label)
     pairs: str | None = None  # ranked data: which pairs (convert-data's --pairs)
     preference: str | None = None  # PKU-SafeRLHF: which answer is chosen (convert-data's --preference)
+    media_dir: str | None = None  # where relative image paths start (a registry entry's folder); None: each file's
 
     def __post_init__(self) -> None:
         if self.hub is None and hub.is_hub(self.path):  # the string form, hub:ORG/NAME[@SPLIT]
@@ -221,10 +223,10 @@ def prompt_text(example: dict) -> str:
     if type(prompt) is str:
         return prompt
     if prompt and type(prompt[-1]) is dict and prompt[-1].get("role") == "user":
-        return prompt[-1]["content"]
+        return text_of(prompt[-1]["content"])
     for turn in reversed(prompt):
         if type(turn) is dict and turn.get("role", turn.get("from")) in ("user", "human"):
-            return turn.get("content", turn.get("value", ""))
+            return text_of(turn.get("content", turn.get("value", "")))
     return ""
 
 
@@ -296,6 +298,7 @@ class RowPipeline:
         forced = get_format(source.format) if source.format else None
         given, self.options = self.options, source.options(self.options)
         self.options.tags = source.tags
+        self.options.media_dir = source.media_dir
         try:
             yield from self._rows(source, forced)
         finally:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dpo_cli.data.checks import Omitted, Where
+from dpo_cli.data.images import text_of
 
 
 def shape_of(example: dict) -> str:
@@ -31,9 +32,18 @@ def _cannot(example: dict, target: str, at: Where, hint: str = ""):
 
 
 def _with_tools(out: dict, example: dict) -> dict:
+    """The new row, with the example's tools and images (their placeholders stay in the prompt turns it keeps)."""
     if "tools" in example:
         out["tools"] = example["tools"]
+    if "images" in example:
+        out["images"] = example["images"]
     return out
+
+
+def _no_images(example: dict, at: Where, target: str) -> None:
+    if "images" in example:
+        raise at.error("bad-value", f"{target} has no place for images; use --to sharegpt or the default output",
+                       "images")
 
 
 def _imitated(example: dict) -> tuple[Any, Any] | None:
@@ -143,6 +153,7 @@ def _response(value: Any, at: Where, target: str, field: str) -> str:
 def to_text(example: dict, at: Where) -> list[dict]:
     if "chosen" not in example:
         raise _cannot(example, "plain-text preference pairs", at)
+    _no_images(example, at, "plain text")
     return [{"prompt": _single_user(example["prompt"], at, "plain text"),
              "chosen": _response(example["chosen"], at, "plain text", "chosen"),
              "rejected": _response(example["rejected"], at, "plain text", "rejected")}]
@@ -157,6 +168,7 @@ def to_alpaca(example: dict, at: Where) -> list[dict]:
         turns, responses = example["messages"][:-1], {"output": example["messages"][-1:]}
     else:
         raise _cannot(example, "alpaca rows", at, " (alpaca holds pairs and conversations)")
+    _no_images(example, at, "alpaca")
     if "tools" in example:
         raise at.error("bad-value", "alpaca has no place for tools; use --to sharegpt or the default output", "tools")
     out: dict[str, Any] = {}
@@ -193,8 +205,8 @@ def _sharegpt_turn(turn: dict, at: Where, field: str) -> dict:
     if "reasoning_content" in turn:
         raise at.error("bad-value", "sharegpt has no place for reasoning_content; keep the default output", field)
     calls = turn.get("tool_calls")
-    if not calls:
-        return {"from": _SHAREGPT_TAGS[turn["role"]], "value": turn["content"]}
+    if not calls:  # vision content parts go back to text with LLaMA-Factory's <image> placeholders
+        return {"from": _SHAREGPT_TAGS[turn["role"]], "value": text_of(turn["content"])}
     if turn["content"]:
         raise at.error("bad-value", "sharegpt cannot hold text and a tool call in one turn; keep the default "
                        "output", field)
@@ -213,12 +225,14 @@ def to_sharegpt(example: dict, at: Where) -> list[dict]:
     out: dict[str, Any] = {}
     turns = [{"role": "user", "content": prompt}] if type(prompt) is str else list(prompt)
     if turns[0]["role"] == "system":
-        out["system"] = turns.pop(0)["content"]
+        out["system"] = text_of(turns.pop(0)["content"])
     out["conversations"] = [_sharegpt_turn(t, at, "prompt") for t in turns]
     for name, value in ends.items():
         out[name] = {"from": "gpt", "value": value} if type(value) is str else _sharegpt_turn(value[-1], at, name)
     if "tools" in example:  # LLaMA-Factory keeps tools as a JSON string
         out["tools"] = json.dumps(example["tools"], ensure_ascii=False)
+    if "images" in example:
+        out["images"] = example["images"]
     return [out]
 
 

@@ -9,17 +9,27 @@ from typing import Any
 
 from dpo_cli.core.errors import DataError
 
+
+def _bytes(value: Any) -> str:
+    """Binary values (an image's bytes in a rejected parquet row) as a data: URI, which dpo-cli reads back."""
+    if isinstance(value, (bytes, bytearray)):
+        from dpo_cli.data.images import data_uri
+
+        return data_uri(bytes(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 try:  # same bytes as the stdlib's compact form, several times faster
     from orjson import dumps as _orjson_dumps
 
     def dumps(row: Any) -> bytes:
         try:
-            return _orjson_dumps(row)
+            return _orjson_dumps(row, default=_bytes)
         except TypeError:  # integers beyond 64 bits and the like: let the stdlib do it
-            return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+            return json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=_bytes).encode()
 except ImportError:  # pragma: no cover
     def dumps(row: Any) -> bytes:
-        return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":"), default=_bytes).encode()
 
 OUTPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
