@@ -124,6 +124,9 @@ class Stage:
     # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
     settle: Callable[[Recipe, PlannedRun], list[Default]] = lambda recipe, run: []
     sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
+    # why this stage cannot train a vision-language model or rows with images (said at --dry-run and load, exit 2);
+    # None: it can (TRL's trainer takes the processor and an images column)
+    no_images: str | None = "dpo-cli passes it text only"
 
     @contextlib.contextmanager
     def reading(self, recipe: Recipe) -> Iterator[None]:

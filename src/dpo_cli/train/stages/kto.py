@@ -48,4 +48,6 @@ STAGE = Stage(
     # TRL's KTO scores each row's completion and, for the KL estimate, a mismatched completion: two sequences
     sequences_per_row=lambda recipe: 2,
     validate=validate,
+    no_images="dpo-cli gives TRL's KTOTrainer text rows only (TRL 1.12 and 1.16 have a vision path for unpaired rows, "
+              "1.0 has none)",
 )
