@@ -144,7 +144,7 @@ def test_image_rows_are_checked_against_the_model_and_the_settings_trl_refuses(t
         check_images(precompute, get_stage("dpo"), vision_model=True, data_images=True)
 
 
-def _train_on_images(recipe_file, kind: str, monkeypatch, overrides=()):
+def _train_on_images(recipe_file, kind: str, monkeypatch, overrides=(), eval_rows: bool = False):
     """run.train with the data layer's output stood in by a dataset with images (what the data branch of issue 20
     prepares from the layouts it reads): every other step is the real one."""
     from dpo_cli.train.run import train
@@ -152,7 +152,7 @@ def _train_on_images(recipe_file, kind: str, monkeypatch, overrides=()):
 
     dataset = image_dataset(kind)
     monkeypatch.setattr(Stage, "load_data", lambda self, recipe: (
-        dataset, None, {"train": {"rows": len(dataset), "fingerprint": f"images-{kind}"}}))
+        dataset, dataset if eval_rows else None, {"train": {"rows": len(dataset), "fingerprint": f"images-{kind}"}}))
     return train(load_recipe(recipe_file, list(overrides)))
 
 
@@ -169,11 +169,15 @@ def _weights(path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage,kind", [("sft", "sft"), ("dpo", "preference")])
-def test_tiny_vlm_trains_on_rows_with_images(stage, kind, tiny_vlm, write_recipe, tmp_path, monkeypatch, cpu_only):
+def test_tiny_vlm_trains_on_rows_with_images(stage, kind, tiny_vlm, write_recipe, tmp_path, monkeypatch, cpu_only,
+                                             capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     out = tmp_path / "out"
-    result = _train_on_images(_recipe(write_recipe, stage, out), kind, monkeypatch)
+    result = _train_on_images(_recipe(write_recipe, stage, out), kind, monkeypatch, eval_rows=True)
+    if stage == "dpo":  # held-out figures score text pairs only so far: said, not computed wrongly
+        assert "evaluation" not in result.manifest
+        assert "held-out scoring skipped: the eval rows hold images" in capsys.readouterr().err
     assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
     losses = _losses(out)
     assert losses and all(loss == loss for loss in losses)  # logged, and not NaN
@@ -210,3 +214,22 @@ def test_lora_on_tiny_vlm_trains_the_language_model_and_merges(tiny_vlm, write_r
             == weights["model.vision_tower.encoder.layers.0.mlp.fc1.weight"]).all()
     assert type(AutoProcessor.from_pretrained(tmp_path / "merged")).__name__ == "LlavaProcessor"
     AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+
+
+def test_the_pairs_stage_refuses_a_vision_language_model_at_dry_run_and_at_run(tiny_vlm, write_recipe, tmp_path,
+                                                                              capsys):
+    from dpo_cli.train.pipeline import run_stage
+
+    recipe = write_recipe(f"""\
+stage: pairs
+model: {{name_or_path: builtin:tiny-vlm}}
+data: {{train: {{path: {PAIRS}, limit: 4}}}}
+reward: {{functions: [{{regex: {{pattern: "^[A-Z]"}}}}]}}
+sampling: {{num_samples: 2, max_new_tokens: 4}}
+output_dir: {tmp_path / 'out'}
+""")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--dry-run")
+    assert code == 2 and "stage pairs cannot take images" in err
+    with pytest.raises(InputError, match="stage pairs cannot take images"):
+        run_stage(load_recipe(recipe))
+    assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -273,6 +273,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         raise InputError(f"stage {stage.name} cannot resume from a checkpoint (TRL's trainer for it has no resume); "
                          f"run it again without --resume")
 
+    vision_model = is_vision_language(recipe.model)
+    check_images(recipe, stage, vision_model, data_images=False)  # the model alone: said before any data is read
+
     # 1. config: device and precision from the hardware, the rest from the recipe
     plan = plan_device(recipe.trainer)
     args = build_config(recipe, plan)
@@ -312,7 +315,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
 
         # 3. tokenizer (a vision-language model's processor) and models
         images = has_images(train_dataset.column_names)
-        check_images(recipe, stage, is_vision_language(recipe.model), images)
+        check_images(recipe, stage, vision_model, images)
         processing = load_processing_class(recipe.model)
         tokenizer = text_tokenizer(processing)
         check_chat_template(recipe, stage.data_kind, processing)
