@@ -32,8 +32,12 @@ def _rows(kind: str, count: int = 8) -> list[dict]:
         prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]}]
         right = [{"role": "assistant", "content": [{"type": "text", "text": f"It is {colour}."}]}]
         wrong = [{"role": "assistant", "content": [{"type": "text", "text": "It is green, I think."}]}]
-        rows.append({"images": [image], "prompt": prompt, "chosen": right, "rejected": wrong} if kind == "preference"
-                    else {"images": [image], "prompt": prompt, "completion": right})
+        if kind == "preference":
+            rows.append({"images": [image], "prompt": prompt, "chosen": right, "rejected": wrong})
+        elif kind == "kto":  # unpaired: the right answer desirable, the wrong one not
+            rows.append({"images": [image], "prompt": prompt, "completion": (right, wrong)[i % 2], "label": i % 2 == 0})
+        else:
+            rows.append({"images": [image], "prompt": prompt, "completion": right})
     return rows
 
 
@@ -108,7 +112,7 @@ def test_lora_targets_the_language_model_unless_the_recipe_names_targets(tiny_vl
     assert lora_targets(LoraSection(), meta_model(ModelSection(name_or_path="builtin:tiny-chat"))) == "all-linear"
 
 
-@pytest.mark.parametrize("stage", ["orpo", "reward", "kto", "grpo"])
+@pytest.mark.parametrize("stage", ["orpo", "reward", "grpo"])
 def test_a_stage_without_an_image_path_refuses_a_vision_language_model(stage, tiny_vlm, write_recipe, tmp_path,
                                                                         capsys):
     from dpo_cli.train.stages import unavailable
@@ -168,11 +172,15 @@ def _weights(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,kind", [("sft", "sft"), ("dpo", "preference")])
+@pytest.mark.parametrize("stage,kind", [("sft", "sft"), ("dpo", "preference"), ("kto", "kto")])
 def test_tiny_vlm_trains_on_rows_with_images(stage, kind, tiny_vlm, write_recipe, tmp_path, monkeypatch, cpu_only,
                                              capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from dpo_cli.train.stages import get_stage
+
+    if get_stage(stage).no_images() is not None:
+        pytest.skip(get_stage(stage).no_images())
     out = tmp_path / "out"
     result = _train_on_images(_recipe(write_recipe, stage, out), kind, monkeypatch, eval_rows=True)
     if stage == "dpo":  # held-out figures score text pairs only so far: said, not computed wrongly
@@ -233,3 +241,13 @@ output_dir: {tmp_path / 'out'}
     with pytest.raises(InputError, match="stage pairs cannot take images"):
         run_stage(load_recipe(recipe))
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_an_over_budget_plan_never_suggests_what_trl_refuses_on_image_rows(tiny_vlm, write_recipe, tmp_path, capsys):
+    recipe = _recipe(write_recipe, "dpo", tmp_path / "out")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--dry-run", "--json", "--gpu-memory", "10MiB")
+    assert code == 0, err
+    fixes = [fix["change"] for fix in json.loads(out)["memory"]["fixes"]]
+    assert fixes and not any("precompute" in change for change in fixes)
+    items = {item["what"]: item for item in json.loads(out)["memory"]["items"]}
+    assert items["vision tower activations (estimate)"]["bytes"] > 0  # full fine-tuning trains the tower

@@ -312,7 +312,8 @@ def _total(x: _Inputs) -> int:
 # Changes that lower the peak, cheapest first: what each costs in speed or in what is trained
 def _candidates(x: _Inputs) -> list[tuple[str, _Inputs]]:
     found: list[tuple[str, _Inputs]] = []
-    if x.reference in ("copy", "separate", "shared", "trainer-copy"):
+    # TRL precomputes no reference log-probs for image rows
+    if x.reference in ("copy", "separate", "shared", "trainer-copy") and x.vision is None:
         found.append(("ref_model.precompute: true (no reference in memory or forward; faster over an epoch)",
                       dataclasses.replace(x, reference="precomputed", reference_bytes=0)))
     if x.cuda and not x.liger:

@@ -29,7 +29,7 @@ def has_images(columns) -> bool:
 def image_stages() -> list[str]:
     from dpo_cli.train.stages import STAGES
 
-    return [name for name, stage in STAGES.items() if stage.no_images is None]
+    return [name for name, stage in STAGES.items() if stage.no_images() is None]
 
 
 def check_images(recipe: Recipe, stage: Stage, vision_model: bool, data_images: bool) -> None:
@@ -39,8 +39,8 @@ def check_images(recipe: Recipe, stage: Stage, vision_model: bool, data_images: 
         return
     model = recipe.model.name_or_path
     what = f"model {model} is a vision-language model" if vision_model else "the training rows hold images"
-    if stage.no_images is not None:
-        raise InputError(f"stage {stage.name} cannot take images ({what}): {stage.no_images}; the stages that do: "
+    if (reason := stage.no_images()) is not None:
+        raise InputError(f"stage {stage.name} cannot take images ({what}): {reason}; the stages that do: "
                          f"{', '.join(image_stages())}")
     if not data_images:
         return

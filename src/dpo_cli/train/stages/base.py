@@ -126,7 +126,7 @@ class Stage:
     sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
     # why this stage cannot train a vision-language model or rows with images (said at --dry-run and load, exit 2);
     # None: it can (TRL's trainer takes the processor and an images column)
-    no_images: str | None = "dpo-cli passes it text only"
+    no_images: Callable[[], str | None] = lambda: "dpo-cli passes it text only"
 
     @contextlib.contextmanager
     def reading(self, recipe: Recipe) -> Iterator[None]:

@@ -224,5 +224,5 @@ STAGE = Stage(
     validate=validate,
     trainer_fields=trainer_fields,
     settle=settle,
-    no_images=None,  # TRL's trainer takes the processor and an images column
+    no_images=lambda: None,  # TRL's trainer takes the processor and an images column
 )

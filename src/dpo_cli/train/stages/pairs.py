@@ -263,5 +263,5 @@ STAGE = Stage(
     resumable=False,
     validate=validate,
     sampling=sampling,
-    no_images="it samples completions from a text model (a causal LM) only",
+    no_images=lambda: "it samples completions from a text model (a causal LM) only",
 )
