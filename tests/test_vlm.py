@@ -251,3 +251,30 @@ def test_an_over_budget_plan_never_suggests_what_trl_refuses_on_image_rows(tiny_
     assert fixes and not any("precompute" in change for change in fixes)
     items = {item["what"]: item for item in json.loads(out)["memory"]["items"]}
     assert items["vision tower activations (estimate)"]["bytes"] > 0  # full fine-tuning trains the tower
+
+
+@pytest.mark.slow
+def test_a_rank_other_than_0_can_build_tiny_vlm(tmp_path):
+    """Under torchrun every rank may be the first to need the model: rank 1 builds it, rank 0 finds it after."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "build.py"
+    script.write_text("import torch.distributed as dist\n"
+                      "from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+                      "from dpo_cli.core.builtins import ensure_tiny_vlm\n"
+                      "dist.init_process_group('gloo')\n"
+                      "if dist.get_rank() == 1:\n"
+                      "    AutoModelForImageTextToText.from_pretrained(ensure_tiny_vlm())\n"
+                      "dist.barrier()\n"
+                      "AutoModelForImageTextToText.from_pretrained(ensure_tiny_vlm())\n"
+                      "AutoProcessor.from_pretrained(ensure_tiny_vlm())\n", encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DPO_CLI_HOME": str(tmp_path / "home")}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    models = tmp_path / "home" / "models"
+    assert [p.name for p in models.iterdir()] == ["tiny-vlm-v1"]  # one build kept, no temporary folder left
+    assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= {
+        p.name for p in (models / "tiny-vlm-v1").iterdir()}
