@@ -374,7 +374,7 @@ CASES = [
          "--local-dir DIR`, copy DIR here and set model.name_or_path=DIR",
          recipe_with("builtin:tiny-chat", "no-such-org/no-such-model")),
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
-         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, demo/train.jsonl, demo/eval.jsonl",
+         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl",
          recipe_with("builtin:tiny-chat", "builtin:tiny-chatt")),
 
     # data rows, through convert-data (training reads data with the same adapters and checks)
