@@ -61,14 +61,18 @@ def loading(path: str) -> Iterator[None]:
 
 
 def model_config(path: str, trust_remote_code: bool = False):
-    """The transformers config of a resolved model path (read once per path and process; a copy each call, as
-    models built from it may change it)."""
+    """The transformers config of a resolved model path (read once per path, file version and process; a copy each
+    call, as models built from it may change it)."""
+    config_file = Path(path) / "config.json"
+    stamp = (config_file.stat().st_mtime_ns, config_file.stat().st_size) if config_file.is_file() else None
     with loading(path):
-        return copy.deepcopy(_config(path, trust_remote_code))
+        return copy.deepcopy(_config(path, trust_remote_code, stamp))
 
 
 @functools.lru_cache(maxsize=16)
-def _config(path: str, trust_remote_code: bool):
+def _config(path: str, trust_remote_code: bool, stamp: tuple[int, int] | None):
+    """``stamp`` (the config file's time and size) keys the cache, so a model saved over in this process (a pipeline
+    re-run with --overwrite) is read again."""
     from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
