@@ -320,7 +320,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         tokenizer = text_tokenizer(processing)
         check_chat_template(recipe, stage.data_kind, processing)
         # both measure rendered text: on image rows the tokens each image expands to are not in it, so they would
-        # say too little (TRL's collator truncates image rows and names a cut image token itself)
+        # say too little (TRL's vision collators truncate image rows as they batch them)
         if is_main and not images and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
         if is_main and not images and (warning := template_warning(tokenizer, train_dataset)):

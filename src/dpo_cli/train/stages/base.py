@@ -82,7 +82,7 @@ class StageInputs:
     args: Any  # the stage's TRL config
     model: Any
     ref_model: Any
-    tokenizer: Any
+    tokenizer: Any  # TRL's processing_class: a tokenizer, or a vision-language model's processor
     train_dataset: Any
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
