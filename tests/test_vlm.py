@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from conftest import REPO
 from dpo_cli.core.errors import InputError, RecipeError
 from dpo_cli.recipe.load import load_recipe
 from helpers import run_cli
@@ -278,3 +279,39 @@ def test_a_rank_other_than_0_can_build_tiny_vlm(tmp_path):
     assert [p.name for p in models.iterdir()] == ["tiny-vlm-v1"]  # one build kept, no temporary folder left
     assert {"config.json", "model.safetensors", "processor_config.json", "tokenizer.json"} <= {
         p.name for p in (models / "tiny-vlm-v1").iterdir()}
+
+
+# The layouts of issue 20's item 2, as the data branch's fixtures hold them (tests/fixtures/images): each trains
+# through the real loader. Skipped where the fixtures or the loader's images column are not here yet.
+IMAGE_FIXTURES = REPO / "tests" / "fixtures" / "images"
+LAYOUTS = [
+    ("dpo", "trl_vision.jsonl"), ("kto", "trl_vision.jsonl"), ("sft", "trl_vision_sft.jsonl"),
+    ("dpo", "rlaif_v.parquet"), ("dpo", "align_anything_ti2t.jsonl"),
+    ("sft", "{registry: dataset_info.json, name: mllm_demo}"),
+    ("dpo", "{registry: dataset_info.json, name: mllm_dpo_demo}"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage,source", LAYOUTS, ids=[f"{stage}-{source.split('name: ')[-1].rstrip('}')}"
+                                                        for stage, source in LAYOUTS])
+def test_tiny_vlm_trains_from_each_image_layout(stage, source, tiny_vlm, write_recipe, tmp_path, cpu_only):
+    from dpo_cli.data.load import check_data
+    from dpo_cli.train.run import train
+    from dpo_cli.train.stages import get_stage
+    from dpo_cli.train.vision import has_images
+
+    source = source.replace("dataset_info.json", str(IMAGE_FIXTURES / "dataset_info.json")) if "registry" in source \
+        else str(IMAGE_FIXTURES / source)
+    if not IMAGE_FIXTURES.is_dir():
+        pytest.skip("the image fixtures come with the data side of issue 20")
+    if get_stage(stage).no_images() is not None:
+        pytest.skip(get_stage(stage).no_images())
+    recipe = load_recipe(_recipe(write_recipe, stage, tmp_path / "out"), [f"data.train={source}"])
+    if not has_images(check_data(recipe.data, get_stage(stage).data_kind)["train"]["columns"]):
+        pytest.skip("this data loader does not keep the images column yet")
+    result = train(recipe)
+    assert result.manifest["status"] == "completed" and _losses(tmp_path / "out")
+    before, after = _weights(tiny_vlm), _weights(tmp_path / "out")
+    key = "model.language_model.layers.0.mlp.down_proj.weight"
+    assert not (before[key] == after[key]).all()
