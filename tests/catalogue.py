@@ -376,8 +376,13 @@ CASES = [
          "Face Hub (*). On a machine with access run `huggingface-cli download no-such-org/no-such-model "
          "--local-dir DIR`, copy DIR here and set model.name_or_path=DIR",
          recipe_with("builtin:tiny-chat", "no-such-org/no-such-model")),
+    Case("model-images-stage", "model", "a vision-language model for a stage that cannot take images", TRAIN,
+         "stage orpo cannot take images (model builtin:tiny-vlm is a vision-language model): TRL's ORPOTrainer "
+         "(trl.experimental, checked in 1.0 and 1.16) tokenizes text only; the stages that do: sft, dpo*",
+         recipe_with("stage: dpo\nmodel:\n  name_or_path: builtin:tiny-chat",
+                     "stage: orpo\nmodel:\n  name_or_path: builtin:tiny-vlm")),
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
-         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, demo/train.jsonl, demo/eval.jsonl",
+         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl",
          recipe_with("builtin:tiny-chat", "builtin:tiny-chatt")),
 
     # data rows, through convert-data (training reads data with the same adapters and checks)

@@ -140,3 +140,18 @@ def test_the_cli_silences_trl_notices_before_it_runs_a_command(monkeypatch):
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # leave pytest's own SIGTERM handling alone
     cli.main()
     assert order == ["quiet", "command"]
+
+
+def test_kto_takes_images_where_trl_has_the_vision_collator():
+    """dpo-cli lets KTO take images where this says so; checked on the TRL lines CI runs (1.0 and the newest)."""
+    from importlib import metadata
+
+    from dpo_cli.train.trl_compat import kto_takes_images
+
+    version = tuple(int(part) for part in metadata.version("trl").split(".")[:2])
+    if version >= (1, 12):  # 1.12 and 1.16 read: DataCollatorForVisionUnpairedPreference in trl.trainer.kto_trainer
+        assert kto_takes_images()
+    elif version < (1, 1):  # 1.0 kept KTO in trl.experimental.kto, text only
+        assert not kto_takes_images()
+    else:
+        pytest.skip(f"TRL {version} was not read for KTO's vision path")

@@ -35,6 +35,8 @@ def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> Non
     for default in plan.get("defaults", []):
         how = "set by the recipe" if default.explicit else f"chosen: {default.reason}"
         console.print(f"[bold]{default.key}[/] {str(default.value).lower()} ({escape(how)})")
+    for line in plan["vision"].lines() if plan.get("vision") else []:
+        console.print(f"[bold]images[/]     {escape(line)}", highlight=False)
     console.print(f"[bold]reference[/]  {plan['reference']}")
     console.print(f"[bold]safety[/]     {plan['safety']}")
     if plan.get("memory") is not None:
@@ -92,6 +94,7 @@ def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
         "safety": plan["safety"],
         "memory": memory.to_json() if hasattr(memory, "to_json") else {"unavailable": memory},
         "data": {split: found["rows"] for split, found in plan.get("data", {}).items()},
+        "vision": plan["vision"].to_json() if plan.get("vision") else None,
         "notes": plan.get("notes", []),
     }
     return json.dumps(document, indent=2, default=str)

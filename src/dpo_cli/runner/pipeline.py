@@ -35,6 +35,10 @@ def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = N
         return result
     if resume:
         raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
+    from dpo_cli.train.models import is_vision_language
+    from dpo_cli.train.vision import check_images
+
+    check_images(recipe, stage, is_vision_language(recipe.model), data_images=False)
     return stage.make_data(recipe, overwrite=overwrite)
 
 

@@ -30,13 +30,21 @@ from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
 from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
 from dpo_cli.train.memory import estimate_memory
-from dpo_cli.train.models import check_chat_template, load_models, load_tokenizer, quiet_libraries
+from dpo_cli.train.models import (
+    check_chat_template,
+    is_vision_language,
+    load_models,
+    load_processing_class,
+    quiet_libraries,
+    text_tokenizer,
+)
 from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.throughput import Throughput
+from dpo_cli.train.vision import check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 
@@ -75,6 +83,15 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
                                                   upstream) is None:
         data_error = _template_error(recipe, stage)
     train = checked.get("train")
+    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
+    vision, vision_model = None, is_vision_language(recipe.model)
+    if data_error is None:
+        try:
+            check_images(recipe, stage, vision_model, has_images(train["columns"] if train else ()))
+        except InputError as exc:
+            data_error = exc
+    if vision_model and data_error is None:
+        vision = vision_facts(recipe)
     if train is not None and data_error is None and stage.uses_reward and recipe.reward is not None:
         data_error = _reward_columns(recipe, train["columns"])
     # as load_splits records it for a run; None when the data is not here (the default says it could not count)
@@ -102,6 +119,7 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "memory": memory,
         "planned_model": planned.model.name_or_path,
         "data": checked,
+        "vision": vision,
         "notes": notes,
         "data_error": data_error,
     }
@@ -125,7 +143,7 @@ def _template_error(recipe: Recipe, stage: Stage) -> InputError | None:
     if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
         return None  # a config.json of shapes to plan from: no tokenizer to render with
     try:
-        check_chat_template(recipe, stage.data_kind, load_tokenizer(recipe.model))
+        check_chat_template(recipe, stage.data_kind, load_processing_class(recipe.model))
     except ModelLoadError as exc:
         # a file is never a model; a hub name, or a path of the machine the run is planned for, is for the run to find
         return exc if local.exists() and not local.is_dir() else None
@@ -225,6 +243,11 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
     several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
     if stage.evaluation is None or eval_dataset is None:
         return None
+    if has_images(eval_dataset.column_names):
+        if args.process_index == 0:
+            console.note("held-out scoring skipped: the eval rows hold images, and dpo-cli scores text pairs only so "
+                         "far (TRL's own eval loss still runs when trainer.eval_strategy asks for it)")
+        return None
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     if trainer.is_fsdp_enabled or is_deepspeed_zero3_enabled():
@@ -248,6 +271,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     if resume and not stage.resumable:
         raise InputError(f"stage {stage.name} cannot resume from a checkpoint (TRL's trainer for it has no resume); "
                          f"run it again without --resume")
+
+    vision_model = is_vision_language(recipe.model)
+    check_images(recipe, stage, vision_model, data_images=False)  # the model alone: said before any data is read
 
     # 1. config: device and precision from the hardware, the rest from the recipe
     plan = plan_device(recipe.trainer)
@@ -286,12 +312,17 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         if is_main and (note := defaults_note(defaults)):
             console.note(note)
 
-        # 3. tokenizer and models
-        tokenizer = load_tokenizer(recipe.model)
-        check_chat_template(recipe, stage.data_kind, tokenizer)
-        if is_main and (warning := truncation_warning(tokenizer, train_dataset, args)):
+        # 3. tokenizer (a vision-language model's processor) and models
+        images = has_images(train_dataset.column_names)
+        check_images(recipe, stage, vision_model, images)
+        processing = load_processing_class(recipe.model)
+        tokenizer = text_tokenizer(processing)
+        check_chat_template(recipe, stage.data_kind, processing)
+        # both measure rendered text: on image rows the tokens each image expands to are not in it, so they would
+        # say too little (TRL's vision collators truncate image rows as they batch them)
+        if is_main and not images and (warning := truncation_warning(tokenizer, train_dataset, args)):
             console.warn(warning)
-        if is_main and (warning := template_warning(tokenizer, train_dataset)):
+        if is_main and not images and (warning := template_warning(tokenizer, train_dataset)):
             console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
@@ -305,7 +336,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
         early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
         callbacks += [c for c in (watchdog, early_stop) if c is not None]
-        trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, tokenizer,
+        trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, processing,
                                                   train_dataset, eval_dataset, callbacks, models.peft_config,
                                                   ref_cache))
         for noisy in (TransformersProgress, PrinterCallback):

@@ -67,6 +67,20 @@ class _Inputs:
     cuda: bool
     trains: bool = True  # False: a data-making stage, no gradients, optimizer state or training activations
     sampling_rows: tuple[tuple[str, int, str], ...] = ()  # generation buffers and judges of a stage that samples
+    vision: _Vision | None = None  # a vision-language model's vision tower and projector
+
+
+@dataclass(frozen=True)
+class _Vision:
+    """The vision side of a vision-language model, from its config (one image per row assumed)."""
+
+    params: int  # vision tower and projector parameters (inside _Inputs.params)
+    positions: int | None  # positions the tower runs per image (patches and a class token); None when not derivable
+    tokens: int | None  # image tokens each image puts into the language model's sequence
+    layers: int
+    hidden: int
+    intermediate: int
+    trained: bool  # gradients flow through the tower (full fine-tuning, or LoRA targets inside it)
 
 
 @dataclass
@@ -202,6 +216,8 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
     else:
         policy = x.params * x.weight_bytes
         how = f"{x.params / 1e6:.1f}M parameters x {x.weight_bytes} bytes"
+    if x.vision is not None:
+        how += f" ({x.vision.params / 1e6:.2f}M of them in the vision tower and projector)"
     rows.append(("policy weights", int(policy), how))
     if x.reference_bytes:
         rows.append(("reference", x.reference_bytes, f"{x.reference}: a second, frozen model"))
@@ -234,7 +250,11 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
     else:
         per_token = s.layers * layer + final_norm
         how = f"{sequences} sequences x {x.max_length} tokens x {s.layers} layers x {layer} bytes{kernels}"
+    if x.vision is not None and x.vision.tokens is not None:
+        how += f"; each image takes {x.vision.tokens} of a sequence's tokens"
     rows.append(("activations (estimate)", tokens * per_token, how))
+    if x.vision is not None:
+        rows.append(_vision_activations(x, sequences))
     if x.reference in ("copy", "separate", "trainer-copy", "shared"):
         # run without gradients after the policy's forward, while its activations are held: the residual stream
         # and the gated MLP's three intermediate tensors of one layer at a time
@@ -252,6 +272,39 @@ def _compute(x: _Inputs) -> list[tuple[str, int, str]]:
     return rows
 
 
+def _vision_activations(x: _Inputs, images: int) -> tuple[str, int, str]:
+    """What the vision tower keeps for its backward pass: like a decoder layer's norms, attention and MLP inputs
+    (about 8 hidden-wide and 2 intermediate-wide values per position), when gradients flow through it."""
+    v = x.vision
+    what = "vision tower activations (estimate)"
+    if not v.trained:
+        return what, 0, "frozen (LoRA adapts the language model only): no gradients, nothing kept for a backward pass"
+    if v.positions is None:
+        return what, 0, "unknown: the vision config gives no image and patch size to count positions from"
+    _, compute, _ = _dtypes(x)
+    per_position = (8 * v.hidden + 2 * v.intermediate) * compute
+    return what, images * v.positions * v.layers * per_position, (
+        f"{images} images (one per sequence assumed) x {v.positions} positions x {v.layers} layers x "
+        f"{per_position} bytes")
+
+
+def _vision(model, params_under_lora) -> _Vision | None:
+    from dpo_cli.train.vision import vision_params
+
+    config = getattr(model.config, "vision_config", None)
+    if config is None:
+        return None
+    image, patch = getattr(config, "image_size", None), getattr(config, "patch_size", None)
+    patches = (int(image) // int(patch)) ** 2 if image and patch and not isinstance(image, (list, tuple)) else None
+    strategy = getattr(model.config, "vision_feature_select_strategy", None)
+    hidden = int(getattr(config, "hidden_size", 0) or 0)
+    return _Vision(params=vision_params(model), positions=patches + 1 if patches else None,
+                   tokens=(patches if strategy == "default" else patches + 1) if patches else None,
+                   layers=int(getattr(config, "num_hidden_layers", 0) or 0), hidden=hidden,
+                   intermediate=int(getattr(config, "intermediate_size", 0) or 4 * hidden),
+                   trained=params_under_lora)
+
+
 def _total(x: _Inputs) -> int:
     return sum(b for _, b, _ in _compute(x))
 
@@ -259,7 +312,8 @@ def _total(x: _Inputs) -> int:
 # Changes that lower the peak, cheapest first: what each costs in speed or in what is trained
 def _candidates(x: _Inputs) -> list[tuple[str, _Inputs]]:
     found: list[tuple[str, _Inputs]] = []
-    if x.reference in ("copy", "separate", "shared", "trainer-copy"):
+    # TRL precomputes no reference log-probs for image rows
+    if x.reference in ("copy", "separate", "shared", "trainer-copy") and x.vision is None:
         found.append(("ref_model.precompute: true (no reference in memory or forward; faster over an epoch)",
                       dataclasses.replace(x, reference="precomputed", reference_bytes=0)))
     if x.cuda and not x.liger:
@@ -365,10 +419,19 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
     weight_bytes = _dtype_bytes(recipe.model.dtype, model.config)
     lora_trainable = None
     stage = get_stage(recipe.stage)
+    vision_trained = True
     if recipe.lora is not None:
         from peft import get_peft_model
 
-        lora_trainable = get_peft_model(model, lora_config(recipe.lora)).get_nb_trainable_parameters()[0]
+        from dpo_cli.train.models import language_model_prefix
+
+        prefix = language_model_prefix(model)
+        peft_model = get_peft_model(model, lora_config(recipe.lora, model=model))
+        lora_trainable = peft_model.get_nb_trainable_parameters()[0]
+        # adapters named outside the language model (lora.target_modules: all-linear) train the vision tower too
+        vision_trained = prefix is not None and any(
+            "lora_" in name and f".{prefix}." not in f".{name}" for name, _ in peft_model.named_parameters())
+    vision = _vision(model, vision_trained)
     strategy = stage.reference(recipe)
     reference_bytes = 0
     if strategy.weights_in_memory:
@@ -404,7 +467,7 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
         autocast_bytes=2 if plan.precision in ("bf16", "fp16") else None,
         liger=bool(get("use_liger_kernel", False)), shape=shape,
         head_tile=(tile, fused_lm_head_vocab_chunk() or 1 << 62) if tile else None, cuda=plan.device == "cuda",
-        trains=stage.trains, sampling_rows=() if sampling is None else _sampling_rows(
+        trains=stage.trains, vision=vision, sampling_rows=() if sampling is None else _sampling_rows(
             sampling, recipe, shape, 2 if plan.precision in ("bf16", "fp16") else weight_bytes, weight_bytes),
     )
 

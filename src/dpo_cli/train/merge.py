@@ -14,7 +14,14 @@ from dpo_cli.core.errors import InputError
 from dpo_cli.core.paths import check_output, replaceable_directory
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import ModelSection
-from dpo_cli.train.models import loading, resolve_model_path
+from dpo_cli.train.models import (
+    config_reads_images,
+    generative_class,
+    loading,
+    model_config,
+    resolve_model_path,
+    text_tokenizer,
+)
 
 ADAPTER_CONFIG = "adapter_config.json"
 MERGED = "dpo-cli-merge.json"  # written into every merged model: --overwrite replaces only such a directory
@@ -119,7 +126,7 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     import torch
     import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
@@ -128,13 +135,17 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     base_path = resolve_model_path(section.name_or_path, section.trust_remote_code)
     dtype = _merge_dtype(dtype, base_path, section.trust_remote_code)
     # No quantization_config, whatever the training used: QLoRA adapters are merged into full or half precision
+    config = model_config(base_path, section.trust_remote_code)
     with loading(base_path):
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, dtype),
-                                                    trust_remote_code=section.trust_remote_code)
+        base = generative_class(config).from_pretrained(base_path, dtype=getattr(torch, dtype),
+                                                        trust_remote_code=section.trust_remote_code)
     has_tokenizer = (run_dir / "tokenizer_config.json").is_file()
     tokenizer_source = str(run_dir) if has_tokenizer else resolve_model_path(section.tokenizer or section.name_or_path)
+    # a vision-language model keeps its processor (image processing and tokenizer) beside the merged weights
+    processing_class = AutoProcessor if config_reads_images(config) else AutoTokenizer
     with loading(tokenizer_source):
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=section.trust_remote_code)
+        processing = processing_class.from_pretrained(tokenizer_source, trust_remote_code=section.trust_remote_code)
+    tokenizer = text_tokenizer(processing)
     with loading(str(run_dir)):
         model = PeftModel.from_pretrained(base, str(run_dir)).eval()
     prompts = check_prompts(tokenizer)
@@ -147,7 +158,7 @@ def merge_lora(run_dir: str | Path, output: str | Path, *, dtype: str = "auto", 
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         merged.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+        processing.save_pretrained(staging)
         atomic_write_text(staging / MERGED, json.dumps({"run": str(run_dir.resolve()), "base": section.name_or_path,
                                                         "dtype": dtype, "max_abs_logit_diff": diff}, indent=2))
         if output.exists():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,19 +67,85 @@ def loading(path: str) -> Iterator[None]:
                              f"tokenizer files), and saved by a compatible transformers?") from None
 
 
+def model_config(path: str, trust_remote_code: bool = False):
+    """The transformers config of a resolved model path (read once per path, file version and process; a copy each
+    call, as models built from it may change it)."""
+    config_file = Path(path) / "config.json"
+    stamp = (config_file.stat().st_mtime_ns, config_file.stat().st_size) if config_file.is_file() else None
+    with loading(path):
+        return copy.deepcopy(_config(path, trust_remote_code, stamp))
+
+
+@functools.lru_cache(maxsize=16)
+def _config(path: str, trust_remote_code: bool, stamp: tuple[int, int] | None):
+    """``stamp`` (the config file's time and size) keys the cache, so a model saved over in this process (a pipeline
+    re-run with --overwrite) is read again."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def config_reads_images(config) -> bool:
+    """A vision-language model's config: a vision tower beside the language model (LLaVA, Qwen2-VL, Gemma 3, Idefics,
+    Mllama all keep one under ``vision_config``); a text-only config has none."""
+    return getattr(config, "vision_config", None) is not None
+
+
+def is_vision_language(section: ModelSection) -> bool:
+    """The recipe's model reads images; False also when its config cannot be read here (a hub name offline), where
+    loading it reports that."""
+    try:
+        path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+        return config_reads_images(model_config(path, section.trust_remote_code))
+    except ModelLoadError:
+        return False
+
+
+def _chat_template(section: ModelSection) -> str | None:
+    if not section.chat_template:
+        return None
+    template = Path(section.chat_template)
+    return template.read_text(encoding="utf-8") if template.is_file() else section.chat_template
+
+
 def load_tokenizer(section: ModelSection):
+    """The text tokenizer of a model; for a vision-language model, the one inside its processor."""
     from transformers import AutoTokenizer
 
     source = resolve_model_path(section.tokenizer or section.name_or_path, section.trust_remote_code)
     with loading(source):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=section.trust_remote_code)
-    if section.chat_template:
-        template = Path(section.chat_template)
-        tokenizer.chat_template = template.read_text(encoding="utf-8") if template.is_file() \
-            else section.chat_template
+    if (template := _chat_template(section)) is not None:
+        tokenizer.chat_template = template
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_processing_class(section: ModelSection):
+    """What TRL's trainers take as ``processing_class``: the tokenizer of a text model, the processor (image
+    processing and tokenizer together) of a vision-language model."""
+    if not is_vision_language(section):
+        return load_tokenizer(section)
+    from transformers import AutoProcessor
+
+    source = resolve_model_path(section.tokenizer or section.name_or_path, section.trust_remote_code)
+    with loading(source):
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=section.trust_remote_code)
+    if not hasattr(processor, "tokenizer"):
+        raise ModelLoadError(f"{section.name_or_path} is a vision-language model, but {source} holds no processor "
+                             f"with a tokenizer (processor_config.json and tokenizer files); set model.tokenizer to "
+                             f"the directory of its processor")
+    if (template := _chat_template(section)) is not None:
+        processor.chat_template = processor.tokenizer.chat_template = template
+    if processor.tokenizer.pad_token is None:
+        processor.tokenizer.pad_token = processor.tokenizer.eos_token
+    return processor
+
+
+def text_tokenizer(processing_class):
+    """The tokenizer of a processing class: the class itself, or a processor's tokenizer."""
+    return getattr(processing_class, "tokenizer", None) or processing_class
 
 
 def check_chat_template(recipe: Recipe, data_kind: str, tokenizer: Any) -> None:
@@ -133,12 +201,21 @@ def bnb_config(section: QuantizationSection, plan: DevicePlan | None = None):
                               bnb_4bit_compute_dtype=torch_dtype(section.compute_dtype, plan))
 
 
+def generative_class(config):
+    """The transformers auto class a generative model of this config loads with: image-text-to-text for a
+    vision-language model (its vision tower and projector load with it), causal LM otherwise."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if config_reads_images(config) else AutoModelForCausalLM
+
+
 def load_causal_lm(section: ModelSection, quantization: QuantizationSection | None = None,
                    plan: DevicePlan | None = None):
+    """The policy (or a reference) of a generative stage: a causal LM, or a vision-language model."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(section.name_or_path, section.trust_remote_code)
+    model_class = generative_class(model_config(path, section.trust_remote_code))
     dtype = "auto" if section.dtype == "auto" else getattr(torch, section.dtype)
     kwargs: dict[str, Any] = {}
     if quantization is not None:
@@ -149,8 +226,7 @@ def load_causal_lm(section: ModelSection, quantization: QuantizationSection | No
         on_gpu = (plan.device if plan else ("cuda" if torch.cuda.is_available() else "cpu")) == "cuda"
         kwargs["device_map"] = {"": PartialState().local_process_index} if on_gpu else "cpu"
     with loading(path):
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code,
-                                                    **kwargs)
+        return model_class.from_pretrained(path, dtype=dtype, trust_remote_code=section.trust_remote_code, **kwargs)
 
 
 def load_sequence_classifier(section: ModelSection):
@@ -165,25 +241,53 @@ def load_sequence_classifier(section: ModelSection):
                                                                   trust_remote_code=section.trust_remote_code)
 
 
-def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM"):
-    """The peft LoraConfig for a lora: section."""
+def language_model_prefix(model) -> str | None:
+    """The module path of a vision-language model's language model (``model.language_model`` in LLaVA), or None for
+    a model without a vision tower."""
+    if not config_reads_images(model.config):
+        return None
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return next((name for name, module in model.named_modules() if name and module is decoder), None)
+
+
+def lora_targets(section: LoraSection, model=None) -> str | list[str]:
+    """What LoRA adapts. On a vision-language model the default (target_modules left out) is every linear layer of
+    the language model: one regular expression over their paths, so the vision tower and the projector stay as
+    they are, as LLaMA-Factory and the LLaVA recipes train them. Anything the recipe names is used as given
+    ('all-linear' then reaches the vision tower too)."""
+    if model is None or "target_modules" in section.model_fields_set:
+        return section.target_modules
+    prefix = language_model_prefix(model)
+    if prefix is None:
+        return section.target_modules
+    import re
+
+    import torch
+
+    output = model.get_output_embeddings()
+    leaves = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if name.startswith(prefix + ".") and isinstance(module, torch.nn.Linear) and module is not output})
+    return rf"{re.escape(prefix)}\..*\.({'|'.join(leaves)})" if leaves else section.target_modules
+
+
+def lora_config(section: LoraSection, task_type: str = "CAUSAL_LM", model=None):
+    """The peft LoraConfig for a lora: section; ``model`` (loaded or on the meta device) decides the default targets
+    of a vision-language model."""
     from peft import LoraConfig
 
     return LoraConfig(task_type=task_type, r=section.r, lora_alpha=section.alpha, lora_dropout=section.dropout,
-                      target_modules=section.target_modules, modules_to_save=section.modules_to_save,
+                      target_modules=lora_targets(section, model), modules_to_save=section.modules_to_save,
                       use_dora=section.use_dora, use_rslora=section.use_rslora)
 
 
 def meta_model(section: ModelSection):
     """The model's architecture on the meta device: names and shapes of every parameter, no memory, no weights read."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = resolve_model_path(section.name_or_path, section.trust_remote_code)
-    with loading(path):
-        config = AutoConfig.from_pretrained(path, trust_remote_code=section.trust_remote_code)
+    config = model_config(path, section.trust_remote_code)
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
+        return generative_class(config).from_config(config, trust_remote_code=section.trust_remote_code)
 
 
 def _module_suffixes(model, kinds: tuple[type, ...]) -> list[str]:
@@ -203,7 +307,7 @@ def check_lora_targets(recipe: Recipe, error: ErrorAt) -> None:
     except ModelLoadError:
         return  # no config to check against offline: loading the model reports it, and peft checks the targets
     linear = _module_suffixes(model, (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d))
-    config = lora_config(section)
+    config = lora_config(section, model=model)
     if section.target_modules != "all-linear" and not any(
             check_target_module_exists(config, name) for name, _ in model.named_modules() if name):
         raise error(("lora", "target_modules"),
@@ -276,7 +380,8 @@ def load_models(recipe: Recipe, stage: ModelsPlan, plan: DevicePlan | None = Non
         policy = load_causal_lm(recipe.model, recipe.quantization, plan)
     if recipe.quantization is not None:
         policy = prepare_quantized(policy, recipe.quantization)
-    loaded = LoadedModels(policy, peft_config=lora_config(recipe.lora, stage.peft_task) if recipe.lora else None)
+    loaded = LoadedModels(policy, peft_config=lora_config(recipe.lora, stage.peft_task, policy) if recipe.lora
+                          else None)
     reference = stage.reference(recipe)
     if reference.explicit:
         loaded.reference = load_reference(recipe, plan)

@@ -155,3 +155,15 @@ def quiet_trl_notices() -> None:
     # TRL 1.16 deprecates use_liger_kernel for Hub kernels, which download at run time; dpo-cli keeps the installed
     # liger-kernel package (offline), so TRL's notice is not news to the user
     warnings.filterwarnings("ignore", message=r"`use_liger_kernel=True` is deprecated", category=FutureWarning)
+
+
+def kto_takes_images() -> bool:
+    """TRL's KTOTrainer has a vision path (a collator for unpaired image rows, processing images on the fly): in the
+    stable trl.trainer.kto_trainer of later releases (1.12, 1.16), not in 1.0's trl.experimental.kto."""
+    import importlib
+
+    try:
+        module = importlib.import_module("trl.trainer.kto_trainer")
+    except ImportError:
+        return False
+    return hasattr(module, "DataCollatorForVisionUnpairedPreference")

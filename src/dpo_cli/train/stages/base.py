@@ -82,7 +82,7 @@ class StageInputs:
     args: Any  # the stage's TRL config
     model: Any
     ref_model: Any
-    tokenizer: Any
+    tokenizer: Any  # TRL's processing_class: a tokenizer, or a vision-language model's processor
     train_dataset: Any
     eval_dataset: Any
     callbacks: list = field(default_factory=list)
@@ -127,6 +127,9 @@ class Stage:
     # the on-disk cache of reference log-probs that a run reads and fills (a precomputed reference, cached), or None:
     # (recipe, run.json's data record, precision) -> RefLogpCache; the run passes it to build_trainer as ref_cache
     reference_cache: Callable[[Recipe, dict, str], Any] = lambda recipe, data, precision: None
+    # why this stage cannot train a vision-language model or rows with images (said at --dry-run and load, exit 2);
+    # None: it can (TRL's trainer takes the processor and an images column)
+    no_images: Callable[[], str | None] = lambda: "dpo-cli passes it text only"
 
     @contextlib.contextmanager
     def reading(self, recipe: Recipe) -> Iterator[None]:

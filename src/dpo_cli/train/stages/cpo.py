@@ -46,4 +46,5 @@ STAGE = Stage(
     evaluation="preference",  # reference-free: log-prob figures before and after
     validate=validate,
     unavailable=unavailable,
+    no_images=lambda: "TRL's CPOTrainer (trl.experimental, checked in 1.0 and 1.16) tokenizes text only",
 )

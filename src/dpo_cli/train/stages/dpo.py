@@ -10,6 +10,7 @@ from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
+from dpo_cli.train.models import is_vision_language
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
@@ -149,6 +150,9 @@ def _precompute_default(recipe: Recipe, run: PlannedRun) -> Default:
     if recipe.trainer.get("sync_ref_model"):
         return Default(key, False, "trainer.sync_ref_model updates the reference while training, so TRL cannot "
                                    "precompute it: the reference runs at every step")
+    if is_vision_language(recipe.model):
+        return Default(key, False, "TRL does not precompute reference log-probs for a vision-language model's image "
+                                   "rows (it processes images on the fly): the reference runs at every step")
     # log-probs already on disk cost nothing to use, on any device (1.43x a whole CPU run, benchmarks/memory.py)
     info = run.train_data() if recipe.ref_model.cache else None
     if info and RefLogpCache(ref_cache_dir(recipe)).holds(cache_hint(recipe, info, run.device.precision)):
@@ -221,4 +225,5 @@ STAGE = Stage(
     trainer_fields=trainer_fields,
     settle=settle,
     reference_cache=ref_logp_cache,
+    no_images=lambda: None,  # TRL's trainer takes the processor and an images column
 )

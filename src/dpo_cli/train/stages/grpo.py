@@ -47,4 +47,6 @@ STAGE = Stage(
     validate=validate,
     trainer_fields=trainer_weights,
     sampling=lambda recipe: group_sampling(recipe, config_class()),
+    no_images=lambda: ("TRL's GRPOTrainer can take image prompts, but dpo-cli's prompt rows and "
+                       "reward functions carry text only so far"),
 )

@@ -7,6 +7,7 @@ from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
+from dpo_cli.train.trl_compat import kto_takes_images
 
 CONFIG = "trl:KTOConfig"
 
@@ -30,6 +31,16 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
     check_beta(recipe, error)
 
 
+def no_images() -> str | None:
+    """KTO takes unpaired image rows where this TRL's KTOTrainer has its vision collator."""
+    if kto_takes_images():
+        return None
+    from importlib import metadata
+
+    return (f"TRL {metadata.version('trl')}'s KTOTrainer has no image path (TRL 1.12 and 1.16 have one for unpaired "
+            f"rows; 1.0 has none)")
+
+
 def build_trainer(inputs: StageInputs):
     from trl import KTOTrainer
 
@@ -48,4 +59,5 @@ STAGE = Stage(
     # TRL's KTO scores each row's completion and, for the KL estimate, a mismatched completion: two sequences
     sequences_per_row=lambda recipe: 2,
     validate=validate,
+    no_images=no_images,
 )

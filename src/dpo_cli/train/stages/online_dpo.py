@@ -72,4 +72,6 @@ STAGE = Stage(
     trainer_fields=trainer_weights,
     unavailable=lambda: missing_experimental("online-dpo", MODULE, "OnlineDPOTrainer"),
     sampling=sampling,
+    no_images=lambda: ("TRL's OnlineDPOTrainer can take image prompts, but dpo-cli's prompt rows "
+                       "and judges carry text only so far"),
 )

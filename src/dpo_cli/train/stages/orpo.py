@@ -42,4 +42,5 @@ STAGE = Stage(
     evaluation="preference",  # reference-free: log-prob figures before and after
     validate=validate,
     unavailable=lambda: missing_experimental("orpo", MODULE, "ORPOTrainer"),
+    no_images=lambda: "TRL's ORPOTrainer (trl.experimental, checked in 1.0 and 1.16) tokenizes text only",
 )

@@ -263,4 +263,5 @@ STAGE = Stage(
     resumable=False,
     validate=validate,
     sampling=sampling,
+    no_images=lambda: "it samples completions from a text model (a causal LM) only",
 )

@@ -97,4 +97,5 @@ STAGE = Stage(
     step_loop=False,  # nor training_step or should_training_stop: no watchdog, no stop at a step boundary
     validate=validate,
     unavailable=unavailable,
+    no_images=lambda: "TRL's PPOTrainer (up to 1.12) trains a causal LM on text only",
 )

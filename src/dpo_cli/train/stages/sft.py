@@ -27,4 +27,5 @@ STAGE = Stage(
     data_kind="sft",
     data_expects=("supervised rows: conversations (messages), prompt/completion, or preference pairs (their chosen "
                   "side is learned)"),
+    no_images=lambda: None,  # TRL's trainer takes the processor and an images column
 )

@@ -34,4 +34,6 @@ STAGE = dataclasses.replace(
     validate=validate,
     trainer_fields=trainer_fields,
     unavailable=lambda: missing_experimental("simpo", cpo.MODULE, "CPOTrainer"),
+    no_images=lambda: ("SimPO runs on TRL's CPOTrainer (trl.experimental, checked in 1.0 and 1.16), "
+                       "which tokenizes text only"),
 )
