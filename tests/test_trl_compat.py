@@ -10,13 +10,19 @@ from dataclasses import dataclass, field
 import pytest
 
 from dpo_cli.train.trl_compat import (
+    DPO_REF_COLUMNS,
+    DPO_TOKEN_COLUMNS,
+    dpo_drops_filled_prompts,
     dpo_liger_is_fused_loss,
+    dpo_tokenize,
     dpo_trainer_with_precompute_hook,
     field_choices,
+    free_reference,
     fused_lm_head_tokens,
     fused_lm_head_vocab_chunk,
     ignored_field,
     quiet_trl_notices,
+    take_over_checkpoint_rotation,
 )
 
 
@@ -94,8 +100,8 @@ def test_the_precompute_hook_replaces_trls_pass_with_the_same_log_probs(tiny_mod
     def hook(trainer, dataset, name, batch_size):
         ours = dpo_reference_logps(trainer, dataset, batch_size)
         theirs = super(type(trainer), trainer)._precompute_ref_logps(dataset, name, batch_size)
-        calls.append((name, len(dataset), sorted(set(theirs.column_names) - set(dataset.column_names))))
-        assert ours[0].tolist() == theirs["ref_chosen_logps"] and ours[1].tolist() == theirs["ref_rejected_logps"]
+        calls.append((name, len(dataset), tuple(sorted(set(theirs.column_names) - set(dataset.column_names)))))
+        assert [ours[0].tolist(), ours[1].tolist()] == [theirs[c] for c in DPO_REF_COLUMNS]
         return theirs
 
     recipe = load_recipe(write_recipe(f"""\
@@ -115,8 +121,8 @@ output_dir: {tmp_path / 'out'}
                              train_dataset=inputs.train_dataset, processing_class=inputs.tokenizer)
 
     trainer = build_trainer(recipe, build=build_with_hook)
-    assert calls == [("train", 10, ["ref_chosen_logps", "ref_rejected_logps"])]  # 10 rows: a last short batch
-    assert trainer.train_dataset.column_names[-2:] == ["ref_chosen_logps", "ref_rejected_logps"]
+    assert calls == [("train", 10, DPO_REF_COLUMNS)]  # 10 rows: a last short batch
+    assert tuple(trainer.train_dataset.column_names[-2:]) == DPO_REF_COLUMNS
 
 
 def test_trl_notices_are_silenced_for_the_whole_process_once(monkeypatch):
@@ -140,3 +146,106 @@ def test_the_cli_silences_trl_notices_before_it_runs_a_command(monkeypatch):
     monkeypatch.setattr(cli.signal, "signal", lambda *args: None)  # leave pytest's own SIGTERM handling alone
     cli.main()
     assert order == ["quiet", "command"]
+
+
+# Renders tools, and ends the generation prompt with an empty thought block that the whole conversation does not
+# have (as Gemma's and Qwen3's templates do): the tokenized prompt is then not a prefix of prompt+completion.
+THINKING_TEMPLATE = (
+    "{%- if tools %}<|im_start|>system\nTools: {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{%- for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n<think>\n\n</think>\n\n{% endif %}"
+)
+
+
+def _dpo_config(tmp_path, **fields):
+    from trl import DPOConfig
+
+    return DPOConfig(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True, bf16=False,
+                     per_device_train_batch_size=2, save_strategy="no", **fields)
+
+
+def test_pairs_are_tokenized_as_trls_dpo_trainer_prepares_them(tiny_model, tmp_path):
+    """dpo_tokenize against the token ids TRL's own trainer puts in its datasets (DPO_TOKEN_COLUMNS): conversations
+    with tools through a chat template whose prompt is no prefix of the conversation, plain text whose prompt and
+    completion merge into one token, and a prompt that fills max_length, which TRL drops where dpo_drops_filled_prompts
+    says it does."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = THINKING_TEMPLATE
+    tools = '[{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]'
+    chats = [{"prompt": [{"role": "user", "content": f"What is {i} plus {i}?"}],
+              "chosen": [{"role": "assistant", "content": f"It is {2 * i}."}],
+              "rejected": [{"role": "assistant", "content": "No idea"}], "tools": tools if i % 2 else None}
+             for i in range(3)]
+    texts = [{"prompt": "The final ans", "chosen": "wer is four", "rejected": "wer is five"},
+             {"prompt": "Say yes.", "chosen": " yes", "rejected": " no"},
+             {"prompt": " ".join(["a long prompt"] * 30), "chosen": " yes", "rejected": " no"}]
+    max_length = 160
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=_dpo_config(
+        tmp_path, max_length=max_length), train_dataset=Dataset.from_list(chats),
+        eval_dataset=Dataset.from_list(texts), processing_class=tokenizer)
+
+    prompt = tokenizer.apply_chat_template(chats[0]["prompt"], add_generation_prompt=True)["input_ids"]
+    whole = tokenizer.apply_chat_template(chats[0]["prompt"] + chats[0]["chosen"])["input_ids"]
+    assert whole[:len(prompt)] != prompt  # the case TRL 1.16 handles with a common prefix, and older TRL does not
+    for rows, prepared in ((chats, trainer.train_dataset), (texts, trainer.eval_dataset)):
+        assert set(DPO_TOKEN_COLUMNS) <= set(prepared.column_names)
+        ours = [dpo_tokenize(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], tools=row["tools"] or None
+                             if "tools" in row else None) for row in rows]
+        kept = [o for o in ours if not (dpo_drops_filled_prompts() and o[1] >= max_length)]
+        theirs = [([row["prompt_ids"] + row["chosen_ids"], row["prompt_ids"] + row["rejected_ids"]],
+                   len(row["prompt_ids"])) for row in prepared]
+        assert theirs == kept
+    assert ours[-1][1] >= max_length  # the long prompt fills max_length ...
+    assert dpo_drops_filled_prompts() == (len(trainer.eval_dataset) == len(texts) - 1)  # ... and is dropped or kept
+    assert len(trainer.train_dataset) == len(chats)
+    assert "Tools: [" in tokenizer.decode(trainer.train_dataset[1]["prompt_ids"])  # the tools were rendered
+
+
+@pytest.mark.slow
+def test_a_freed_reference_leaves_memory_and_training_reads_the_precomputed_log_probs(tiny_model, tmp_path):
+    """With the reference's log-probs precomputed, free_reference drops the last reference to its weights (accelerate
+    kept one, so setting ref_model to None alone freed nothing), and a training step still runs without it."""
+    import gc
+    import weakref
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": f"Question {i}?"}],
+             "chosen": [{"role": "assistant", "content": "Yes."}], "rejected": [{"role": "assistant", "content": "No"}]}
+            for i in range(4)]
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), ref_model=reference,
+                         args=_dpo_config(tmp_path, precompute_ref_log_probs=True, max_steps=1),
+                         train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(tiny_model))
+    assert set(DPO_REF_COLUMNS) <= set(trainer.train_dataset.column_names)
+    alive = weakref.ref(reference)
+    del reference
+    free_reference(trainer)
+    gc.collect()
+    assert trainer.ref_model is None and alive() is None
+    trainer.train()
+    assert trainer.state.global_step == 1 and trainer.state.log_history[-1]["train_loss"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("taken_over", [False, True])
+def test_taking_over_rotation_stops_transformers_deleting_checkpoints(tiny_model, tmp_path, taken_over):
+    """transformers deletes checkpoints past save_total_limit inside its save; once taken over, it deletes none and
+    the limit is handed to dpo-cli's own rotation (callbacks.CompleteCheckpoints)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, save_steps=1, save_total_limit=1,
+                             per_device_train_batch_size=1, report_to="none", use_cpu=True, logging_strategy="no")
+    if taken_over:
+        assert take_over_checkpoint_rotation(args) == 1
+    data = Dataset.from_list([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}] * 3)
+    Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args, train_dataset=data).train()
+    kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    assert kept == (["checkpoint-1", "checkpoint-2", "checkpoint-3"] if taken_over else ["checkpoint-3"])
