@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -249,3 +252,137 @@ def test_taking_over_rotation_stops_transformers_deleting_checkpoints(tiny_model
     Trainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args, train_dataset=data).train()
     kept = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
     assert kept == (["checkpoint-1", "checkpoint-2", "checkpoint-3"] if taken_over else ["checkpoint-3"])
+
+
+# --- nothing of TRL's or transformers' internals outside trl_compat.py, read from the source -------------------------
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "dpo_cli"
+COMPAT = PACKAGE / "train" / "trl_compat.py"
+# private names the package uses that belong to neither TRL nor transformers
+NOT_TRLS = {
+    "os._exit": "the standard library's exit without cleanup, documented for forked and dying processes",
+    "_is_flat_param": "torch FSDP's mark on a flat parameter: refcache.py refuses to hash a shard",
+}
+# names of the filtering calls that take a message pattern: warnings.filterwarnings(action, message, ...)
+_FILTERS = {"filterwarnings", "simplefilter"}
+
+
+def _strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every string constant that is not a docstring."""
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [(node.lineno, node.value) for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings]
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _defined_in(cls: ast.ClassDef) -> set[str]:
+    """Names a class gives itself: in its body, and assigned to self.<name> in its methods."""
+    names = set()
+    for node in ast.walk(cls):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) and \
+                isinstance(node.value, ast.Name) and node.value.id == "self":
+            names.add(node.attr)
+    return names
+
+
+def internals(source: str, forbidden: tuple[str, ...]) -> list[str]:
+    """Where ``source`` reaches for another library's private name, names one of ``forbidden`` (TRL's internal
+    column names and the texts and switches trl_compat quiets TRL with) or filters a warning by its text."""
+    tree = ast.parse(source)
+    found = []
+    own = {id(node): _defined_in(cls) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
+           for node in ast.walk(cls)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("dpo_cli"):
+            found += [f"line {node.lineno}: imports {a.name} from {node.module}" for a in node.names if _private(a.name)]
+            if any(_private(part) for part in (node.module or "").split(".")):
+                found.append(f"line {node.lineno}: imports from the private module {node.module}")
+        elif isinstance(node, ast.Import):
+            found += [f"line {node.lineno}: imports the private module {a.name}" for a in node.names
+                      if any(_private(part) for part in a.name.split("."))]
+        elif isinstance(node, ast.Attribute) and _private(node.attr):
+            base = ast.unparse(node.value)
+            if f"{base}.{node.attr}" in NOT_TRLS or (base in ("self", "cls") and node.attr in own.get(id(node), ())):
+                continue
+            found.append(f"line {node.lineno}: {base}.{node.attr}")
+        elif isinstance(node, ast.Call):
+            callee = ast.unparse(node.func).rsplit(".", 1)[-1]
+            named = node.args[1] if len(node.args) > 1 else None
+            if callee in ("getattr", "hasattr", "setattr", "delattr") and isinstance(named, ast.Constant) and \
+                    isinstance(named.value, str) and _private(named.value) and named.value not in NOT_TRLS:
+                found.append(f"line {node.lineno}: {callee}(..., {named.value!r})")
+            if callee in _FILTERS and (named is not None or any(k.arg == "message" for k in node.keywords)):
+                found.append(f"line {node.lineno}: a warning filtered by its text")
+    for line, text in _strings(tree):
+        found += [f"line {line}: names {name!r}" for name in forbidden if re.search(rf"\b{re.escape(name)}\b", text)]
+    return sorted(found, key=lambda where: int(where.split()[1].rstrip(":")))
+
+
+def _quieted() -> tuple[str, ...]:
+    """The message patterns and environment switches trl_compat.quiet_trl_notices uses, read from its source."""
+    texts = []
+    for node in ast.walk(ast.parse(COMPAT.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("filterwarnings"):
+            texts += [k.value.value for k in node.keywords if k.arg == "message"]
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in ("os.environ.setdefault", "os.environ.get"):
+            texts.append(node.args[0].value)
+    return tuple(texts)
+
+
+def test_no_trl_or_transformers_internal_outside_trl_compat():
+    """No private name of TRL's or transformers' (imported, or read off their objects), none of TRL's internal column
+    names, no TRL warning text or switch outside train/trl_compat.py; there they are named, each with a test."""
+    forbidden = (*DPO_TOKEN_COLUMNS, *DPO_REF_COLUMNS, *_quieted())
+    assert "TRL_EXPERIMENTAL_SILENCE" in forbidden and len(forbidden) >= 7  # read from trl_compat, not empty
+    found = [f"{path.relative_to(PACKAGE)} {where}" for path in sorted(PACKAGE.rglob("*.py")) if path != COMPAT
+             for where in internals(path.read_text(encoding="utf-8"), forbidden)]
+    assert found == []
+
+
+def test_the_internals_check_finds_each_kind():
+    source = '''
+import warnings
+from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE
+from transformers._internal import thing
+import trl._private
+
+
+class Ours(SomeTrainer):
+    def __init__(self):
+        self._mine = 1
+
+    def step(self):
+        return self._mine + self._theirs
+
+
+def build(trainer, accelerator):
+    trainer._precompute_engine = None
+    if getattr(trainer, "_signature_columns", None) and hasattr(accelerator, "__dict__"):
+        columns = ["prompt_ids", "ref_chosen_logps"]
+    warnings.filterwarnings("ignore", message="TRL says so")
+    warnings.filterwarnings("ignore", "positional text")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    os._exit(0)
+'''
+    found = internals(source, ("prompt_ids", "ref_chosen_logps"))
+    assert found == [
+        "line 3: imports _CHUNKED_LOGPROB_CHUNK_SIZE from trl.trainer.utils",
+        "line 4: imports from the private module transformers._internal",
+        "line 5: imports the private module trl._private",
+        "line 13: self._theirs",
+        "line 17: trainer._precompute_engine",
+        "line 18: getattr(..., '_signature_columns')",
+        "line 19: names 'prompt_ids'",
+        "line 19: names 'ref_chosen_logps'",
+        "line 20: a warning filtered by its text",
+        "line 21: a warning filtered by its text",
+    ], found
