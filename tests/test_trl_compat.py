@@ -196,8 +196,8 @@ def test_pairs_are_tokenized_as_trls_dpo_trainer_prepares_them(tiny_model, tmp_p
     assert whole[:len(prompt)] != prompt  # the case TRL 1.16 handles with a common prefix, and older TRL does not
     for rows, prepared in ((chats, trainer.train_dataset), (texts, trainer.eval_dataset)):
         assert set(DPO_TOKEN_COLUMNS) <= set(prepared.column_names)
-        ours = [dpo_tokenize(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], tools=row["tools"] or None
-                             if "tools" in row else None) for row in rows]
+        ours = [dpo_tokenize(tokenizer, row["prompt"], [row["chosen"], row["rejected"]], tools=row.get("tools"))
+                for row in rows]
         kept = [o for o in ours if not (dpo_drops_filled_prompts() and o[1] >= max_length)]
         theirs = [([row["prompt_ids"] + row["chosen_ids"], row["prompt_ids"] + row["rejected_ids"]],
                    len(row["prompt_ids"])) for row in prepared]
