@@ -23,21 +23,32 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return (0 if code is None else code), out, err
 
 
-def build_trainer(recipe, *, ref_cache=None, eval_data: bool = False, build=None):
-    """The TRL trainer a run would build for ``recipe`` (steps 1 to 4 of train/run.py), without training; ``build``
-    replaces the stage's own trainer call."""
-    from dpo_cli.data.load import load_splits
-    from dpo_cli.train.config import build_config
+def build_trainer(recipe, *, eval_data: bool = False, build=None):
+    """The TRL trainer a run would build for ``recipe``, without training (build_run's first part)."""
+    return build_run(recipe, eval_data=eval_data, build=build)[0]
+
+
+def build_run(recipe, *, eval_data: bool = False, build=None):
+    """(trainer, reference log-prob cache or None) as runner/run.py builds them for ``recipe``: its data, the defaults
+    settled for this run, its config, tokenizer and models, then run.build_trainer. ``eval_data`` hands the trainer
+    the held-out split (its reference is then precomputed too); ``build`` replaces the stage's own trainer call."""
+    import dataclasses
+
+    from dpo_cli.train.config import build_config, settle_defaults
     from dpo_cli.train.device import plan_device
     from dpo_cli.train.models import load_models, load_tokenizer
+    from dpo_cli.runner.run import build_trainer as build_run_trainer
     from dpo_cli.train.stages import get_stage
-    from dpo_cli.train.stages.base import StageInputs
+    from dpo_cli.train.stages.base import PlannedRun, StageInputs
 
     stage = get_stage(recipe.stage)
+    if build is not None:
+        stage = dataclasses.replace(stage, build_trainer=build)
     plan = plan_device(recipe.trainer)
+    train, evaluation, data_info = stage.load_data(recipe)
+    recipe, _ = settle_defaults(recipe, PlannedRun(plan, 1, lambda: data_info["train"]))
+    args = build_config(recipe, plan)
     models = load_models(recipe, stage, plan)
-    train, evaluation, _ = load_splits(recipe.data, recipe.seed, stage.data_kind)
-    inputs = StageInputs(recipe, build_config(recipe, plan), models.policy, models.reference,
-                         load_tokenizer(recipe.model), train, evaluation if eval_data else None, [],
-                         models.peft_config, ref_cache)
-    return (build or stage.build_trainer)(inputs)
+    inputs = StageInputs(recipe, args, models.policy, models.reference, load_tokenizer(recipe.model), train,
+                         evaluation if eval_data else None, [], models.peft_config)
+    return build_run_trainer(stage, inputs, data_info, plan.precision)

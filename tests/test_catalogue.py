@@ -28,8 +28,9 @@ def _matches(pattern: str, text: str) -> bool:
     return True
 
 
-# Reading the 1500-stage pipeline takes PyYAML seconds; test_safety checks the same ring in the fast lane.
-SLOW = {"pipeline-long-cycle"}
+# Reading the 1500-stage pipeline takes PyYAML seconds (test_safety checks the same ring in the fast lane); the
+# full disk at the final save comes after a training step.
+SLOW = {"pipeline-long-cycle", "final-save-disk-full"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.name in SLOW else [])

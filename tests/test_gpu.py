@@ -104,13 +104,7 @@ def test_fast_defaults_are_on_for_a_run_over_the_whole_data(tiny_model, write_re
     liger = importlib.util.find_spec("liger_kernel") is not None and not dpo_liger_is_fused_loss()
     assert defaults["trainer.use_liger_kernel"]["value"] is liger, defaults["trainer.use_liger_kernel"]["reason"]
     # and the explicit keys win
-    slow = load_recipe(path, ["ref_model.precompute=false", "trainer.use_liger_kernel=false"])
-    from dpo_cli.train.config import settle_defaults
-    from dpo_cli.train.device import plan_device
-    from dpo_cli.train.stages.base import PlannedRun
-
-    slow, _ = settle_defaults(slow, PlannedRun(plan_device(slow.trainer), 1, lambda: {"rows": 16}))
-    trainer = build_trainer(slow)
+    trainer = build_trainer(load_recipe(path, ["ref_model.precompute=false", "trainer.use_liger_kernel=false"]))
     assert not trainer.args.precompute_ref_log_probs and not trainer.args.use_liger_kernel
 
 

@@ -10,7 +10,7 @@ from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
-from helpers import build_trainer
+from helpers import build_run, build_trainer
 
 pytestmark = pytest.mark.slow
 
@@ -88,7 +88,6 @@ def test_a_precomputed_or_cached_reference_reads_like_a_live_one(tiny_model, wri
     the rounding between dpo-cli's scoring and TRL's pass: accuracy 0.237 once); after training the KL row is
     measured where the reference is still in memory (LoRA: the adapter disabled) and marked not measured otherwise."""
     from dpo_cli.evidence.tables import evaluation_table
-    from dpo_cli.train.refcache import RefLogpCache
 
     extra = f"ref_model: {{precompute: true, cache_dir: {tmp_path / 'cache'}}}\n"
     extra += "lora: {r: 8, alpha: 16, dropout: 0.0}\n" if lora else ""
@@ -97,8 +96,7 @@ def test_a_precomputed_or_cached_reference_reads_like_a_live_one(tiny_model, wri
                                                     extra=extra)))
     _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
     for attempt in ("computed", "cached"):
-        cache = RefLogpCache(tmp_path / "cache")
-        trainer = build_trainer(recipe, eval_data=True, ref_cache=cache)
+        trainer, cache = build_run(recipe, eval_data=True)
         assert [event for event, _, _ in cache.events] == (["miss", "miss"] if attempt == "computed" else ["hit"] * 2)
         args = trainer.args
         held = HeldOut("preference", "precomputed", rows, trainer.processing_class, Truncation(args.max_length),

@@ -18,10 +18,8 @@ def _small_data(tmp_path, rows=12):
 
 @pytest.fixture
 def build(tiny_model, write_recipe, tmp_path):
-    """Build the DPO trainer a run would build (its constructor precomputes the reference log-probs)."""
-    from dpo_cli.train.refcache import RefLogpCache
-    from dpo_cli.train.stages.dpo import ref_cache_dir
-    from helpers import build_trainer
+    """Build the DPO trainer a run would build (its constructor precomputes the reference log-probs), and its cache."""
+    from helpers import build_run
 
     data = _small_data(tmp_path)
 
@@ -35,8 +33,7 @@ data: {{train: {data}}}
 trainer: {{max_steps: 1, per_device_train_batch_size: 4, max_length: 64, report_to: none}}
 output_dir: {tmp_path / 'out'}
 """), list(overrides))
-        cache = RefLogpCache(ref_cache_dir(recipe)) if recipe.ref_model.cache else None
-        return build_trainer(recipe, ref_cache=cache), cache
+        return build_run(recipe)
 
     return make
 
@@ -90,6 +87,16 @@ def test_corrupt_cache_is_detected_and_recomputed(build, damage, capsys):
     assert [e[0] for e in cache.events] == ["corrupt", "miss"]
     assert _logps(second) == pytest.approx(expected)
     assert cache.load(cache.events[1][2].stem, len(expected) // 2) is not None  # rewritten, valid again
+
+
+@pytest.mark.slow
+def test_a_test_trainer_gets_the_defaults_a_run_settles(build):
+    """helpers.build_run builds as the run does: with the log-probs already cached, ref_model.precompute: auto
+    becomes true (on any device) and the trainer reads the cache, as run.json would say."""
+    _, cache = build("ref_model.precompute=true")
+    assert [e[0] for e in cache.events] == ["miss"]
+    trainer, cache = build("ref_model.precompute=auto")
+    assert trainer.args.precompute_ref_log_probs and [e[0] for e in cache.events] == ["hit"]
 
 
 def test_weights_fingerprint_ignores_a_disabled_adapter(tiny_model):

@@ -8,9 +8,7 @@ from typing import Any
 from dpo_cli.core import console
 from dpo_cli.evidence.metrics import clean, preference_metrics, reward_model_metrics
 from dpo_cli.train.scoring import PairScores, Truncation, kl_on_chosen, score_pairs, score_reward_pairs
-
-# TRL's DPOTrainer adds these columns to its datasets when it precomputes the reference (documented in its DPO guide)
-PRECOMPUTED = ("ref_chosen_logps", "ref_rejected_logps")
+from dpo_cli.train.trl_compat import DPO_REF_COLUMNS
 
 
 @dataclass
@@ -49,7 +47,7 @@ class HeldOut:
         if self.reference == "precomputed" and not self.from_start:
             import torch
 
-            chosen, rejected = (torch.tensor(trainer.eval_dataset[c], dtype=torch.float32) for c in PRECOMPUTED)
+            chosen, rejected = (torch.tensor(trainer.eval_dataset[c], dtype=torch.float32) for c in DPO_REF_COLUMNS)
             if len(chosen) != len(self.before.chosen):
                 console.warn(f"TRL precomputed reference log-probs for {len(chosen)} held-out pairs, dpo-cli scored "
                              f"{len(self.before.chosen)}: the implicit-reward figures are left out of run.json")

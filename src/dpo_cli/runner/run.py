@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,19 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
                    from_start=not stage.reference(recipe).explicit)
 
 
+def build_trainer(stage: Stage, inputs: StageInputs, data_info: dict, precision: str) -> tuple[Any, Any]:
+    """Step 4's trainer: the stage's TRL trainer over ``inputs``, with the on-disk reference log-prob cache where the
+    stage keeps one, less transformers' own progress printers. Returns (trainer, that cache or None).
+
+    tests/helpers.py builds its trainers here too, so a test's trainer is the one a run builds.
+    """
+    ref_cache = stage.reference_cache(inputs.recipe, data_info, precision)
+    trainer = stage.build_trainer(replace(inputs, ref_cache=ref_cache))
+    for noisy in (TransformersProgress, PrinterCallback):
+        trainer.remove_callback(noisy)
+    return trainer, ref_cache
+
+
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
           resume_force: bool = False) -> RunResult:
     quiet_libraries()
@@ -326,7 +339,6 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
             console.warn(f"train data: {warning}")
         models = load_models(recipe, stage, plan)
         reference = stage.reference(recipe)
-        ref_cache = stage.reference_cache(recipe, manifest["data"], plan.precision)
 
         # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
         resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
@@ -336,11 +348,9 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
         watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
         early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
         callbacks += [c for c in (watchdog, early_stop) if c is not None]
-        trainer = stage.build_trainer(StageInputs(recipe, args, models.policy, models.reference, processing,
-                                                  train_dataset, eval_dataset, callbacks, models.peft_config,
-                                                  ref_cache))
-        for noisy in (TransformersProgress, PrinterCallback):
-            trainer.remove_callback(noisy)
+        trainer, ref_cache = build_trainer(stage, StageInputs(
+            recipe, args, models.policy, models.reference, processing, train_dataset, eval_dataset, callbacks,
+            models.peft_config), manifest["data"], plan.precision)
         # what accelerate set up, which a launcher's config may not have got (FSDP on a machine without GPUs)
         record.update(distributed=distributed_record(trainer, args))
         if is_main and (manifest["distributed"]["processes"] > 1 or launched_by_accelerate()):

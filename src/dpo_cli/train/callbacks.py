@@ -14,6 +14,7 @@ from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.train import checkpoints
 from dpo_cli.train.ranks import first_problem
+from dpo_cli.train.trl_compat import take_over_checkpoint_rotation
 
 # The few metrics worth a place on the progress line; everything is in metrics.jsonl.
 _HEADLINE = ("loss", "rewards/accuracies", "rewards/margins", "reward", "objective/scores", "loss/policy_avg",
@@ -113,8 +114,7 @@ class CompleteCheckpoints(TrainerCallback):
 
     def __init__(self, args, identity: dict[str, Any]):
         self.identity = identity
-        self.keep = args.save_total_limit
-        args.save_total_limit = None  # rotation is ours, after the new checkpoint is complete
+        self.keep = take_over_checkpoint_rotation(args)  # rotation is ours, after the new checkpoint is complete
 
     def on_save(self, args, state, control, **kwargs):
         run_dir = Path(args.output_dir)

@@ -10,9 +10,9 @@ from typing import Any
 from dpo_cli.core import console
 from dpo_cli.core.atomic import atomic_path, atomic_write_text
 from dpo_cli.train.ranks import from_main
+from dpo_cli.train.trl_compat import DPO_REF_COLUMNS, DPO_TOKEN_COLUMNS
 
 FORMAT = 1
-COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 # peft names of adapter parameters: with the adapter disabled they take no part in the reference
 _ADAPTER_MARKERS = ("lora_", ".modules_to_save.", "lora_magnitude_vector")
 
@@ -85,7 +85,7 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return digest.hexdigest()
 
 
-def dataset_fingerprint(dataset, columns=("prompt_ids", "chosen_ids", "rejected_ids")) -> str:
+def dataset_fingerprint(dataset, columns=DPO_TOKEN_COLUMNS) -> str:
     """SHA-256 over the token ids the reference scores, row by row in order (selections and filters applied)."""
     import pyarrow.compute as pc
 
@@ -143,7 +143,7 @@ class RefLogpCache:
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
-                chosen, rejected = (f.get_tensor(name) for name in COLUMNS)
+                chosen, rejected = (f.get_tensor(name) for name in DPO_REF_COLUMNS)
             problem = None
             if meta.get("key") != key:
                 problem = "it was written for another key"
@@ -169,15 +169,15 @@ class RefLogpCache:
                     "components": json.dumps(components, sort_keys=True, default=str)}
         path = self.path(key)
         with atomic_path(path) as tmp:
-            save_file(dict(zip(COLUMNS, (chosen, rejected))), str(tmp), metadata=metadata)
+            save_file(dict(zip(DPO_REF_COLUMNS, (chosen, rejected))), str(tmp), metadata=metadata)
         return path
 
 
 def _attach(dataset, chosen, rejected):
     from datasets import Dataset, Features, Value, concatenate_datasets
 
-    columns = Dataset.from_dict({COLUMNS[0]: chosen.tolist(), COLUMNS[1]: rejected.tolist()},
-                                features=Features({c: Value("float32") for c in COLUMNS}))
+    columns = Dataset.from_dict({DPO_REF_COLUMNS[0]: chosen.tolist(), DPO_REF_COLUMNS[1]: rejected.tolist()},
+                                features=Features({c: Value("float32") for c in DPO_REF_COLUMNS}))
     return concatenate_datasets([dataset, columns], axis=1)
 
 

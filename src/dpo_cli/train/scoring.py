@@ -1,10 +1,8 @@
 """Scoring held-out pairs under a model: summed response log-probs, exact KL to a reference, reward-model scores.
 
-Pairs are tokenized as TRL's DPOTrainer tokenizes them, so the figures agree with its eval_rewards/* on the same
-batch: the prompt through the chat template with the generation prompt, prompt+response as one conversation, the
-response starting where the prompt and both prompt+response sequences stop sharing tokens; plain-text pairs get
-the tokenizer's special tokens and an end-of-sequence token; truncation to max_length as TRL's collator does it, and
-pairs whose prompt alone fills max_length left out (TRL drops them from training too).
+Pairs are tokenized as TRL's DPOTrainer tokenizes them (trl_compat.dpo_tokenize), so the figures agree with its
+eval_rewards/* on the same batch; truncation to max_length as TRL's collator does it, and pairs whose prompt alone
+fills max_length left out where TRL drops them from training too.
 """
 
 from __future__ import annotations
@@ -13,6 +11,8 @@ import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from dpo_cli.train.trl_compat import dpo_drops_filled_prompts, dpo_tokenize
 
 
 @dataclass
@@ -38,13 +38,6 @@ def common_prefix_length(a: Sequence, b: Sequence) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _ids(tokenizer, value, *, tools=None, generation_prompt: bool = False) -> list[int]:
-    if isinstance(value, str):
-        return list(tokenizer(text=value)["input_ids"])
-    return list(tokenizer.apply_chat_template(value, tools=tools, add_generation_prompt=generation_prompt,
-                                              tokenize=True, return_dict=True)["input_ids"])
-
-
 def _cut(ids: list[int], start: int, truncation: Truncation) -> tuple[list[int], int]:
     """(ids, response start) after truncation; the response runs to the end of the kept ids."""
     limit = truncation.max_length
@@ -60,21 +53,14 @@ def encode_pairs(tokenizer, rows, truncation: Truncation, sides: tuple[str, ...]
                  keep_all: bool = False) -> tuple[list[tuple[list[int], int]], list[int]]:
     """(ids, response start) for each kept row and side, in order (chosen, rejected, chosen, ...), and the kept rows.
 
-    A row whose prompt alone fills max_length is left out unless ``keep_all``.
+    A row whose prompt alone fills max_length is left out where TRL's DPOTrainer leaves it out, unless ``keep_all``.
     """
+    drops = not keep_all and truncation.max_length is not None and truncation.mode == "keep_start" \
+        and dpo_drops_filled_prompts()
     sequences, kept = [], []
     for index, row in enumerate(rows):
-        prompt, tools = row["prompt"], row.get("tools")
-        if isinstance(prompt, str):
-            eos = tokenizer.eos_token or ""
-            full = [_ids(tokenizer, prompt + (row[s] if row[s].endswith(eos) else row[s] + eos)) for s in sides]
-            prompt_ids = _ids(tokenizer, prompt)
-        else:
-            full = [_ids(tokenizer, prompt + row[s], tools=tools) for s in sides]
-            prompt_ids = _ids(tokenizer, prompt, tools=tools, generation_prompt=True)
-        start = min(common_prefix_length(prompt_ids, ids) for ids in full)
-        if not keep_all and truncation.max_length is not None and truncation.mode == "keep_start" \
-                and start >= truncation.max_length:
+        full, start = dpo_tokenize(tokenizer, row["prompt"], [row[s] for s in sides], tools=row.get("tools"))
+        if drops and start >= truncation.max_length:
             continue
         kept.append(index)
         sequences += [_cut(ids, start, truncation) for ids in full]

@@ -7,12 +7,19 @@ small and named, and tests/test_trl_compat.py fails on the TRL release that brea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
+import json
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+# The columns TRL's DPOTrainer tokenizes each pair into (the reference cache hashes them), and the two it adds when it
+# precomputes the reference (its DPO guide names them; held-out scoring reads them).
+DPO_TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+DPO_REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 # "Possible values are: `'sigmoid'`, `'hinge'`, ..." (DPOConfig) or "Supported values are 'grpo', 'dr_grpo', ..."
 _VALUES_SENTENCE = re.compile(r"(?:Possible|Supported) values are:?(.*?)\.(?:\s|$)", re.DOTALL)
@@ -115,6 +122,81 @@ def dpo_reference_logps(trainer, dataset, batch_size: int):
     if not chosen:
         return torch.zeros(0), torch.zeros(0)
     return torch.cat(chosen), torch.cat(rejected)
+
+
+def free_reference(trainer) -> None:
+    """Let go of a DPO trainer's separate reference model once its log-probs are precomputed, so its weights are freed.
+
+    The loss reads the precomputed DPO_REF_COLUMNS of each batch whenever precompute_ref_log_probs is on (TRL 1.0 to
+    1.16), so TRL's ``ref_model`` is dead weight from then on. Setting it to None is not enough: accelerate keeps every
+    model it prepared in a private list (``Accelerator._models``, where TRL's constructor put the reference), which
+    would hold the weights for the whole run.
+    """
+    reference, trainer.ref_model = trainer.ref_model, None
+    prepared = getattr(trainer.accelerator, "_models", None)
+    if isinstance(prepared, list):
+        inner = getattr(reference, "module", reference)  # a wrapper's model is listed too
+        prepared[:] = [m for m in prepared if m is not reference and m is not inner]
+
+
+def take_over_checkpoint_rotation(args) -> int | None:
+    """Turn off transformers' own checkpoint rotation and return the ``save_total_limit`` it would have kept.
+
+    transformers reads ``args.save_total_limit`` at each save and deletes old checkpoints inside that save, before a
+    caller can mark the new one complete; with the field None it deletes nothing, and callbacks.py rotates instead.
+    """
+    keep = args.save_total_limit
+    args.save_total_limit = None
+    return keep
+
+
+def _token_ids(tokenizer, value, *, tools=None, generation_prompt: bool = False) -> list[int]:
+    if isinstance(value, str):
+        return list(tokenizer(text=value)["input_ids"])
+    return list(tokenizer.apply_chat_template(value, tools=tools, add_generation_prompt=generation_prompt,
+                                              tokenize=True, return_dict=True)["input_ids"])
+
+
+@functools.cache
+def _shared_prefix() -> Callable[[list[int], list[int]], int] | None:
+    """TRL's own common_prefix_length where its DPOTrainer starts a completion where the tokenized prompt and
+    prompt+completion diverge (TRL 1.16); None where it starts after the whole tokenized prompt (TRL 1.0 to 1.12)."""
+    from trl import data_utils
+
+    return getattr(data_utils, "common_prefix_length", None)
+
+
+def dpo_tokenize(tokenizer, prompt, completions: Sequence, *, tools=None) -> tuple[list[list[int]], int]:
+    """The token ids of prompt+completion for each completion, as TRL's DPOTrainer builds them for a pair, and the
+    index where the completions start.
+
+    TRL keeps this step private (a closure inside DPOTrainer's dataset preparation; no public helper in TRL 1.0 to
+    1.16), so it is repeated here and tests/test_trl_compat.py compares it with the datasets TRL's trainer prepares.
+    A conversation goes through the chat template, the prompt alone with the generation prompt; plain text gets the
+    end-of-sequence token appended. The prompt part is TRL's prompt_ids: up to where the tokenized prompt and every
+    prompt+completion stop sharing tokens on TRL 1.16, the whole tokenized prompt before.
+    """
+    tools = json.loads(tools) if isinstance(tools, str) else tools  # LLaMA-Factory data keeps tools as JSON text
+    if isinstance(prompt, str):
+        eos = tokenizer.eos_token or ""
+        prompt_ids = _token_ids(tokenizer, prompt)
+        full = [_token_ids(tokenizer, prompt + (c if c.endswith(eos) else c + eos)) for c in completions]
+    else:
+        prompt_ids = _token_ids(tokenizer, prompt, tools=tools, generation_prompt=True)
+        full = [_token_ids(tokenizer, prompt + c, tools=tools) for c in completions]
+    shared = _shared_prefix()
+    start = min(shared(prompt_ids, ids) for ids in full) if shared else len(prompt_ids)
+    return [prompt_ids[:start] + ids[start:] for ids in full], start
+
+
+@functools.cache
+def dpo_drops_filled_prompts() -> bool:
+    """Whether TRL's DPOTrainer leaves out the pairs whose prompt alone fills max_length under keep_start truncation
+    (TRL 1.12 and 1.16: its collator would cut every completion token); TRL 1.0 keeps them, with nothing left to
+    learn. Read from its dataset preparation, which filters the tokenized dataset where it drops them."""
+    from trl import DPOTrainer
+
+    return ".filter(" in inspect.getsource(DPOTrainer._prepare_dataset)
 
 
 # TRL documents an option its trainer no longer applies in the field's help: "Temporarily unavailable: ... falls back"

@@ -14,7 +14,7 @@ from dpo_cli.train.models import is_vision_language
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
 from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
-from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook
+from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook, free_reference
 
 CONFIG = "trl:DPOConfig"
 
@@ -206,8 +206,7 @@ def build_trainer(inputs: StageInputs):
                             processing_class=inputs.tokenizer, callbacks=inputs.callbacks,
                             peft_config=inputs.peft_config)
     if inputs.args.precompute_ref_log_probs and trainer.ref_model is not None:
-        # every log-prob the loss needs is in the datasets now: free the separate reference's weights
-        trainer.ref_model = None
+        free_reference(trainer)  # every log-prob the loss needs is in the datasets now
     return trainer
 
 
