@@ -34,10 +34,10 @@ def build_run(recipe, *, eval_data: bool = False, build=None):
     the held-out split (its reference is then precomputed too); ``build`` replaces the stage's own trainer call."""
     import dataclasses
 
+    from dpo_cli.runner.run import build_trainer as build_run_trainer
     from dpo_cli.train.config import build_config, settle_defaults
     from dpo_cli.train.device import plan_device
-    from dpo_cli.train.models import load_models, load_tokenizer
-    from dpo_cli.runner.run import build_trainer as build_run_trainer
+    from dpo_cli.train.models import load_models, load_processing_class
     from dpo_cli.train.stages import get_stage
     from dpo_cli.train.stages.base import PlannedRun, StageInputs
 
@@ -49,6 +49,6 @@ def build_run(recipe, *, eval_data: bool = False, build=None):
     recipe, _ = settle_defaults(recipe, PlannedRun(plan, 1, lambda: data_info["train"]))
     args = build_config(recipe, plan)
     models = load_models(recipe, stage, plan)
-    inputs = StageInputs(recipe, args, models.policy, models.reference, load_tokenizer(recipe.model), train,
+    inputs = StageInputs(recipe, args, models.policy, models.reference, load_processing_class(recipe.model), train,
                          evaluation if eval_data else None, [], models.peft_config)
     return build_run_trainer(stage, inputs, data_info, plan.precision)

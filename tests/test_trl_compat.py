@@ -401,3 +401,18 @@ def build(trainer, accelerator):
         "line 20: a warning filtered by its text",
         "line 21: a warning filtered by its text",
     ], found
+
+
+def test_a_datasets_fingerprint_names_the_same_rows_in_every_load(tmp_path):
+    """What the truncation measurement is kept under: the same prepared rows loaded again, and the same split of
+    them, have the same fingerprint; another selection has another."""
+    from dpo_cli.data.load import load_training_data
+    from dpo_cli.train.trl_compat import dataset_fingerprint
+
+    source = Path(__file__).resolve().parents[1] / "src/dpo_cli/assets/demo/train.jsonl"
+    first, _ = load_training_data(str(source), cache_dir=tmp_path)
+    again, _ = load_training_data(str(source), cache_dir=tmp_path)
+    assert dataset_fingerprint(first) == dataset_fingerprint(again)
+    split = [d.train_test_split(test_size=0.25, seed=3)["train"] for d in (first, again)]
+    assert dataset_fingerprint(split[0]) == dataset_fingerprint(split[1]) != dataset_fingerprint(first)
+    assert dataset_fingerprint(first.select([0, 1])) != dataset_fingerprint(first.select([1, 2]))

@@ -71,9 +71,9 @@ def _points_file(tokenizer, rows, sample: int) -> Path | None:
     if not files:
         return None
     from dpo_cli.train.refcache import tokenizer_fingerprint
+    from dpo_cli.train.trl_compat import dataset_fingerprint
 
-    # datasets' fingerprint names the rows after any split or selection (TRL keys its own caches by it too)
-    identity = json.dumps([rows._fingerprint, len(rows), sample, tokenizer_fingerprint(tokenizer)])
+    identity = json.dumps([dataset_fingerprint(rows), len(rows), sample, tokenizer_fingerprint(tokenizer)])
     return Path(files[0]["filename"]).parent / "signals" / f"{hashlib.sha256(identity.encode()).hexdigest()}.json"
 
 

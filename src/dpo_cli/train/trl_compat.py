@@ -249,3 +249,9 @@ def kto_takes_images() -> bool:
     except ImportError:
         return False
     return hasattr(module, "DataCollatorForVisionUnpairedPreference")
+
+
+def dataset_fingerprint(dataset) -> str:
+    """The fingerprint datasets gives a dataset: the same for the same cache files and the same transforms (split,
+    select, map), whatever the process; TRL keys its own caches of a dataset by it."""
+    return dataset._fingerprint
