@@ -142,6 +142,21 @@ def test_a_second_load_reads_no_source_row(tmp_path, monkeypatch):
     assert second._fingerprint == first._fingerprint  # so TRL's Dataset.map finds its own cache files
 
 
+def test_a_files_digest_is_remembered_while_the_file_is_unchanged(tmp_path):
+    """A sweep's next point does not hash the source again; any write (a touch, an edit) makes it hash again."""
+    import os
+
+    data = _pairs_file(tmp_path / "pairs.jsonl", 5)
+    first, _ = load_training_data([str(data)], cache_dir=tmp_path / "cache")
+    [memo] = (tmp_path / "cache" / ".digests").iterdir()
+    memo.write_text("0" * 64)  # what the next load believes, if it trusts the memo
+    trusted, _ = load_training_data([str(data)], cache_dir=tmp_path / "cache")
+    assert trusted.cache_files[0]["filename"] != first.cache_files[0]["filename"]
+    os.utime(data)  # the same bytes, written again: hashed again, so the first prepared rows are found
+    again, _ = load_training_data([str(data)], cache_dir=tmp_path / "cache")
+    assert again.cache_files[0]["filename"] == first.cache_files[0]["filename"]
+
+
 @pytest.mark.parametrize("change", ["content", "option", "version"])
 def test_a_changed_source_option_or_version_never_reuses_the_cache(tmp_path, monkeypatch, change):
     data = _pairs_file(tmp_path / "pairs.jsonl", 5)

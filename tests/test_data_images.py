@@ -275,7 +275,7 @@ def test_prepared_rows_hold_an_image_column_and_a_changed_image_is_prepared_agai
     (data_dir / "pics" / "red.png").write_bytes(_png((1, 2, 3), (16, 16)))
     changed, changed_fingerprint = load_training_data(str(data_dir / "trl_vision.jsonl"), cache_dir=cache)
     assert changed_fingerprint != fingerprint and changed[0]["images"][0].getpixel((0, 0)) == (1, 2, 3)
-    assert [p.name for p in cache.iterdir()] == [folder.name]  # prepared again in its place, nothing stale left
+    assert [p.name for p in cache.iterdir() if not p.name.startswith(".")] == [folder.name]  # prepared again in its place, nothing stale left
 
 
 def test_prepared_sft_rows_keep_their_images(tmp_path):

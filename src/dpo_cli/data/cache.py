@@ -32,6 +32,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.errors import DataError
 
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")  # may carry tool calls or reasoning
@@ -48,23 +49,40 @@ def _dpo_cli_version() -> str:
         return "source"
 
 
-def _file_digest(path: Path) -> str:
+def _file_digest(path: Path, memo: Path | None = None) -> str:
+    """SHA-256 of a file's bytes, remembered under ``memo`` for the file as it is now: the same inode with the same
+    size, modification and change times (the change time moves on every write and cannot be set back), so a sweep's
+    next point does not read hundreds of megabytes again to learn they did not change."""
+    remembered = None
+    if memo is not None:
+        stat = path.stat()
+        now = f"{path.resolve()}|{stat.st_dev}|{stat.st_ino}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}"
+        remembered = memo / hashlib.sha256(now.encode()).hexdigest()
+        with contextlib.suppress(OSError):
+            found = remembered.read_text(encoding="ascii")
+            if len(found) == 64:
+                return found
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
+    if remembered is not None:
+        with contextlib.suppress(OSError):  # a read-only cache folder only costs the next read
+            memo.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(remembered, digest.hexdigest())
     return digest.hexdigest()
 
 
-def _content(path: Path) -> list:
+def _content(path: Path, memo: Path | None) -> list:
     """What the rows of one named file (or save_to_disk folder) depend on: its bytes."""
     if path.is_dir():
-        return [[str(p.relative_to(path)), _file_digest(p)] for p in sorted(path.rglob("*")) if p.is_file()]
-    return [path.stat().st_size, _file_digest(path)]
+        return [[str(p.relative_to(path)), _file_digest(p, memo)] for p in sorted(path.rglob("*")) if p.is_file()]
+    return [path.stat().st_size, _file_digest(path, memo)]
 
 
-def key(sources: list, kind: str) -> str:
-    """The cache key of canonical rows of ``kind`` read from ``sources`` (data.rows.Source objects)."""
+def key(sources: list, kind: str, memo: Path | None = None) -> str:
+    """The cache key of canonical rows of ``kind`` read from ``sources`` (data.rows.Source objects); ``memo`` keeps
+    the digests of files as they are now (see _file_digest)."""
     from dpo_cli.data import hub
 
     described = []
@@ -74,7 +92,7 @@ def key(sources: list, kind: str) -> str:
             dataset, revision = hub.open_dataset(source.hub)
             content: Any = [revision, hub.cache_files(dataset)]
         else:
-            content = [[str(p), _content(p)] for p in source.local_files()]
+            content = [[str(p), _content(p, memo)] for p in source.local_files()]
         described.append([options, content])
     text = json.dumps({"dpo-cli": _dpo_cli_version(), "kind": kind, "sources": described}, sort_keys=True,
                       default=str)

@@ -89,7 +89,7 @@ def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = 
 def _prepare(sources: list[Source], kind: str, root: Path) -> tuple[Any, dict]:
     """(dataset, meta): the canonical rows as a memory-mapped Arrow dataset, read from the sources only when
     ``root`` does not hold them prepared already."""
-    name = cache.key(sources, kind)
+    name = cache.key(sources, kind, memo=root / ".digests")
     found = cache.load(root / name)
     if found is not None:
         return found
