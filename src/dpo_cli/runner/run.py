@@ -41,8 +41,8 @@ from dpo_cli.train.models import (
 from dpo_cli.train.ranks import check_shared_folder, from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
-from dpo_cli.train.stages import get_stage
-from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
+from dpo_cli.train.stages import get_stage, training_stage
+from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.vision import check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
@@ -184,7 +184,7 @@ def _stand_ins(recipe: Recipe, upstream: tuple[Upstream, ...], notes: list[str])
 
 
 def _safety(stage: Stage) -> str:
-    if not stage.trains:
+    if not isinstance(stage, TrainingStage):
         return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
                 "processes each samples its share of the prompts and the main one writes the files (engine vllm: one "
                 "process)")
@@ -238,7 +238,7 @@ def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path
     return checkpoint
 
 
-def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
+def _held_out(stage: TrainingStage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
     """Held-out scoring for this run, or None: no eval data, a stage without it, or model weights sharded over
     several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
     if stage.evaluation is None or eval_dataset is None:
@@ -263,7 +263,7 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
                    from_start=not stage.reference(recipe).explicit)
 
 
-def build_trainer(stage: Stage, inputs: StageInputs, data_info: dict, precision: str) -> tuple[Any, Any]:
+def build_trainer(stage: TrainingStage, inputs: StageInputs, data_info: dict, precision: str) -> tuple[Any, Any]:
     """Step 4's trainer: the stage's TRL trainer over ``inputs``, with the on-disk reference log-prob cache where the
     stage keeps one, less transformers' own progress printers. Returns (trainer, that cache or None).
 
@@ -280,7 +280,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
           resume_force: bool = False) -> RunResult:
     quiet_libraries()
     os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
-    stage = get_stage(recipe.stage)
+    stage = training_stage(recipe.stage)  # a stage that makes data runs its own flow (pipeline.run_stage)
     if resume and not stage.resumable:
         raise InputError(f"stage {stage.name} cannot resume from a checkpoint (TRL's trainer for it has no resume); "
                          f"run it again without --resume")

@@ -23,7 +23,7 @@ from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, 
 from dpo_cli.train.models import load_causal_lm, load_tokenizer, quiet_libraries, resolve_model_path
 from dpo_cli.train.sampling import sample_transformers, sample_vllm, vllm_missing
 from dpo_cli.train.scoring import Truncation, encode_pairs, score_sequences
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, DataStage, ReferencePlan, SamplingPlan
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     judge_specs,
@@ -253,14 +253,13 @@ def pairs_summary(figures: dict[str, Any]) -> str:
     return line
 
 
-STAGE = Stage(
+STAGE = DataStage(
     name="pairs",
     data_kind="prompt",
     data_expects=PROMPT_DATA,
     make_data=make_pairs,
     reference=lambda recipe: ReferencePlan("none", "none: pairs samples and judges, it trains nothing"),
     uses_reward=True,
-    resumable=False,
     validate=validate,
     sampling=sampling,
     no_images=lambda: "it samples completions from a text model (a causal LM) only",
