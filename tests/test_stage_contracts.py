@@ -1,12 +1,17 @@
-"""The two stage contracts: a stage trains or makes data, and says only what its kind has."""
+"""The two stage contracts (a stage trains or makes data, and says only what its kind has) and the one run lifecycle
+that a training run and a data-making run both go through."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
+from dpo_cli.core.errors import InputError
+from dpo_cli.core.paths import LOCK
 from dpo_cli.train.device import plan_device
 from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.stages import STAGES, training_stage
@@ -14,6 +19,7 @@ from dpo_cli.train.stages.base import DataStage, Stage, TrainingStage
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "recipes" / "tiny"
+SRC = REPO / "src" / "dpo_cli"
 
 
 def _fields(kind: type) -> set[str]:
@@ -68,3 +74,74 @@ def test_a_data_stage_recipe_is_planned_without_a_trainers_facts(tmp_path, tiny_
     assert _with_precompute(path, [f"output_dir={tmp_path / 'out'}"], recipe) is None
     planned = inputs_for(recipe, plan)
     assert not planned.trains and planned.sequences_per_row == 0 and planned.sampling_rows
+
+
+# --- one lifecycle ---------------------------------------------------------------------------------------------------
+
+LIFECYCLE_PARTS = {"check_output_dir", "RunRecord", "run_lock", "start_manifest", "check_shared_folder"}
+
+
+def _names(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | \
+        {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+
+
+def test_training_and_making_data_open_the_run_through_one_function():
+    """Neither run.py nor the pairs stage repeats the lifecycle's parts: both import open_run from train/manifest."""
+    from dpo_cli.runner import run
+    from dpo_cli.train import manifest
+    from dpo_cli.train.stages import pairs
+
+    assert run.open_run is pairs.open_run is manifest.open_run
+    for path in (SRC / "runner" / "run.py", SRC / "train" / "stages" / "pairs.py"):
+        assert "open_run" in _names(path) and not _names(path) & LIFECYCLE_PARTS, path
+
+
+class _Opened(Exception):
+    pass
+
+
+def test_train_and_make_pairs_both_call_open_run(tmp_path, monkeypatch, tiny_model):
+    """Each path reaches the lifecycle with its run's facts (one process here); the stub stops it there."""
+    from dpo_cli.runner import run
+    from dpo_cli.train.stages import pairs
+
+    calls = []
+
+    def opened(recipe, plan, processes, is_main, *, overwrite, resuming=False):
+        calls.append((recipe.stage, recipe.output_dir, processes, is_main, overwrite, resuming))
+        raise _Opened
+
+    monkeypatch.setattr(run, "open_run", opened)
+    monkeypatch.setattr(pairs, "open_run", opened)
+    trained = load_recipe(TINY / "dpo.yaml", [f"output_dir={tmp_path / 'dpo'}", f"model.name_or_path={tiny_model}"])
+    made = load_recipe(TINY / "pairs.yaml", [f"output_dir={tmp_path / 'pairs'}", f"model.name_or_path={tiny_model}"])
+    with pytest.raises(_Opened):
+        run.train(trained, overwrite=True)
+    with pytest.raises(_Opened):
+        pairs.make_pairs(made)
+    assert calls == [("dpo", str(tmp_path / "dpo"), 1, True, True, False),
+                     ("pairs", str(tmp_path / "pairs"), 1, True, False, False)]
+
+
+def test_open_run_checks_output_dir_records_the_run_and_holds_the_lock(tmp_path, tiny_model):
+    from dpo_cli.train.manifest import open_run
+
+    out = tmp_path / "out"
+    recipe = load_recipe(TINY / "pairs.yaml", [f"output_dir={out}"])
+    plan = plan_device(recipe.trainer)
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"), open_run(recipe, plan, 1, True, overwrite=False):
+        pass
+    (out / "notes.txt").unlink()
+
+    with pytest.raises(RuntimeError, match="boom"), open_run(recipe, plan, 1, True, overwrite=False) as (run, record):
+        assert run.path == out and (out / LOCK).exists()
+        record.update()
+        assert json.loads((out / "run.json").read_text())["status"] == "running"
+        raise RuntimeError("boom")
+    written = json.loads((out / "run.json").read_text())
+    assert written["status"] == "failed" and written["error"] == "boom" and written["stage"] == "pairs"
+    assert not (out / LOCK).exists()  # released on the way out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +12,6 @@ from transformers.trainer_callback import ProgressCallback as TransformersProgre
 
 from dpo_cli.core import console
 from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError, RecipeError
-from dpo_cli.core.paths import run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
@@ -28,7 +26,7 @@ from dpo_cli.train.config import build_config, defaults_note, defaults_record, s
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
-from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
+from dpo_cli.train.manifest import RunResult, now, open_run
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import (
     check_chat_template,
@@ -38,7 +36,7 @@ from dpo_cli.train.models import (
     quiet_libraries,
     text_tokenizer,
 )
-from dpo_cli.train.ranks import check_shared_folder, from_main
+from dpo_cli.train.ranks import from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage, training_stage
@@ -194,12 +192,6 @@ def _safety(stage: Stage) -> str:
             "SIGTERM/SIGINT stop the run at the end of a step")
 
 
-def _wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
-
-
 def _identity(recipe: Recipe, data_info: dict) -> dict:
     """What a checkpoint records so a resume can refuse a different recipe or different data."""
     # eval: only says what to judge once training is done, so changing it does not make a checkpoint foreign
@@ -293,17 +285,14 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     args = build_config(recipe, plan)
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
-    run = RunDir(recipe.output_dir)
     if resume == "auto":
-        resume, overwrite = _auto_resume(run, is_main, overwrite)
-    check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
-    _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
-    check_shared_folder(run.path)  # several nodes: checkpoints and --resume need one output_dir they all see
-    record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, args.world_size))
-    manifest = record.manifest
-    # a signal is handled from here to the end (what it does depends on the phase); the lock keeps other runs out
+        resume, overwrite = _auto_resume(RunDir(recipe.output_dir), is_main, overwrite)
+    # a signal is handled from here to the end (what it does depends on the phase); open_run checks output_dir,
+    # starts run.json and locks output_dir against other runs, as for a stage that makes data
     stopper = GracefulStop(stage.name, stage.step_loop)
-    with stopper, run_lock(run.path) if is_main else contextlib.nullcontext(), record:
+    with stopper, open_run(recipe, plan, args.world_size, is_main, overwrite=overwrite,
+                           resuming=bool(resume)) as (run, record):
+        manifest = record.manifest
 
         # 2. data, checked before any weights are loaded
         train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)
