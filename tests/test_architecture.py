@@ -177,7 +177,7 @@ def _stage_names_used(source: str, names: set[str]) -> list[str]:
                        for v in _literals(p.value)} & names
             found += [f"{node.lineno}: matches a stage on {sorted(literal)}"] if literal else []
         elif isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute)) \
-                and getattr(node.func, "id", getattr(node.func, "attr", None)) == "get_stage":
+                and getattr(node.func, "id", getattr(node.func, "attr", None)) in ("get_stage", "training_stage"):
             literal = {v for a in node.args for v in _literals(a)} & names
             found += [f"{node.lineno}: fetches stage {sorted(literal)}"] if literal else []
     return sorted(found, key=lambda where: int(where.split(":")[0]))
@@ -207,10 +207,11 @@ def test_the_stage_name_check_finds_a_stage_name():
               'if stage.name in ("kto", "x"): pass\n'
               'match lf_stage:\n    case "kto": pass\n'
               's = get_stage("dpo")\n'
-              'if self.evaluation == "reward" or kind == "dpo": pass\n')  # not a stage's name: not counted
+              'if self.evaluation == "reward" or kind == "dpo": pass\n'  # not a stage's name: not counted
+              't = stages.training_stage("kto")\n')
     assert _stage_names_used(source, names) == ["1: compares a stage with ['dpo']", "2: compares a stage with ['reward']",
                                                 "3: compares a stage with ['kto']", "4: matches a stage on ['kto']",
-                                                "6: fetches stage ['dpo']"]
+                                                "6: fetches stage ['dpo']", "8: fetches stage ['kto']"]
 
 
 def test_the_cycle_check_finds_a_cycle():

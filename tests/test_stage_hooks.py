@@ -14,7 +14,7 @@ from dpo_cli.train.manifest import RunResult
 from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.refcache import RefLogpCache
 from dpo_cli.train.stages import STAGES, get_stage
-from dpo_cli.train.stages.base import Stage
+from dpo_cli.train.stages.base import TrainingStage
 
 TINY = Path(__file__).resolve().parents[1] / "recipes" / "tiny"
 
@@ -36,9 +36,10 @@ def test_the_reference_cache_is_the_dpo_stages_hook(tmp_path):
 
 def test_only_a_stage_with_a_reference_model_has_a_reference_cache():
     """run.py once called dpo's ref_logp_cache for every stage that uses_ref_model; the hook keeps that set."""
-    default = next(f.default for f in dataclasses.fields(Stage) if f.name == "reference_cache")
-    hooked = {name for name, stage in STAGES.items() if stage.reference_cache is not default}
-    assert hooked == {name for name, stage in STAGES.items() if stage.uses_ref_model} == {"dpo"}
+    default = next(f.default for f in dataclasses.fields(TrainingStage) if f.name == "reference_cache")
+    training = {name: stage for name, stage in STAGES.items() if isinstance(stage, TrainingStage)}
+    hooked = {name for name, stage in training.items() if stage.reference_cache is not default}
+    assert hooked == {name for name, stage in training.items() if stage.uses_ref_model} == {"dpo"}
 
 
 def _summary(tmp_path, stage: str | None) -> str:

@@ -180,9 +180,10 @@ def print_run_summary(console: Console, result) -> None:
     evaluation = manifest.get("evaluation") or {}
     if evaluation.get("after"):
         from dpo_cli.train.stages import STAGES
+        from dpo_cli.train.stages.base import TrainingStage
 
         stage = STAGES.get(manifest.get("stage"))
-        rows = REWARD_MODEL_ROWS if stage is not None and stage.evaluation == "reward" else METRIC_ROWS
+        rows = REWARD_MODEL_ROWS if isinstance(stage, TrainingStage) and stage.evaluation == "reward" else METRIC_ROWS
         console.print(evaluation_table(evaluation["before"], evaluation["after"], rows))
         line = length_bias_line(evaluation["after"].get("length_bias"))
         if line:

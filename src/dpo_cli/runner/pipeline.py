@@ -16,30 +16,31 @@ from dpo_cli.runner.run import train
 from dpo_cli.train.manifest import RunResult
 from dpo_cli.train.recipe_pipeline import Pipeline
 from dpo_cli.train.stages import get_stage
+from dpo_cli.train.stages.base import DataStage, Stage, TrainingStage
 
 
 def run_stage(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
               resume_force: bool = False) -> RunResult:
     """One stage recipe: a stage that makes data runs its own flow, every other one trains."""
     stage = get_stage(recipe.stage)
-    if stage.trains:
-        if recipe.eval is not None:
-            from dpo_cli.evidence.judge import check_before_training
+    if isinstance(stage, DataStage):
+        if resume:
+            raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
+        from dpo_cli.train.models import is_vision_language
+        from dpo_cli.train.vision import check_images
 
-            check_before_training(recipe.eval)  # a judge that cannot judge is said before training, not after it
-        result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
-        if recipe.eval is not None and result.is_main:
-            from dpo_cli.evidence.judge import judge_after_training
+        check_images(recipe, stage, is_vision_language(recipe.model), data_images=False)
+        return stage.make_data(recipe, overwrite=overwrite)
+    if recipe.eval is not None:
+        from dpo_cli.evidence.judge import check_before_training
 
-            judge_after_training(recipe, result.manifest)
-        return result
-    if resume:
-        raise InputError(f"stage {stage.name} makes data and keeps no checkpoints; run it again without --resume")
-    from dpo_cli.train.models import is_vision_language
-    from dpo_cli.train.vision import check_images
+        check_before_training(recipe.eval)  # a judge that cannot judge is said before training, not after it
+    result = train(recipe, overwrite=overwrite, resume=resume, resume_force=resume_force)
+    if recipe.eval is not None and result.is_main:
+        from dpo_cli.evidence.judge import judge_after_training
 
-    check_images(recipe, stage, is_vision_language(recipe.model), data_images=False)
-    return stage.make_data(recipe, overwrite=overwrite)
+        judge_after_training(recipe, result.manifest)
+    return result
 
 
 def is_complete(recipe: Recipe) -> bool:
@@ -112,6 +113,11 @@ def _headline(manifest: dict) -> dict[str, Any]:
     return {key: value for key, value in figures.items() if value is not None}
 
 
+def _judges(stage: Stage) -> bool:
+    """A stage that trains a reward model: the judge of the pairs a later stage makes."""
+    return isinstance(stage, TrainingStage) and stage.evaluation == "reward"
+
+
 def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str, Any]:
     """Every stage's status and headline figures (read from its run.json, so skipped stages count too), and one round
     per data-making stage: the policy it sampled, the mean reward of those samples, the judge's held-out accuracy, and
@@ -126,7 +132,7 @@ def pipeline_summary(pipeline: Pipeline, ran: Collection[str] = ()) -> dict[str,
     for s in pipeline.stages:
         if get_stage(s.recipe.stage).trains:
             continue
-        judges = [n for n in s.needs if get_stage(stages[n]["stage"]).evaluation == "reward"]  # a reward model
+        judges = [n for n in s.needs if _judges(get_stage(stages[n]["stage"]))]
         trained = [t.name for t in pipeline.stages if s.name in t.needs and get_stage(t.recipe.stage).trains]
         figures = stages[s.name]
         rounds.append({

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,7 +12,6 @@ from transformers.trainer_callback import ProgressCallback as TransformersProgre
 
 from dpo_cli.core import console
 from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError, RecipeError
-from dpo_cli.core.paths import run_lock
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
@@ -28,7 +26,7 @@ from dpo_cli.train.config import build_config, defaults_note, defaults_record, s
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
-from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
+from dpo_cli.train.manifest import RunResult, now, open_run
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import (
     check_chat_template,
@@ -38,11 +36,11 @@ from dpo_cli.train.models import (
     quiet_libraries,
     text_tokenizer,
 )
-from dpo_cli.train.ranks import check_shared_folder, from_main
+from dpo_cli.train.ranks import from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
-from dpo_cli.train.stages import get_stage
-from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
+from dpo_cli.train.stages import get_stage, training_stage
+from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.vision import check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
@@ -184,7 +182,7 @@ def _stand_ins(recipe: Recipe, upstream: tuple[Upstream, ...], notes: list[str])
 
 
 def _safety(stage: Stage) -> str:
-    if not stage.trains:
+    if not isinstance(stage, TrainingStage):
         return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
                 "processes each samples its share of the prompts and the main one writes the files (engine vllm: one "
                 "process)")
@@ -192,12 +190,6 @@ def _safety(stage: Stage) -> str:
         return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
     return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
             "SIGTERM/SIGINT stop the run at the end of a step")
-
-
-def _wait_for_everyone() -> None:
-    from accelerate import PartialState
-
-    PartialState().wait_for_everyone()
 
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:
@@ -238,7 +230,7 @@ def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path
     return checkpoint
 
 
-def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
+def _held_out(stage: TrainingStage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
     """Held-out scoring for this run, or None: no eval data, a stage without it, or model weights sharded over
     several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
     if stage.evaluation is None or eval_dataset is None:
@@ -263,7 +255,7 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
                    from_start=not stage.reference(recipe).explicit)
 
 
-def build_trainer(stage: Stage, inputs: StageInputs, data_info: dict, precision: str) -> tuple[Any, Any]:
+def build_trainer(stage: TrainingStage, inputs: StageInputs, data_info: dict, precision: str) -> tuple[Any, Any]:
     """Step 4's trainer: the stage's TRL trainer over ``inputs``, with the on-disk reference log-prob cache where the
     stage keeps one, less transformers' own progress printers. Returns (trainer, that cache or None).
 
@@ -280,7 +272,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
           resume_force: bool = False) -> RunResult:
     quiet_libraries()
     os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
-    stage = get_stage(recipe.stage)
+    stage = training_stage(recipe.stage)  # a stage that makes data runs its own flow (pipeline.run_stage)
     if resume and not stage.resumable:
         raise InputError(f"stage {stage.name} cannot resume from a checkpoint (TRL's trainer for it has no resume); "
                          f"run it again without --resume")
@@ -293,17 +285,14 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     args = build_config(recipe, plan)
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
     is_main = args.process_index == 0
-    run = RunDir(recipe.output_dir)
     if resume == "auto":
-        resume, overwrite = _auto_resume(run, is_main, overwrite)
-    check_output_dir(run, recipe, overwrite=overwrite, resuming=bool(resume))
-    _wait_for_everyone()  # no rank may look at output_dir after the main process has started writing to it
-    check_shared_folder(run.path)  # several nodes: checkpoints and --resume need one output_dir they all see
-    record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, args.world_size))
-    manifest = record.manifest
-    # a signal is handled from here to the end (what it does depends on the phase); the lock keeps other runs out
+        resume, overwrite = _auto_resume(RunDir(recipe.output_dir), is_main, overwrite)
+    # a signal is handled from here to the end (what it does depends on the phase); open_run checks output_dir,
+    # starts run.json and locks output_dir against other runs, as for a stage that makes data
     stopper = GracefulStop(stage.name, stage.step_loop)
-    with stopper, run_lock(run.path) if is_main else contextlib.nullcontext(), record:
+    with stopper, open_run(recipe, plan, args.world_size, is_main, overwrite=overwrite,
+                           resuming=bool(resume)) as (run, record):
+        manifest = record.manifest
 
         # 2. data, checked before any weights are loaded
         train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)

@@ -158,10 +158,11 @@ def _with_precompute(path: Path, overrides: list[str], recipe: Recipe) -> Recipe
     None when the recipe says otherwise or its stage cannot precompute."""
     from dpo_cli.train.recipe_load import load_recipe
     from dpo_cli.train.stages import get_stage
+    from dpo_cli.train.stages.base import TrainingStage
 
     stage = get_stage(recipe.stage)
     ref = recipe.ref_model
-    if (not stage.uses_ref_model or ref.precompute != "auto" or not ref.cache
+    if (not (isinstance(stage, TrainingStage) and stage.uses_ref_model) or ref.precompute != "auto" or not ref.cache
             or "precompute_ref_log_probs" in recipe.trainer or recipe.trainer.get("sync_ref_model")):
         return None
     try:

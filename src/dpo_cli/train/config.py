@@ -9,8 +9,8 @@ from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
-from dpo_cli.train.stages import get_stage
-from dpo_cli.train.stages.base import Default, PlannedRun
+from dpo_cli.train.stages import get_stage, training_stage
+from dpo_cli.train.stages.base import Default, PlannedRun, TrainingStage
 from dpo_cli.train.trackers import check_trackers
 
 _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
@@ -18,15 +18,17 @@ _NAMED = re.compile(r"`([A-Za-z_][A-Za-z0-9_]*)`")
 
 def trainer_kwargs(recipe: Recipe, plan: DevicePlan) -> dict[str, Any]:
     """The keyword arguments of the stage's TRL config; an explicit trainer: key always wins."""
-    derived = get_stage(recipe.stage).trainer_fields(recipe)
+    derived = training_stage(recipe.stage).trainer_fields(recipe)
     return {"report_to": "none", **plan.trainer_fields(), **derived, **recipe.trainer,
             "output_dir": recipe.output_dir, "seed": recipe.seed}
 
 
 def settle_defaults(recipe: Recipe, run: PlannedRun) -> tuple[Recipe, list[Default]]:
     """The recipe with the keys its stage decides per run written in (a precomputed reference, Liger kernels), and
-    each decision with its reason. A key the recipe set itself is never changed."""
-    defaults = get_stage(recipe.stage).settle(recipe, run)
+    each decision with its reason. A key the recipe set itself is never changed. A stage that makes data settles
+    nothing."""
+    stage = get_stage(recipe.stage)
+    defaults = stage.settle(recipe, run) if isinstance(stage, TrainingStage) else []
     for default in defaults:
         if default.explicit:
             continue
@@ -56,7 +58,7 @@ def build_config(recipe: Recipe, plan: DevicePlan, error: ErrorAt | None = None)
     """The stage's TRL config. TRL's own cross-field checks (loss_weights against loss_type, ...) that fail are the
     recipe's fault: with ``error`` they point at the trainer key TRL names, else at the trainer: section."""
     check_trackers(recipe.trainer.get("report_to"))
-    config_class = get_stage(recipe.stage).config_class()
+    config_class = training_stage(recipe.stage).config_class()
     kwargs = trainer_kwargs(recipe, plan)
     if plan.device == "cuda":
         import torch

@@ -271,7 +271,7 @@ def _training(data: dict, stage: str, config_fields: set[str], out: Imported) ->
 
 def translate(data: dict) -> tuple[str, Imported]:
     """(dpo-cli stage, the translated keys) of a LLaMA-Factory training config."""
-    from dpo_cli.train.stages import get_stage
+    from dpo_cli.train.stages import training_stage  # LLaMA-Factory's stages all train
 
     out = Imported()
     lf_stage = data.get("stage", "sft")
@@ -290,7 +290,7 @@ def translate(data: dict) -> tuple[str, Imported]:
     if "trust_remote_code" in data:
         out.set(("model", "trust_remote_code"), bool(data["trust_remote_code"]), "trust_remote_code",
                 "trust_remote_code")
-    if get_stage(stage).uses_ref_model:
+    if training_stage(stage).uses_ref_model:
         for key, ours in (("ref_model", "name_or_path"), ("ref_model_adapters", "adapter")):
             if data.get(key):
                 out.set(("ref_model", ours), str(data[key]), key, key)
@@ -315,7 +315,8 @@ def translate(data: dict) -> tuple[str, Imported]:
     out.set(("trainer", "max_length"), int(data.get("cutoff_len", 2048)),
             _from("cutoff_len", data["cutoff_len"]) if "cutoff_len" in data else
             "cutoff_len: LLaMA-Factory's default (TRL's is 1024)", "cutoff_len")
-    config_fields = {f.name for f in dataclasses.fields(get_stage(stage).config_class())} - set(OWNED_TRAINER_KEYS)
+    config_class = training_stage(stage).config_class()
+    config_fields = {f.name for f in dataclasses.fields(config_class)} - set(OWNED_TRAINER_KEYS)
     if "preprocessing_num_workers" in data and "dataset_num_proc" in config_fields:
         out.set(("trainer", "dataset_num_proc"), data["preprocessing_num_workers"],
                 _from("preprocessing_num_workers", data["preprocessing_num_workers"]), "preprocessing_num_workers")
@@ -340,7 +341,7 @@ def translate(data: dict) -> tuple[str, Imported]:
             out.set(("trainer", RENAMED.get(key, key)), value, _from(key, value) if key in RENAMED else key, key)
         else:
             out.unmap(key, value, UNMAPPED.get(key, f"no dpo-cli setting, and "
-                                               f"{get_stage(stage).config_class().__name__} has no field of that name"))
+                                               f"{config_class.__name__} has no field of that name"))
     return stage, out
 
 

@@ -1,10 +1,13 @@
-"""What every run records, training or data-making: run.json from start to a true end, and where it may write."""
+"""What every run goes through, training or data-making: where it may write, run.json from start to a true end, and
+the lifecycle around both (open_run)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -12,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import InputError, Interrupted
-from dpo_cli.core.paths import check_output, check_output_file, replaceable_directory
+from dpo_cli.core.paths import check_output, check_output_file, replaceable_directory, run_lock
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.device import DevicePlan
+from dpo_cli.train.ranks import check_shared_folder
 
 PACKAGES = ("dpo-cli", "trl", "transformers", "peft", "accelerate", "datasets", "torch")
 
@@ -104,3 +108,23 @@ class RunRecord:
         checkpoint = checkpoints.newest_complete(self.run.path)[0]
         self.update(status="interrupted" if stopped else "failed", finished_at=now(),
                     error=str(exc) or type(exc).__name__, checkpoint=str(checkpoint) if checkpoint else None)
+
+
+@contextlib.contextmanager
+def open_run(recipe: Recipe, plan: DevicePlan, processes: int, is_main: bool, *, overwrite: bool,
+             resuming: bool = False) -> Iterator[tuple[RunDir, RunRecord]]:
+    """The lifecycle every run goes through, training (runner/run.py) or data-making (stages/pairs.py): output_dir
+    checked, every process past that check before the main one writes, output_dir the same folder on every node,
+    then run.json started and output_dir locked by the main process while the body runs. Yields (the run's
+    directory, its RunRecord); an error or signal in the body ends run.json as failed or interrupted.
+
+    Every process of the run calls it (it waits for the others)."""
+    from accelerate import PartialState
+
+    run = RunDir(recipe.output_dir)
+    check_output_dir(run, recipe, overwrite=overwrite, resuming=resuming)
+    PartialState().wait_for_everyone()  # no process may look at output_dir once the main one writes to it
+    check_shared_folder(run.path)  # several nodes: checkpoints, --resume and a later stage's reads need one folder
+    record = RunRecord(run, is_main, start_manifest(recipe.stage, plan, processes))
+    with run_lock(run.path) if is_main else contextlib.nullcontext(), record:
+        yield run, record

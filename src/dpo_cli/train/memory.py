@@ -16,7 +16,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.device import DevicePlan
 from dpo_cli.train.models import lora_config, meta_model
 from dpo_cli.train.stages import get_stage
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, SamplingPlan, TrainingStage
 from dpo_cli.train.trl_compat import fused_lm_head_tokens, fused_lm_head_vocab_chunk
 
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -454,6 +454,8 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
     quantization = recipe.quantization
     shape = _shape(model)
     sampling = stage.sampling(recipe)
+    # a stage that makes data takes no training step: its plan is weights, generation and judges
+    sequences_per_row = stage.sequences_per_row(recipe) if isinstance(stage, TrainingStage) else 0
     return _Inputs(
         params=params, quantizable=quantizable, linear_shapes=shapes, weight_bytes=weight_bytes,
         lora_trainable=lora_trainable, bits=quantization.bits if quantization else None,
@@ -462,7 +464,7 @@ def inputs_for(recipe: Recipe, plan: DevicePlan, config: Any = None) -> _Inputs:
         reference=strategy.kind, reference_bytes=reference_bytes,
         optim=str(getattr(get("optim", "adamw_torch"), "value", get("optim", "adamw_torch"))),
         batch=int(get("per_device_train_batch_size", 8)), accumulation=int(get("gradient_accumulation_steps", 1)),
-        sequences_per_row=stage.sequences_per_row(recipe), max_length=int(max_length),
+        sequences_per_row=sequences_per_row, max_length=int(max_length),
         gradient_checkpointing=bool(get("gradient_checkpointing", True)),
         autocast_bytes=2 if plan.precision in ("bf16", "fp16") else None,
         liger=bool(get("use_liger_kernel", False)), shape=shape,

@@ -18,8 +18,8 @@ from dpo_cli.train.device import DevicePlan
 
 
 class ModelsPlan(Protocol):
-    """What load_models asks of a stage (stages/base.py's Stage has it). The stages import this module, so it names
-    no stage type: importing the stages package from here would import this module back half-made."""
+    """What load_models asks of a stage (stages/base.py's TrainingStage has it). The stages import this module, so it
+    names no stage type: importing the stages package from here would import this module back half-made."""
 
     policy: str  # causal-lm or sequence-classifier
     peft_task: str

@@ -23,7 +23,7 @@ from dpo_cli.train.config import build_config
 from dpo_cli.train.device import plan_device
 from dpo_cli.train.models import check_lora_targets
 from dpo_cli.train.stages import STAGES, get_stage, stage_names
-from dpo_cli.train.stages.base import Stage
+from dpo_cli.train.stages.base import DataStage, Stage, TrainingStage
 from dpo_cli.train.trl_compat import ignored_field
 
 
@@ -127,15 +127,16 @@ def check_keys(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
     if isinstance(name, str) and name not in stage_names():
         raise error(("stage",), f"unknown stage '{name}'{did_you_mean(name, stage_names())}")
     # a config the cache holds imported under this TRL: the stage is there, and asking would import TRL
-    if isinstance(name, str) and not (get_stage(name).config and cached(get_stage(name).config)) \
-            and (reason := get_stage(name).unavailable()):
+    named = get_stage(name) if isinstance(name, str) else None
+    if named is not None and not (isinstance(named, TrainingStage) and cached(named.config)) \
+            and (reason := named.unavailable()):
         raise error(("stage",), reason)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, Recipe, located, prefix) from None
     stage = get_stage(recipe.stage)
-    if stage.trains:
+    if isinstance(stage, TrainingStage):
         recipe.trainer = validate_trainer(stage.config, recipe.trainer, error)
         # a string such as "nan" that the trainer's float field read as a number
         for key_path, value in _numbers_not_finite(recipe.trainer, ("trainer",)):
@@ -148,7 +149,7 @@ def check_rules(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
     config (these import TRL)."""
     error = _error_at(located, prefix)
     stage = get_stage(recipe.stage)
-    if stage.trains:
+    if isinstance(stage, TrainingStage):
         warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     check_rejects_files(recipe, located.file, error)
@@ -156,7 +157,7 @@ def check_rules(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
         check_lora_targets(recipe, error)
     if stage.validate is not None:
         stage.validate(recipe, error)
-    if stage.trains:
+    if isinstance(stage, TrainingStage):
         build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now, not later
     return recipe
 
@@ -174,7 +175,7 @@ def _numbers_not_finite(data: Any, path: tuple = ()) -> Iterator[tuple[tuple, fl
             stack.extend((where + (i,), v) for i, v in reversed(list(enumerate(value))))
 
 
-def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
+def warn_ignored_options(recipe: Recipe, stage: TrainingStage, error: ErrorAt) -> None:
     """A trainer: option turned on that the installed TRL's trainer for this stage ignores (DPO's padding_free): the
     run would go on as if it were off, so say so now, where the key is."""
     config_class = stage.config_class()
@@ -187,30 +188,32 @@ def warn_ignored_options(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
 
 
 def check_conflicts(recipe: Recipe, stage: Stage, error: ErrorAt) -> None:
-    """Cross-section rules; each names the key at fault."""
-    if not stage.trains:
+    """Cross-section rules; each names the key at fault. A stage that makes data has no trainer, so the rules about
+    one (early stopping, the policy judged, a ref_model: section) refuse the section for it."""
+    training = stage if isinstance(stage, TrainingStage) else None
+    if training is None:
         _check_data_stage(recipe, stage, error)
     elif recipe.sampling is not None:
-        makers = ", ".join(s.name for s in STAGES.values() if not s.trains)
+        makers = ", ".join(s.name for s in STAGES.values() if isinstance(s, DataStage))
         raise error(("sampling",), f"stage {recipe.stage} does not use a sampling: section ({makers} does); a "
                                    "trainer's own generation settings go under trainer:")
-    if recipe.quantization is not None and recipe.lora is None and stage.trains:
+    if recipe.quantization is not None and recipe.lora is None and training is not None:
         raise error(("quantization",), "a quantized model cannot be trained directly: add a lora: section (QLoRA), "
                                        "or quantize only the reference with ref_model.quantization")
     if recipe.ref_model.adapter and not recipe.ref_model.name_or_path:
         raise error(("ref_model", "adapter"), "an adapter needs its base model: set ref_model.name_or_path to the "
                                               "model the adapter was trained on")
-    if recipe.early_stopping is not None and not stage.step_loop:
+    if recipe.early_stopping is not None and training is not None and not training.step_loop:
         raise error(("early_stopping",), f"stage {recipe.stage} cannot stop early: TRL's {recipe.stage.upper()} "
                                          "trainer runs its own loop, which ignores a request to stop")
     if recipe.reward is not None and not stage.uses_reward:
         users = ", ".join(s.name for s in STAGES.values() if s.uses_reward)
         raise error(("reward",), f"stage {recipe.stage} does not use a reward: section ({users} do)")
-    if recipe.eval is not None and not (stage.trains and stage.policy == "causal-lm"):
+    if recipe.eval is not None and not (training is not None and training.policy == "causal-lm"):
         raise error(("eval", "judge"), f"stage {recipe.stage} makes no language model to judge: eval.judge judges the "
                                        "answers of a trained policy (dpo, orpo, sft, ppo, ...)")
-    if recipe.ref_model != RefModelSection() and not stage.uses_ref_model:
-        users = ", ".join(s.name for s in STAGES.values() if s.uses_ref_model)
+    if recipe.ref_model != RefModelSection() and not (training is not None and training.uses_ref_model):
+        users = ", ".join(s.name for s in STAGES.values() if isinstance(s, TrainingStage) and s.uses_ref_model)
         raise error(("ref_model",), f"stage {recipe.stage} does not use a ref_model: section ({users} do); its "
                                     f"reference is {stage.reference(recipe).description}")
 

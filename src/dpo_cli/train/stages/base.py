@@ -1,11 +1,12 @@
-"""What every stage declares: TRL config and trainer (or the data it makes), data, models, reference, memory."""
+"""The two stage contracts: a TrainingStage (its TRL config and trainer) and a DataStage (the data it makes), and
+what both declare (data, reference, reward, sampling, images)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 from dpo_cli.core.errors import DataError
 from dpo_cli.data.load import check_data, load_splits
@@ -13,6 +14,21 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
+
+if TYPE_CHECKING:  # types only: reading a recipe imports no torch, transformers or TRL
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import (
+        PreTrainedModel,
+        PreTrainedTokenizerBase,
+        ProcessorMixin,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from dpo_cli.train.manifest import RunResult
+    from dpo_cli.train.refcache import RefLogpCache
 
 ReferenceKind = Literal["none", "shared", "copy", "separate", "precomputed", "trainer-copy"]
 
@@ -76,60 +92,82 @@ class Default:
 
 @dataclass
 class StageInputs:
-    """Everything a stage needs to build its TRL trainer."""
+    """Everything a training stage needs to build its TRL trainer."""
 
     recipe: Recipe
-    args: Any  # the stage's TRL config
-    model: Any
-    ref_model: Any
-    tokenizer: Any  # TRL's processing_class: a tokenizer, or a vision-language model's processor
-    train_dataset: Any
-    eval_dataset: Any
-    callbacks: list = field(default_factory=list)
-    peft_config: Any = None  # a peft LoraConfig for the trainer to apply (lora: section)
-    ref_cache: Any = None  # a RefLogpCache when reference log-probs are precomputed and cached on disk
+    args: TrainingArguments  # the stage's TRL config (every TRL config is a TrainingArguments)
+    model: PreTrainedModel  # the policy; TRL applies ``peft_config`` to it
+    ref_model: PreTrainedModel | PeftModel | None  # the reference weights the stage's plan holds, if any
+    tokenizer: PreTrainedTokenizerBase | ProcessorMixin  # TRL's processing_class (a VLM's processor)
+    train_dataset: Dataset
+    eval_dataset: Dataset | None
+    callbacks: list[TrainerCallback] = field(default_factory=list)
+    peft_config: LoraConfig | None = None  # a peft LoraConfig for the trainer to apply (lora: section)
+    ref_cache: RefLogpCache | None = None  # reference log-probs precomputed and cached on disk
 
 
-@dataclass(frozen=True)
+class MakesData(Protocol):
+    """A data-making stage's whole run: reads the recipe, writes its files and run.json in output_dir."""
+
+    def __call__(self, recipe: Recipe, *, overwrite: bool = False) -> RunResult: ...
+
+
+# What a stage that does not say otherwise declares (named, not lambdas: a default is then one object a test can find).
+def no_reference(recipe: Recipe) -> ReferencePlan:
+    return NO_REFERENCE
+
+
+def no_sampling(recipe: Recipe) -> SamplingPlan | None:
+    return None
+
+
+def available() -> str | None:
+    return None
+
+
+def one_sequence(recipe: Recipe) -> int:
+    return 1
+
+
+def no_trainer_fields(recipe: Recipe) -> dict[str, Any]:
+    return {}
+
+
+def nothing_to_settle(recipe: Recipe, run: PlannedRun) -> list[Default]:
+    return []
+
+
+def no_reference_cache(recipe: Recipe, data: dict, precision: str) -> RefLogpCache | None:
+    return None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Stage:
-    """One stage. run.py, models.py, memory.py, the pipeline runner and the recipe loader ask this object; none names
-    a stage.
+    """What every stage declares, training or data-making: the data it reads, the models it holds, what it cannot
+    take. run.py, models.py, memory.py, the pipeline runner and the recipe loader ask this object; none names a stage.
 
-    A training stage has a TRL config and trainer; a data-making stage (``make_data``) has neither and runs its own
-    short flow instead of the seven training steps.
+    Never made directly: a stage is a TrainingStage (a TRL trainer) or a DataStage (``pairs``: writes data, trains
+    nothing). Code that needs a training fact branches once on the kind (``trains``, or isinstance to narrow the
+    type) instead of reading a training field off a stage that has none.
     """
+
+    trains: ClassVar[bool]  # isinstance(stage, TrainingStage), for code that only says which kind it is
 
     name: str
     data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
     data_expects: str  # said beside a row the stage cannot use
-    # the TRL config dataclass as "module:Class": the recipe check reads its fields without importing TRL
-    config: str | None = None
-    build_trainer: Callable[[StageInputs], Any] | None = None  # the TRL trainer call
-    # a stage that makes data rather than trains: (recipe, overwrite) -> RunResult; its recipe has no trainer:
-    make_data: Callable[..., Any] | None = None
-    reference: Callable[[Recipe], ReferencePlan] = lambda recipe: NO_REFERENCE
-    # sequences each training row puts through the model at once (chosen and rejected: 2), for the memory plan
-    sequences_per_row: Callable[[Recipe], int] = lambda recipe: 1
-    evaluation: Literal["preference", "reward"] | None = None  # held-out figures before and after training
-    policy: Literal["causal-lm", "sequence-classifier"] = "causal-lm"  # how the policy loads; also its LoRA task
+    # why this stage cannot take a vision-language model or rows with images (said at --dry-run and load, exit 2);
+    # None: it can (TRL's trainer takes the processor and an images column). Every stage says.
+    no_images: Callable[[], str | None]
+    reference: Callable[[Recipe], ReferencePlan] = no_reference  # where reference log-probs come from (dry-run)
     uses_reward: bool = False  # reads the recipe's reward: section
-    uses_ref_model: bool = False  # reads the recipe's ref_model: section
-    resumable: bool = True  # the trainer resumes from its checkpoints
-    # the trainer runs transformers' loop: it calls training_step (the NaN watchdog sees each loss) and honours
-    # should_training_stop (a signal or early stopping ends the run at a step boundary with a checkpoint)
-    step_loop: bool = True
+    sampling: Callable[[Recipe], SamplingPlan | None] = no_sampling  # generation buffers, for the memory plan
     validate: Callable[[Recipe, ErrorAt], None] | None = None  # stage rules beyond the schema, raised with a line
-    trainer_fields: Callable[[Recipe], dict[str, Any]] = lambda recipe: {}  # config fields set from our sections
-    unavailable: Callable[[], str | None] = lambda: None  # why the installed TRL cannot run it
-    # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
-    settle: Callable[[Recipe, PlannedRun], list[Default]] = lambda recipe, run: []
-    sampling: Callable[[Recipe], SamplingPlan | None] = lambda recipe: None  # generation buffers, for the memory plan
-    # the on-disk cache of reference log-probs that a run reads and fills (a precomputed reference, cached), or None:
-    # (recipe, run.json's data record, precision) -> RefLogpCache; the run passes it to build_trainer as ref_cache
-    reference_cache: Callable[[Recipe, dict, str], Any] = lambda recipe, data, precision: None
-    # why this stage cannot train a vision-language model or rows with images (said at --dry-run and load, exit 2);
-    # None: it can (TRL's trainer takes the processor and an images column)
-    no_images: Callable[[], str | None] = lambda: "dpo-cli passes it text only"
+    unavailable: Callable[[], str | None] = available  # why the installed libraries cannot run it
+
+    def __post_init__(self) -> None:
+        if type(self) is Stage:
+            raise TypeError(f"stage {self.name}: make a TrainingStage or a DataStage, not the common Stage")
 
     @contextlib.contextmanager
     def reading(self, recipe: Recipe) -> Iterator[None]:
@@ -157,14 +195,47 @@ class Stage:
         with self.reading(recipe):
             return check_data(recipe.data, self.data_kind)
 
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingStage(Stage):
+    """A stage that trains: its TRL config and trainer, and what the run, the memory plan and the recipe check ask
+    of a trainer (sequences per row, held-out evaluation, the policy's head, reference, loop, run defaults)."""
+
+    trains: ClassVar[bool] = True
+
+    # the TRL config dataclass as "module:Class": the recipe check reads its fields without importing TRL
+    config: str
+    build_trainer: Callable[[StageInputs], Trainer]  # the TRL trainer call
+    # sequences each training row puts through the model at once (chosen and rejected: 2), for the memory plan
+    sequences_per_row: Callable[[Recipe], int] = one_sequence
+    evaluation: Literal["preference", "reward"] | None = None  # held-out figures before and after training
+    policy: Literal["causal-lm", "sequence-classifier"] = "causal-lm"  # how the policy loads; also its LoRA task
+    uses_ref_model: bool = False  # reads the recipe's ref_model: section
+    resumable: bool = True  # the trainer resumes from its checkpoints
+    # the trainer runs transformers' loop: it calls training_step (the NaN watchdog sees each loss) and honours
+    # should_training_stop (a signal or early stopping ends the run at a step boundary with a checkpoint)
+    step_loop: bool = True
+    trainer_fields: Callable[[Recipe], dict[str, Any]] = no_trainer_fields  # config fields set from our sections
+    # keys the recipe left to dpo-cli that depend on the run (device, data, cache): a precomputed reference, Liger
+    settle: Callable[[Recipe, PlannedRun], list[Default]] = nothing_to_settle
+    # the on-disk cache of reference log-probs that a run reads and fills (a precomputed reference, cached), or None:
+    # (recipe, run.json's data record, precision) -> RefLogpCache; the run passes it to build_trainer as ref_cache
+    reference_cache: Callable[[Recipe, dict, str], RefLogpCache | None] = no_reference_cache
+
     def config_class(self) -> type:
         """The TRL config dataclass (imports TRL, which is heavy)."""
         return import_config(self.config)
 
     @property
-    def trains(self) -> bool:
-        return self.make_data is None
-
-    @property
     def peft_task(self) -> str:
         return "SEQ_CLS" if self.policy == "sequence-classifier" else "CAUSAL_LM"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataStage(Stage):
+    """A stage that makes data and trains nothing (``pairs``): no TRL config, trainer, checkpoints or --resume. Its
+    own flow replaces the seven training steps, inside the same run lifecycle (train/manifest.py's open_run)."""
+
+    trains: ClassVar[bool] = False
+
+    make_data: MakesData

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, check_loss_types, missing_experimental
 
 MODULE = "trl.experimental.cpo"
@@ -35,7 +35,7 @@ def unavailable() -> str | None:
     return missing_experimental("cpo", MODULE, "CPOTrainer")
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="cpo",
     config=CONFIG,
     build_trainer=build_trainer,

@@ -12,7 +12,7 @@ from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import is_vision_language
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
-from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import Default, PlannedRun, ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
 from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_precompute_hook, free_reference
 
@@ -210,7 +210,7 @@ def build_trainer(inputs: StageInputs):
     return trainer
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="dpo",
     config=CONFIG,
     build_trainer=build_trainer,

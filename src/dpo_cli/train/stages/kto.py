@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, check_loss_types
 from dpo_cli.train.trl_compat import kto_takes_images
 
@@ -49,7 +49,7 @@ def build_trainer(inputs: StageInputs):
                       processing_class=inputs.tokenizer, callbacks=inputs.callbacks, peft_config=inputs.peft_config)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="kto",
     config=CONFIG,
     build_trainer=build_trainer,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage, StageInputs
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     build_scored_trainer,
@@ -59,7 +59,7 @@ def build_trainer(inputs: StageInputs):
     return build_scored_trainer(OnlineDPOTrainer, inputs, judge_specs)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="online-dpo",
     config=CONFIG,
     build_trainer=build_trainer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, missing_experimental
 
 MODULE = "trl.experimental.orpo"
@@ -30,7 +30,7 @@ def build_trainer(inputs: StageInputs):
                        peft_config=inputs.peft_config)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="orpo",
     config=CONFIG,
     build_trainer=build_trainer,

@@ -5,7 +5,6 @@ It trains nothing. Its flow replaces the seven training steps: prompts, models, 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 import os
@@ -14,16 +13,15 @@ from typing import Any
 
 from dpo_cli.core import console
 from dpo_cli.core.errors import DpoCliError, InputError
-from dpo_cli.core.paths import run_lock
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe, SamplingSection
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import plan_device
-from dpo_cli.train.manifest import RunRecord, RunResult, check_output_dir, now, start_manifest
+from dpo_cli.train.manifest import RunResult, now, open_run
 from dpo_cli.train.models import load_causal_lm, load_tokenizer, quiet_libraries, resolve_model_path
 from dpo_cli.train.sampling import sample_transformers, sample_vllm, vllm_missing
 from dpo_cli.train.scoring import Truncation, encode_pairs, score_sequences
-from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, Stage
+from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, DataStage, ReferencePlan, SamplingPlan
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     judge_specs,
@@ -168,12 +166,9 @@ def make_pairs(recipe: Recipe, *, overwrite: bool = False) -> RunResult:
     state = PartialState(cpu=plan.device == "cpu")
     if settings.engine == "vllm" and state.num_processes > 1:
         raise InputError("sampling.engine: vllm runs in one process (it batches on its own); run without --nproc")
-    run = RunDir(recipe.output_dir)
-    check_output_dir(run, recipe, overwrite=overwrite)
-    state.wait_for_everyone()  # no process looks at output_dir once the main one writes to it
-    record = RunRecord(run, state.is_main_process, start_manifest(recipe.stage, plan, state.num_processes))
-    manifest = record.manifest
-    with run_lock(run.path) if state.is_main_process else contextlib.nullcontext(), record:
+    # output_dir checked, run.json started, output_dir locked: the lifecycle of a training run too
+    with open_run(recipe, plan, state.num_processes, state.is_main_process, overwrite=overwrite) as (run, record):
+        manifest = record.manifest
 
         # 1. prompts, read and checked before any weights load
         train_rows, eval_rows, manifest["data"] = STAGE.load_data(recipe)
@@ -253,14 +248,13 @@ def pairs_summary(figures: dict[str, Any]) -> str:
     return line
 
 
-STAGE = Stage(
+STAGE = DataStage(
     name="pairs",
     data_kind="prompt",
     data_expects=PROMPT_DATA,
     make_data=make_pairs,
     reference=lambda recipe: ReferencePlan("none", "none: pairs samples and judges, it trains nothing"),
     uses_reward=True,
-    resumable=False,
     validate=validate,
     sampling=sampling,
     no_images=lambda: "it samples completions from a text model (a causal LM) only",

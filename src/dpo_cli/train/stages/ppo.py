@@ -9,7 +9,7 @@ from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier
-from dpo_cli.train.stages.base import ReferencePlan, Stage, StageInputs
+from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 
 EXTRA = "pip install 'dpo-cli[ppo]'"
 
@@ -85,7 +85,7 @@ def build_trainer(inputs: StageInputs):
                       callbacks=inputs.callbacks, peft_config=inputs.peft_config)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="ppo",
     config=CONFIG,
     build_trainer=build_trainer,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
-from dpo_cli.train.stages.base import Stage, StageInputs
+from dpo_cli.train.stages.base import StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import (
     PROMPT_DATA,
     build_scored_trainer,
@@ -34,7 +34,7 @@ def build_trainer(inputs: StageInputs):
     return build_scored_trainer(RLOOTrainer, inputs, function_specs)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="rloo",
     config=CONFIG,
     build_trainer=build_trainer,

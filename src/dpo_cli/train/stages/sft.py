@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.trl_fields import import_config
-from dpo_cli.train.stages.base import Stage, StageInputs
+from dpo_cli.train.stages.base import StageInputs, TrainingStage
 
 CONFIG = "trl:SFTConfig"
 
@@ -20,7 +20,7 @@ def build_trainer(inputs: StageInputs):
                       callbacks=inputs.callbacks, peft_config=inputs.peft_config)
 
 
-STAGE = Stage(
+STAGE = TrainingStage(
     name="sft",
     config=CONFIG,
     build_trainer=build_trainer,
