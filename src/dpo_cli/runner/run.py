@@ -238,15 +238,11 @@ def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path
     return checkpoint
 
 
-def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
+def _held_out(stage: Stage, recipe: Recipe, args, processing, eval_dataset, trainer) -> HeldOut | None:
     """Held-out scoring for this run, or None: no eval data, a stage without it, or model weights sharded over
-    several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
+    several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone. ``processing`` is TRL's
+    processing class: pairs with images are scored with the processor, as the trainer batches them."""
     if stage.evaluation is None or eval_dataset is None:
-        return None
-    if has_images(eval_dataset.column_names):
-        if args.process_index == 0:
-            console.note("held-out scoring skipped: the eval rows hold images, and dpo-cli scores text pairs only so "
-                         "far (TRL's own eval loss still runs when trainer.eval_strategy asks for it)")
         return None
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -257,7 +253,7 @@ def _held_out(stage: Stage, recipe: Recipe, args, tokenizer, eval_dataset, train
         return None
     if args.process_index != 0:
         return None
-    return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, tokenizer,
+    return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, processing,
                    Truncation(args.max_length, getattr(args, "truncation_mode", "keep_start")),
                    getattr(args, "beta", None), args.per_device_eval_batch_size,
                    from_start=not stage.reference(recipe).explicit)
@@ -363,7 +359,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                             f"shorten the prompts (dpo-cli inspect-data --tokenizer shows the lengths)")
 
         # 5. train, with the held-out pairs scored first
-        held_out = _held_out(stage, recipe, args, tokenizer, eval_dataset, trainer)
+        held_out = _held_out(stage, recipe, args, processing, eval_dataset, trainer)
         if held_out is not None:
             held_out.score_before(trainer)
         stopper.phase = "train"
