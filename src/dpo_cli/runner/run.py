@@ -44,7 +44,7 @@ from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs
 from dpo_cli.train.throughput import Throughput
-from dpo_cli.train.vision import check_images, has_images, vision_facts
+from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 
@@ -71,8 +71,11 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     plan = plan_device(recipe.trainer, hardware)
     # every row read and checked, nothing written (no rejects file); the defaults count the training rows from it
     checked, data_error = {}, None
+    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
+    vision, vision_model = None, is_vision_language(recipe.model)
+    prompt_tokens = _prompt_image_tokens(recipe) if vision_model else None
     try:
-        checked = stage.check_data(recipe)
+        checked = stage.check_data(recipe, prompt_tokens)
     except DataError as exc:
         writer = _writer(exc.file, upstream)
         if writer is None:
@@ -83,8 +86,6 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
                                                   upstream) is None:
         data_error = _template_error(recipe, stage)
     train = checked.get("train")
-    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
-    vision, vision_model = None, is_vision_language(recipe.model)
     if data_error is None:
         try:
             check_images(recipe, stage, vision_model, has_images(train["columns"] if train else ()))
@@ -101,6 +102,8 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     settled, defaults = settle_defaults(recipe, PlannedRun(plan, processes, lambda: train_data))
     config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
     kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
+    if data_error is None and vision is not None and prompt_tokens is not None and config is not None:
+        data_error = prompt_tokens.error(vision.tokens_per_image, getattr(config, "max_length", None))
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
     planned = _stand_ins(settled, upstream, notes)
     try:
@@ -123,6 +126,15 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
+
+
+def _prompt_image_tokens(recipe: Recipe) -> PromptImageTokens | None:
+    """What measures the image rows' prompts as the data is checked; None when the model's processor is not here
+    (a hub name offline: the plan says so elsewhere)."""
+    try:
+        return PromptImageTokens(load_processing_class(recipe.model))
+    except ModelLoadError:
+        return None
 
 
 def _reward_columns(recipe: Recipe, columns: list[str]) -> InputError | None:
