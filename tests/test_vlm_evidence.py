@@ -154,11 +154,13 @@ def test_the_dry_run_measure_matches_what_trls_collator_makes(tiny_vlm):
 
 @pytest.mark.slow
 def test_a_vlm_run_reports_held_out_figures_and_eval_compare_and_report_show_the_images(
-        tiny_vlm, write_recipe, tmp_path, capsys, cpu_only):
+        tiny_vlm, write_recipe, tmp_path, capsys, cpu_only, monkeypatch):
     """A dpo run on tiny-vlm with image eval rows: held-out accuracy, margins and KL before and after in run.json
     (finite, from image-conditioned scores); `dpo-cli eval RUN` scores the same pairs with the processor; `compare`
     puts each image's path in the terminal and compare.md and a thumbnail in the HTML report."""
     from PIL import Image
+
+    from dpo_cli.core import console
 
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "train", str(_vlm_recipe(write_recipe, out, 128)))
@@ -180,12 +182,12 @@ def test_a_vlm_run_reports_held_out_figures_and_eval_compare_and_report_show_the
     for key in ("reward_accuracy", "reward_margin", "kl_chosen_per_token"):  # the run's figures, measured again
         assert evaluated[key] == pytest.approx(after[key], abs=1e-3), key
 
+    monkeypatch.setattr(console.stdout, "width", 1000)  # a terminal wide enough that no path wraps in the table
     code, stdout, err = run_cli(capsys, "compare", "--tuned", str(out), "--data", str(FIXTURES / "trl_vision.jsonl"),
                                 "-n", "2", "--max-new-tokens", "4")
     assert code == 0, err
     red, blue = FIXTURES / "pics" / "red.png", FIXTURES / "pics" / "blue.png"
-    flat = "".join(stdout.split())  # the table wraps long paths over lines
-    assert "".join(f"image 1: {red} (16x16)".split()) in flat and "".join(f"image 2: {blue}".split()) in flat
+    assert f"image 1: {red} (16x16)" in stdout and f"image 2: {blue} (16x8)" in stdout
     assert f"- image 2: {blue} (16x8)" in (out / "compare.md").read_text()
     rows = json.loads((out / "compare.json").read_text())["rows"]
     assert [len(r["images"]) for r in rows] == [1, 2] and all(r["tuned_greedy"] is not None for r in rows)
