@@ -200,3 +200,11 @@ def test_a_vlm_run_reports_held_out_figures_and_eval_compare_and_report_show_the
     assert len(thumbnails) == 3 and thumbnails[0][1] == str(red)
     with Image.open(io.BytesIO(base64.b64decode(thumbnails[0][0]))) as thumbnail:
         assert thumbnail.size == (16, 16) and thumbnail.getpixel((8, 8))[:3] == (255, 0, 0)
+
+
+def test_the_judge_refuses_prompts_with_images_rather_than_judging_them_without():
+    from dpo_cli.evidence.judge import _data_prompts
+
+    source = str(FIXTURES / "trl_vision.jsonl")
+    with pytest.raises(InputError, match="have images, and the judged win rate reads text prompts only"):
+        _data_prompts([source], 2, source)
