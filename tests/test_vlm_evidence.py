@@ -208,3 +208,23 @@ def test_the_judge_refuses_prompts_with_images_rather_than_judging_them_without(
     source = str(FIXTURES / "trl_vision.jsonl")
     with pytest.raises(InputError, match="have images, and the judged win rate reads text prompts only"):
         _data_prompts([source], 2, source)
+
+
+@pytest.mark.slow
+def test_a_lora_vlm_run_is_scored_against_its_disabled_adapter_in_the_run_and_by_eval(tiny_vlm, write_recipe,
+                                                                                       tmp_path, capsys, cpu_only):
+    """LoRA on tiny-vlm: the reference is the policy with its adapter off (KL 0 before, above 0 after), and
+    `dpo-cli eval RUN` loads the adapter onto the vision-language base (peft's auto class would load it as a causal
+    LM, which it is not) and measures the run's figures again."""
+    out = tmp_path / "out"
+    recipe = _vlm_recipe(write_recipe, out, 128, "lora: {r: 4, alpha: 8, dropout: 0.0}\n")
+    code, _, err = run_cli(capsys, "train", str(recipe))
+    assert code == 0, err
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    figures = json.loads((out / "run.json").read_text())["evaluation"]
+    assert figures["before"]["kl_chosen_per_token"] == 0 and figures["after"]["kl_chosen_per_token"] > 0
+    code, stdout, err = run_cli(capsys, "eval", str(out), "--json")
+    assert code == 0, err
+    evaluated = json.loads(stdout)["metrics"]
+    for key in ("reward_margin", "logps_chosen", "kl_chosen_per_token"):
+        assert evaluated[key] == pytest.approx(figures["after"][key], abs=1e-3), key

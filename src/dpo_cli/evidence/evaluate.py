@@ -114,8 +114,16 @@ def is_reward_model(path: str) -> bool:
 def load_for_eval(path: str):
     """A causal LM from a model directory, a hub name or a built-in; a LoRA adapter directory onto its base."""
     if RunDir(path).has_adapter():
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 
+        with loading(path):
+            base = ModelSection(name_or_path=PeftConfig.from_pretrained(path).base_model_name_or_path)
+        if is_vision_language(base):
+            # peft's auto class loads the base as a causal LM, which a vision-language model is not: its base loads
+            # with its vision tower here (load_causal_lm picks the class), then the adapter goes on
+            model = load_causal_lm(base)
+            with loading(path):
+                return PeftModel.from_pretrained(model, path)
         with loading(path):
             return AutoPeftModelForCausalLM.from_pretrained(path)
     return load_causal_lm(ModelSection(name_or_path=path))
