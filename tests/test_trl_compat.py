@@ -447,7 +447,7 @@ def test_image_pairs_are_batched_and_scored_as_trls_dpo_trainer_does(tmp_path, d
         assert torch.equal(value.cpu(), theirs[key].cpu()), key
     assert torch.equal(completion.cpu(), theirs["completion_mask"].cpu())
 
-    scores = score_pairs(trainer.model, processor, rows, truncation=Truncation(max_length), batch_size=2)
+    scores = score_pairs(trainer.model, processor, rows, truncation=Truncation(max_length), batch_size=4)
     chosen, rejected = dpo_reference_logps(trainer, trainer.eval_dataset, 2)
     assert len(scores.chosen) == len(chosen) == 5
     torch.testing.assert_close(scores.chosen, chosen, atol=1e-3, rtol=1e-4)

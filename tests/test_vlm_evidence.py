@@ -62,7 +62,8 @@ def test_image_pairs_are_scored_with_their_images(tiny_vlm):
 
     model, processor = _model_and_processor(tiny_vlm)
     same_answer = _pairs(["red", "blue", "white"], answers=["It is red."] * 3)
-    together = score_pairs(model, processor, same_answer, truncation=Truncation(1024), batch_size=3)
+    # batch_size counts sequences, as for text pairs: 6 is the three pairs' chosen and rejected in one batch
+    together = score_pairs(model, processor, same_answer, truncation=Truncation(1024), batch_size=6)
     assert len(together.chosen) == 3 and together.dropped == 0
     assert together.chosen[0] != together.chosen[1] and together.chosen[1] != together.chosen[2]
     assert together.rejected[0] != together.rejected[1]

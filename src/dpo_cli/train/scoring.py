@@ -229,31 +229,35 @@ def _processor(processing_class):
     return processing_class
 
 
-def _image_logps(model, inputs: dict, completion, device) -> tuple[Any, Any, Any]:
-    """(per-token log-probs of each next token, response mask, logits) of one collated image batch, shifted as TRL
-    shifts them: the logits at a position score the next token."""
-    import torch
-
+def _image_forward(model, inputs: dict, completion, device) -> tuple[Any, Any, Any]:
+    """(logits, next-token ids, response mask) of one collated image batch, shifted as TRL shifts them: the logits at
+    a position score the next token."""
     inputs = {k: v.to(device) if hasattr(v, "to") else v for k, v in inputs.items()}
     input_ids = inputs["input_ids"]
     # the last positions are the sequence's own (a model that prepends anything keeps it before them, as in TRL)
-    logits = model(**inputs, use_cache=False).logits[:, -input_ids.size(1):][:, :-1].float()
-    logps = torch.log_softmax(logits, dim=-1)
-    mask = completion.to(device)[:, 1:].bool()
-    return logps.gather(-1, input_ids[:, 1:, None]).squeeze(-1), mask, logps
+    logits = model(**inputs, use_cache=False).logits[:, -input_ids.size(1):][:, :-1]
+    return logits, input_ids[:, 1:], completion.to(device)[:, 1:].bool()
+
+
+def _pair_rows(batch_size: int) -> int:
+    """Rows per collated image batch: each row is two sequences (chosen and rejected), so half the sequences a text
+    batch of ``batch_size`` holds, and the same memory."""
+    return max(1, batch_size // 2)
 
 
 def _score_image_pairs(model, processor, rows, truncation: Truncation, batch_size: int,
                        adapters_disabled: bool) -> PairScores:
     import torch
 
-    batches = vision_pair_batches(_processor(processor), rows, max_length=truncation.max_length, batch_size=batch_size)
+    batches = vision_pair_batches(_processor(processor), rows, max_length=truncation.max_length,
+                                  batch_size=_pair_rows(batch_size))
     chosen, rejected, chosen_tokens, rejected_tokens = [], [], [], []
     device = model_device(model)
     with eval_mode(model), _adapters(model, adapters_disabled):
         for inputs, completion in batches:
-            token_logps, mask, _ = _image_logps(model, inputs, completion, device)
-            sums, counts = (token_logps * mask).sum(-1).cpu(), mask.sum(-1).cpu()
+            logits, ids, mask = _image_forward(model, inputs, completion, device)
+            logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[..., None]).squeeze(-1)
+            sums, counts = (logps * mask).sum(-1).cpu(), mask.sum(-1).cpu()
             half = len(sums) // 2  # the collator puts the batch's chosen sequences first, then its rejected
             chosen.append(sums[:half])
             rejected.append(sums[half:])
@@ -270,17 +274,20 @@ def _image_kl(policy, reference, processor, rows, truncation: Truncation, batch_
               reference_adapters_disabled: bool) -> dict[str, float]:
     import torch
 
-    batches = vision_pair_batches(_processor(processor), rows, max_length=truncation.max_length, batch_size=batch_size)
+    batches = vision_pair_batches(_processor(processor), rows, max_length=truncation.max_length,
+                                  batch_size=_pair_rows(batch_size))
     total, tokens, per_sequence = 0.0, 0, []
     device, ref_device = model_device(policy), model_device(reference)
     with eval_mode(policy, reference):
         for inputs, completion in batches:
-            _, mask, policy_logps = _image_logps(policy, inputs, completion, device)
+            logits, _, mask = _image_forward(policy, inputs, completion, device)
             mask[len(mask) // 2:] = False  # the chosen responses only
+            # only the response positions: [tokens, vocab] rather than [batch, length, vocab]
+            policy_logps = torch.log_softmax(logits[mask].float(), dim=-1)
             with _adapters(reference, reference_adapters_disabled):
-                _, _, ref_logps = _image_logps(reference, inputs, completion, ref_device)
-            policy_logps = policy_logps[mask]
-            kl = (policy_logps.exp() * (policy_logps - ref_logps[mask.to(ref_device)].to(device))).sum(-1).clamp(min=0)
+                ref_logits, _, _ = _image_forward(reference, inputs, completion, ref_device)
+            ref_logps = torch.log_softmax(ref_logits[mask.to(ref_device)].float(), dim=-1).to(device)
+            kl = (policy_logps.exp() * (policy_logps - ref_logps)).sum(-1).clamp(min=0)
             counts = mask.sum(-1)[:len(mask) // 2].tolist()
             per_sequence += [float(piece.sum()) for piece in torch.split(kl.cpu(), counts)]
             total += float(kl.sum())
