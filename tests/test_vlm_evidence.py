@@ -164,8 +164,12 @@ def test_a_vlm_run_reports_held_out_figures_and_eval_compare_and_report_show_the
     from dpo_cli.core import console
 
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "train", str(_vlm_recipe(write_recipe, out, 128)))
+    recipe = _vlm_recipe(write_recipe, out, 128)
+    code, _, err = run_cli(capsys, "train", str(recipe))
     assert code == 0, err
+    # the rows are prepared now: the dry run measures them from the prepared dataset, images left undecoded
+    code, _, err = run_cli(capsys, "train", str(recipe), "trainer.max_length=40", "--dry-run")
+    assert code == 2 and "2 images x 16 + 21 text tokens = 53" in err
     manifest = json.loads((out / "run.json").read_text())
     before, after = manifest["evaluation"]["before"], manifest["evaluation"]["after"]
     for figures in (before, after):
