@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dpo_cli.core.errors import InputError
+from dpo_cli.data.images import MANY, ONE
 from dpo_cli.train.models import text_tokenizer
 from dpo_cli.train.trl_compat import dpo_drops_filled_prompts, dpo_tokenize, vision_pair_batches
 
@@ -214,12 +215,10 @@ def score_reward_pairs(model, tokenizer, rows, *, truncation: Truncation = Trunc
 
 def image_rows(rows) -> bool:
     """Whether held-out rows carry images (an ``images`` or ``image`` column), as TRL's trainers test their rows."""
-    from dpo_cli.train.vision import has_images
-
     columns = getattr(rows, "column_names", None)
     if columns is None:
         columns = rows[0].keys() if len(rows) else ()
-    return has_images(columns)
+    return MANY in columns or ONE in columns
 
 
 def _processor(processing_class):
