@@ -46,9 +46,11 @@ lint: install
 
 # Two more TRL lines, each in an environment of its own: the newest that still has PPO (trl<1.13, the ppo extra),
 # and the lowest the package allows. Both run the PPO tests, every stage's smoke run, DPO with resume, precomputed
-# reference and held-out figures, and the TRL touch points.
+# reference and held-out figures, the TRL touch points, and vision-language models (training on images, their
+# held-out figures, eval and compare).
 TRL_LINE_TESTS := tests/test_stages_smoke.py tests/test_stages_config.py tests/test_recipes_dir.py tests/test_train.py \
-	tests/test_refcache.py tests/test_reliability.py tests/test_heldout.py tests/test_trl_compat.py
+	tests/test_refcache.py tests/test_reliability.py tests/test_heldout.py tests/test_trl_compat.py tests/test_vlm.py \
+	tests/test_vlm_evidence.py
 test-ppo:
 	$(call venv,.venv-ppo,dev$(,)ppo)
 	.venv-ppo/bin/python -m pytest -q $(TRL_LINE_TESTS)

@@ -381,6 +381,17 @@ CASES = [
          "(trl.experimental, checked in 1.0 and 1.16) tokenizes text only; the stages that do: sft, dpo*",
          recipe_with("stage: dpo\nmodel:\n  name_or_path: builtin:tiny-chat",
                      "stage: orpo\nmodel:\n  name_or_path: builtin:tiny-vlm")),
+    Case("max-length-image-tokens", "recipe", "a max_length shorter than an image row's prompt with its image "
+         "tokens, found by --dry-run", [*TRAIN, "--dry-run"],
+         "field 'trainer.max_length': 24 is shorter than the prompts of 1 of 1 image row once each image is its 16 "
+         "image tokens (the longest: 1 image x 16 + 17 text tokens = 33); TRL would cut image tokens whose image "
+         "features remain, and the model's forward fails mid-training. Raise trainer.max_length to at least 33 (more "
+         "for the responses), or shorten those prompts",
+         {"r.yaml": GOOD_RECIPE.replace("builtin:tiny-chat", "builtin:tiny-vlm").replace("beta: 0.1", "max_length: 24"),
+          "train.jsonl": json.dumps({"images": [PNG], "prompt": [{"role": "user", "content": [
+              {"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+              "chosen": [{"role": "assistant", "content": "Red."}],
+              "rejected": [{"role": "assistant", "content": "Blue."}]}) + "\n"}),
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
          "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl",
          recipe_with("builtin:tiny-chat", "builtin:tiny-chatt")),

@@ -416,3 +416,39 @@ def test_a_datasets_fingerprint_names_the_same_rows_in_every_load(tmp_path):
     split = [d.train_test_split(test_size=0.25, seed=3)["train"] for d in (first, again)]
     assert dataset_fingerprint(split[0]) == dataset_fingerprint(split[1]) != dataset_fingerprint(first)
     assert dataset_fingerprint(first.select([0, 1])) != dataset_fingerprint(first.select([1, 2]))
+
+
+def test_image_pairs_are_batched_and_scored_as_trls_dpo_trainer_does(tmp_path, dpo_cli_home):
+    """vision_pair_batches reuses TRL's vision collator: its batches are the trainer's own eval batches, and the
+    held-out log-probs dpo-cli computes from them are the ones TRL's reference pass computes (policy = reference)."""
+    import datasets
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import DPOTrainer
+
+    from dpo_cli.core.builtins import ensure_tiny_vlm
+    from dpo_cli.train.scoring import Truncation, score_pairs
+    from dpo_cli.train.trl_compat import dpo_reference_logps, vision_pair_batches
+    from test_vlm import _rows
+
+    path = ensure_tiny_vlm()
+    processor = AutoProcessor.from_pretrained(path)
+    rows = datasets.Dataset.from_list(_rows("preference", 5)).cast_column("images",
+                                                                          datasets.Sequence(datasets.Image()))
+    max_length = 96
+    trainer = DPOTrainer(model=AutoModelForImageTextToText.from_pretrained(path),
+                         args=_dpo_config(tmp_path, max_length=max_length, per_device_eval_batch_size=2,
+                                          gradient_checkpointing=False),
+                         train_dataset=rows, eval_dataset=rows, processing_class=processor)
+    ours, completion = next(vision_pair_batches(processor, rows, max_length=max_length, batch_size=2))
+    theirs = next(iter(trainer.get_eval_dataloader()))
+    assert "pixel_values" in ours and set(ours) | {"completion_mask"} == set(theirs)
+    for key, value in ours.items():
+        assert torch.equal(value.cpu(), theirs[key].cpu()), key
+    assert torch.equal(completion.cpu(), theirs["completion_mask"].cpu())
+
+    scores = score_pairs(trainer.model, processor, rows, truncation=Truncation(max_length), batch_size=4)
+    chosen, rejected = dpo_reference_logps(trainer, trainer.eval_dataset, 2)
+    assert len(scores.chosen) == len(chosen) == 5
+    torch.testing.assert_close(scores.chosen, chosen, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(scores.rejected, rejected, atol=1e-3, rtol=1e-4)

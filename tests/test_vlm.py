@@ -4,6 +4,7 @@ LoRA with a merge trained on rows with images."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -184,9 +185,14 @@ def test_tiny_vlm_trains_on_rows_with_images(stage, kind, tiny_vlm, write_recipe
         pytest.skip(get_stage(stage).no_images())
     out = tmp_path / "out"
     result = _train_on_images(_recipe(write_recipe, stage, out), kind, monkeypatch, eval_rows=True)
-    if stage == "dpo":  # held-out figures score text pairs only so far: said, not computed wrongly
-        assert "evaluation" not in result.manifest
-        assert "held-out scoring skipped: the eval rows hold images" in capsys.readouterr().err
+    if stage == "dpo":  # the held-out image pairs are scored with the processor, before and after
+        figures = result.manifest["evaluation"]
+        for key in ("reward_accuracy", "reward_margin", "logps_chosen", "kl_chosen_per_token"):
+            assert math.isfinite(figures["before"][key]) and math.isfinite(figures["after"][key]), key
+        assert figures["before"]["pairs"] == figures["after"]["pairs"] == 8
+        assert figures["before"]["reward_margin"] == 0 and figures["after"]["kl_chosen_per_token"] > 0
+        assert figures["after"]["logps_chosen"] != figures["before"]["logps_chosen"]
+        assert "held-out scoring skipped" not in capsys.readouterr().err
     assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
     losses = _losses(out)
     assert losses and all(loss == loss for loss in losses)  # logged, and not NaN

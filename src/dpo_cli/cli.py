@@ -293,8 +293,9 @@ def compare(
                                         show_default=False)],
     base: Annotated[Optional[str], typer.Option("--base", help="Base model (default: the run's starting model).",
                                                 show_default=False)] = None,
-    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts: JSON lines with a prompt, or one "
-                                                    "per line.", show_default=False)] = None,
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="Prompts: JSON lines with a prompt (and "
+                                                    "images, for a vision-language model), or one per line.",
+                                                    show_default=False)] = None,
     data: Annotated[Optional[str], typer.Option("--data", help="Preference data: its pairs' prompts.",
                                                 show_default=False)] = None,
     n: Annotated[int, typer.Option("-n", help="How many prompts.", min=1)] = 5,
@@ -308,7 +309,7 @@ def compare(
 
     if (prompts is None) == (data is None):
         raise InputError("give exactly one of --prompts FILE or --data FILE")
-    texts = read_prompts(prompts, n) if prompts else data_prompts(data, n)
+    texts = read_prompts(prompts, n, images=True) if prompts else data_prompts(data, n)
     result = run_compare(tuned, texts, base=base, settings=Settings(max_new_tokens=max_new_tokens))
     console.stdout.print(comparison_table(result))
     console.stdout.print(f"written to {tuned / RunDir.COMPARE_MD}")

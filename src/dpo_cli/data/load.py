@@ -9,7 +9,7 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,26 +201,33 @@ def load_splits(data, seed: int, kind: str, quiet: bool = False):
     return train, evaluation, info
 
 
-def check_data(data, kind: str) -> dict[str, dict]:
+def check_data(data, kind: str, visit: Callable[[dict], None] | None = None) -> dict[str, dict]:
     """Read and check every row of a recipe's data as training will, streaming and building no dataset, writing
     nothing (what --dry-run reports): per split the rows read, their fingerprint (as load_splits records it), the
     columns the dataset will have (what reward functions can read), and what was dropped, left out or unused. Rows
     already prepared under the same key were checked when they were prepared: their record is read instead
     (``prepared``). With data.eval_split, ``held_out`` is how many training rows the split will take (datasets'
-    train_test_split: the share, rounded up)."""
+    train_test_split: the share, rounded up). ``visit`` is called with every training row (a prepared row's images
+    not decoded): measurements a dry run makes beside the checks."""
     out = {}
     for split, sources in (("train", data.train), ("eval", data.eval)):
         if sources:
-            out[split] = _check_split(_as_sources(sources), kind, _cache_dir(data), split)
+            out[split] = _check_split(_as_sources(sources), kind, _cache_dir(data), split,
+                                      visit if split == "train" else None)
     if data.eval_split and "train" in out:
         out["train"]["held_out"] = math.ceil(data.eval_split * out["train"]["rows"])
     return out
 
 
-def _check_split(sources: list[Source], kind: str, cache_dir: Path | None, split: str) -> dict:
+def _check_split(sources: list[Source], kind: str, cache_dir: Path | None, split: str,
+                 visit: Callable[[dict], None] | None = None) -> dict:
     found = cache.load(cache_dir / cache.key(sources, kind)) if cache_dir is not None else None
     if found is not None:
         dataset, meta = found
+        if visit is not None:
+            # the images stay undecoded: a visitor reads the text and counts the images
+            for row in dataset.remove_columns([c for c in cache.IMAGE_COLUMNS if c in dataset.column_names]):
+                visit(row)
         return {"rows": meta["rows"], "fingerprint": meta["fingerprint"], "columns": dataset.column_names,
                 "prepared": True, **findings(Stats.from_json(meta["stats"]))}
     pipeline = _pipeline(kind)
@@ -228,6 +235,8 @@ def _check_split(sources: list[Source], kind: str, cache_dir: Path | None, split
     rows, columns = 0, {}
     for row in _checked(pipeline, sources, digest, write_rejects=False):
         rows += 1
+        if visit is not None:
+            visit(row)
         columns.update(dict.fromkeys(row))  # in first-seen order, as the prepared rows order them
     if rows == 0:
         raise _no_rows(kind, f"data.{split}")

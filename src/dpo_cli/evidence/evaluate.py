@@ -13,7 +13,9 @@ from dpo_cli.data.load import load_splits, load_training_data
 from dpo_cli.evidence.metrics import clean, preference_metrics, reward_model_metrics
 from dpo_cli.recipe.schema import ModelSection, Recipe
 from dpo_cli.train.models import (
+    is_vision_language,
     load_causal_lm,
+    load_processing_class,
     load_reference,
     load_sequence_classifier,
     load_tokenizer,
@@ -22,7 +24,7 @@ from dpo_cli.train.models import (
     resolve_model_path,
 )
 from dpo_cli.train.recipe_load import load_recipe
-from dpo_cli.train.scoring import Truncation, kl_on_chosen, score_pairs, score_reward_pairs
+from dpo_cli.train.scoring import Truncation, image_rows, kl_on_chosen, score_pairs, score_reward_pairs
 from dpo_cli.train.stages import get_stage
 
 
@@ -112,8 +114,16 @@ def is_reward_model(path: str) -> bool:
 def load_for_eval(path: str):
     """A causal LM from a model directory, a hub name or a built-in; a LoRA adapter directory onto its base."""
     if RunDir(path).has_adapter():
-        from peft import AutoPeftModelForCausalLM
+        from peft import AutoPeftModelForCausalLM, PeftConfig, PeftModel
 
+        with loading(path):
+            base = ModelSection(name_or_path=PeftConfig.from_pretrained(path).base_model_name_or_path)
+        if is_vision_language(base):
+            # peft's auto class loads the base as a causal LM, which a vision-language model is not: its base loads
+            # with its vision tower here (load_causal_lm picks the class), then the adapter goes on
+            model = load_causal_lm(base)
+            with loading(path):
+                return PeftModel.from_pretrained(model, path)
         with loading(path):
             return AutoPeftModelForCausalLM.from_pretrained(path)
     return load_causal_lm(ModelSection(name_or_path=path))
@@ -139,11 +149,26 @@ def _reference_model(target: EvalTarget, policy):
     return to_device(load_causal_lm(recipe.model)), False
 
 
+def _processing_class(target: EvalTarget):
+    """The processor of a vision-language model to score pairs with images; a LoRA run's adapter directory holds the
+    processor, its base model's config says the model reads images."""
+    section = ModelSection(name_or_path=target.model)
+    run = RunDir(target.model)
+    if run.has_adapter() and target.recipe is not None:
+        section = ModelSection(name_or_path=target.recipe.model.name_or_path, tokenizer=target.model)
+    if not is_vision_language(section):
+        raise InputError(f"the pairs hold images, but {target.model} is a text-only model (its config has no "
+                         f"vision_config); score it on pairs without images")
+    return load_processing_class(section)
+
+
 def run_eval(target: EvalTarget, *, batch_size: int = 16) -> dict[str, Any]:
     """Score the target on its pairs; a reward model gets pairwise accuracy, a policy the preference metrics."""
     quiet_libraries()
     rows, files = _eval_rows(target)
-    tokenizer = load_tokenizer(ModelSection(name_or_path=target.model))
+    # pairs with images are scored with the model's processor, as its trainer batched them
+    tokenizer = _processing_class(target) if image_rows(rows) else \
+        load_tokenizer(ModelSection(name_or_path=target.model))
     result: dict[str, Any] = {"model": target.model, "data": {"files": files, "pairs": len(rows)},
                               "max_length": target.truncation.max_length}
     if is_reward_model(target.model):

@@ -21,7 +21,8 @@ class HeldOut:
     accuracy and log-probs) are reported. ``from_start``: a precomputed reference is the policy's starting weights
     (no ref_model of its own), which the policy still is before training: it is scored as the policy is, so the
     "before" figures are exactly those of a policy equal to its reference (accuracy 0, margin 0, KL 0) rather than
-    the rounding between dpo-cli's scoring and TRL's precompute pass.
+    the rounding between dpo-cli's scoring and TRL's precompute pass. ``tokenizer`` is the trainer's processing
+    class: held-out pairs with images are scored with the processor, their images through the model's forward.
     """
 
     evaluation: str

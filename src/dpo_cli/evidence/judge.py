@@ -350,7 +350,17 @@ def _data_prompts(sources, n: int, name: str) -> list[Any]:
     rows, _ = load_training_data(sources, "prompt")
     if len(rows) == 0:
         raise DataError("no prompts", file=name)
+    _text_only(rows, name)
     return [rows[i]["prompt"] for i in range(min(n, len(rows)))]
+
+
+def _text_only(rows, source: str) -> None:
+    """The judge answers and judges text: prompts with images are refused rather than judged without their images."""
+    from dpo_cli.train.vision import has_images
+
+    if has_images(rows.column_names):
+        raise InputError(f"the prompts of {source} have images, and the judged win rate reads text prompts only; "
+                         "dpo-cli compare shows generations for prompts with images")
 
 
 def _run_prompts(recipe, n: int, run: RunDir) -> tuple[list[Any], str]:
@@ -367,6 +377,7 @@ def _run_prompts(recipe, n: int, run: RunDir) -> tuple[list[Any], str]:
     # a source object ({path, limit, ...}) is named by what it reads
     source = ", ".join(f if isinstance(f, str) else str(f.get("path") or f.get("hub") or f.get("name") or f)
                        for f in files) or f"{info['eval']['split_of_train']:.0%} split of the training data"
+    _text_only(rows, source)
     return [rows[i]["prompt"] for i in range(min(n, len(rows)))], source
 
 

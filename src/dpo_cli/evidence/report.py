@@ -38,6 +38,8 @@ th{background:#f2f4f8;text-align:left} td.num{text-align:right;font-variant-nume
 pre{background:#f6f8fa;padding:.8rem;overflow-x:auto;font-size:.85rem}
 .plots{display:flex;flex-wrap:wrap;gap:1rem} .plots figure{margin:0}
 .plots img{max-width:34rem;width:100%;border:1px solid #e3e6ec}
+.thumbs{display:flex;flex-wrap:wrap;gap:.4rem;margin-top:.4rem} .thumbs figure{margin:0;font-size:.75rem}
+.thumbs img{max-width:96px;max-height:96px;border:1px solid #e3e6ec;display:block}
 .muted{color:#667085} .warn{color:#9a3412} .gen td{white-space:pre-wrap;max-width:22rem;font-size:.9rem}
 """
 
@@ -174,7 +176,7 @@ def _generations(run: RunDir) -> str:
     result = json.loads(path.read_text(encoding="utf-8"))
     s = result.get("settings", {})
     rows = "".join(
-        f"<tr><td>{escape(prompt_text(r['prompt']))}</td>"
+        f"<tr><td>{escape(prompt_text(r['prompt']))}{_thumbnails(r)}</td>"
         + "".join(f"<td>{escape(r.get(k) or '')}</td>" for k in ("base_greedy", "tuned_greedy", "base_sampled",
                                                                   "tuned_sampled"))
         + "</tr>" for r in result.get("rows", []))
@@ -182,6 +184,18 @@ def _generations(run: RunDir) -> str:
             f"</code>; sampled with temperature {s.get('temperature')}, top-p {s.get('top_p')}, seed {s.get('seed')}"
             f"</p><table class=gen><tr><th>prompt</th><th>base, greedy</th><th>tuned, greedy</th>"
             f"<th>base, sampled</th><th>tuned, sampled</th></tr>{rows}</table>")
+
+
+def _thumbnails(row: dict) -> str:
+    """The images of a compared prompt, as the small thumbnails compare.json keeps (data: URIs: the report stays one
+    file), each captioned with where the image is."""
+    figures = []
+    for image in row.get("images") or []:
+        thumbnail = str(image.get("thumbnail") or "")
+        source = escape(str(image.get("source", "")))
+        img = f'<img src="{escape(thumbnail)}" alt="{source}">' if thumbnail.startswith("data:image/") else ""
+        figures.append(f"<figure>{img}<figcaption class=muted>{source}</figcaption></figure>")
+    return f'<div class="thumbs">{"".join(figures)}</div>' if figures else ""
 
 
 def _warnings(m: dict) -> str:

@@ -42,7 +42,7 @@ from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage, training_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
-from dpo_cli.train.vision import check_images, has_images, vision_facts
+from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 
@@ -69,8 +69,11 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     plan = plan_device(recipe.trainer, hardware)
     # every row read and checked, nothing written (no rejects file); the defaults count the training rows from it
     checked, data_error = {}, None
+    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
+    vision, vision_model = None, is_vision_language(recipe.model)
+    prompt_tokens = _prompt_image_tokens(recipe) if vision_model else None
     try:
-        checked = stage.check_data(recipe)
+        checked = stage.check_data(recipe, prompt_tokens)
     except DataError as exc:
         writer = _writer(exc.file, upstream)
         if writer is None:
@@ -81,8 +84,6 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
                                                   upstream) is None:
         data_error = _template_error(recipe, stage)
     train = checked.get("train")
-    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
-    vision, vision_model = None, is_vision_language(recipe.model)
     if data_error is None:
         try:
             check_images(recipe, stage, vision_model, has_images(train["columns"] if train else ()))
@@ -99,6 +100,8 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     settled, defaults = settle_defaults(recipe, PlannedRun(plan, processes, lambda: train_data))
     config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
     kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
+    if data_error is None and vision is not None and prompt_tokens is not None and config is not None:
+        data_error = prompt_tokens.error(vision.tokens_per_image, getattr(config, "max_length", None))
     device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
     planned = _stand_ins(settled, upstream, notes)
     try:
@@ -121,6 +124,15 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
         "notes": notes,
         "data_error": data_error,
     }
+
+
+def _prompt_image_tokens(recipe: Recipe) -> PromptImageTokens | None:
+    """What measures the image rows' prompts as the data is checked; None when the model's processor is not here
+    (a hub name offline: the plan says so elsewhere)."""
+    try:
+        return PromptImageTokens(load_processing_class(recipe.model))
+    except ModelLoadError:
+        return None
 
 
 def _reward_columns(recipe: Recipe, columns: list[str]) -> InputError | None:
@@ -230,15 +242,11 @@ def _resume_point(run: RunDir, resume: str, identity: dict, force: bool) -> Path
     return checkpoint
 
 
-def _held_out(stage: TrainingStage, recipe: Recipe, args, tokenizer, eval_dataset, trainer) -> HeldOut | None:
+def _held_out(stage: TrainingStage, recipe: Recipe, args, processing, eval_dataset, trainer) -> HeldOut | None:
     """Held-out scoring for this run, or None: no eval data, a stage without it, or model weights sharded over
-    several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone."""
+    several processes (FSDP, ZeRO-3), where one process cannot run a forward pass alone. ``processing`` is TRL's
+    processing class: pairs with images are scored with the processor, as the trainer batches them."""
     if stage.evaluation is None or eval_dataset is None:
-        return None
-    if has_images(eval_dataset.column_names):
-        if args.process_index == 0:
-            console.note("held-out scoring skipped: the eval rows hold images, and dpo-cli scores text pairs only so "
-                         "far (TRL's own eval loss still runs when trainer.eval_strategy asks for it)")
         return None
     from transformers.integrations import is_deepspeed_zero3_enabled
 
@@ -249,7 +257,7 @@ def _held_out(stage: TrainingStage, recipe: Recipe, args, tokenizer, eval_datase
         return None
     if args.process_index != 0:
         return None
-    return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, tokenizer,
+    return HeldOut(stage.evaluation, stage.reference(recipe).kind, eval_dataset, processing,
                    Truncation(args.max_length, getattr(args, "truncation_mode", "keep_start")),
                    getattr(args, "beta", None), args.per_device_eval_batch_size,
                    from_start=not stage.reference(recipe).explicit)
@@ -352,7 +360,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
                             f"shorten the prompts (dpo-cli inspect-data --tokenizer shows the lengths)")
 
         # 5. train, with the held-out pairs scored first
-        held_out = _held_out(stage, recipe, args, tokenizer, eval_dataset, trainer)
+        held_out = _held_out(stage, recipe, args, processing, eval_dataset, trainer)
         if held_out is not None:
             held_out.score_before(trainer)
         stopper.phase = "train"

@@ -13,7 +13,7 @@ import json
 import os
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 # The columns TRL's DPOTrainer tokenizes each pair into (the reference cache hashes them), and the two it adds when it
@@ -255,3 +255,24 @@ def dataset_fingerprint(dataset) -> str:
     """The fingerprint datasets gives a dataset: the same for the same cache files and the same transforms (split,
     select, map), whatever the process; TRL keys its own caches of a dataset by it."""
     return dataset._fingerprint
+
+
+def vision_pair_batches(processor, rows, *, max_length: int | None, batch_size: int) -> Iterator[tuple[dict, Any]]:
+    """Image pairs batched as TRL's DPOTrainer batches them for a vision-language model: ``(model inputs, completion
+    mask)`` per batch of ``batch_size`` rows, the chosen sequences of the batch first, then the rejected, in row order.
+
+    The model inputs are what the trainer's forward gets (input_ids, attention_mask and the processor's image tensors:
+    pixel_values, image_grid_thw, ...); the mask marks the response tokens. TRL's DPOTrainer skips its dataset
+    preparation on image rows and collates them on the fly with its DataCollatorForVisionPreference (TRL 1.0 to 1.16,
+    imported from trl.trainer.dpo_trainer, not exported by trl itself), which applies the chat template, runs the
+    processor (prompts left-padded with their images, responses right-padded without) and truncates to max_length
+    from the end; reusing it keeps held-out scores equal to what the trainer computes.
+    """
+    from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
+
+    collator = DataCollatorForVisionPreference(processor=processor, max_length=max_length)
+    for start in range(0, len(rows), batch_size):
+        # the collator rewrites its examples in place (images into the prompt): copies keep the caller's rows as given
+        batch = collator([dict(rows[i]) for i in range(start, min(start + batch_size, len(rows)))])
+        completion = batch.pop("completion_mask")
+        yield dict(batch), completion

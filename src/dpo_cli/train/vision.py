@@ -148,3 +148,68 @@ def vision_facts(recipe: Recipe) -> VisionFacts | None:
                        processor=f"{type(processor).__name__} ("
                                  f"{_image_settings(image_processor) if image_processor else 'no image processor'})",
                        tokens_per_image=tokens, probe=probe, lora=lora)
+
+
+class PromptImageTokens:
+    """The prompts of the training rows in tokens, each image counted as the tokens it expands to: a max_length
+    shorter than a prompt with its image tokens makes TRL's collator cut image tokens whose image features stay, and
+    the model's forward fails mid-training ("Image features and image tokens do not match").
+
+    Called with every training row at --dry-run (Stage.check_data's ``visit``); the rows themselves are not kept, only
+    each image row's text tokens and image count. The prompt is rendered as TRL's vision collators render it (the
+    processor's chat template, the assistant's turn opened), each image as its one image token.
+    """
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.image_token = getattr(processor, "image_token", None)
+        tokenizer = processor.tokenizer
+        self.image_id = tokenizer.convert_tokens_to_ids(self.image_token) if self.image_token else None
+        self.text: list[int] = []  # per image row: prompt tokens other than image tokens
+        self.images: list[int] = []  # per image row: image tokens before expansion (one per image)
+
+    def __call__(self, row: dict) -> None:
+        if self.image_id is None:
+            return
+        prompt = row.get("prompt")
+        if prompt is None and isinstance(row.get("messages"), list):  # a conversation: the turns before the answer
+            turns = row["messages"]
+            prompt = turns[:next((i for i, t in enumerate(turns) if t.get("role") == "assistant"), len(turns))]
+        if not isinstance(prompt, list) or not prompt:
+            return  # image rows are conversational (data/images.py makes them so)
+        try:
+            text = self.processor.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template that fails is the dry run's template check to report
+            self.image_id = None  # and nothing more is measured
+            return
+        ids = self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+        images = ids.count(self.image_id)
+        if images:
+            self.text.append(len(ids) - images)
+            self.images.append(images)
+
+    def longest(self, tokens_per_image: int) -> tuple[int, int, int]:
+        """(tokens, images, text tokens) of the longest image row's prompt with its images expanded."""
+        lengths = [t + n * tokens_per_image for t, n in zip(self.text, self.images)]
+        index = max(range(len(lengths)), key=lengths.__getitem__)
+        return lengths[index], self.images[index], self.text[index]
+
+    def over(self, tokens_per_image: int, max_length: int) -> int:
+        return sum(t + n * tokens_per_image > max_length for t, n in zip(self.text, self.images))
+
+    def error(self, tokens_per_image: int | None, max_length: int | None) -> RecipeError | None:
+        """trainer.max_length shorter than a training row's prompt with its image tokens, as an error to say at
+        --dry-run; None when every prompt fits (or nothing can be measured)."""
+        if tokens_per_image is None or max_length is None or not self.text:
+            return None
+        longest, images, text = self.longest(tokens_per_image)
+        if longest <= max_length:
+            return None
+        over = self.over(tokens_per_image, max_length)
+        return RecipeError(
+            f"{max_length} is shorter than the prompts of {over} of {len(self.text)} image row"
+            f"{'s' if len(self.text) != 1 else ''} once each image is its {tokens_per_image} image tokens (the "
+            f"longest: {images} image{'s' if images != 1 else ''} x {tokens_per_image} + {text} text tokens = "
+            f"{longest}); TRL would cut image tokens whose image features remain, and the model's forward fails "
+            f"mid-training. Raise trainer.max_length to at least {longest} (more for the responses), or shorten "
+            f"those prompts", field="trainer.max_length")

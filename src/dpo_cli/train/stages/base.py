@@ -190,10 +190,11 @@ class Stage:
         with self.reading(recipe), state.local_main_process_first():
             return load_splits(recipe.data, recipe.seed, self.data_kind, quiet=not state.is_main_process)
 
-    def check_data(self, recipe: Recipe) -> dict:
-        """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports."""
+    def check_data(self, recipe: Recipe, visit=None) -> dict:
+        """Every row read and checked as training will (streaming, no dataset built): what --dry-run reports.
+        ``visit`` sees every training row (load.check_data)."""
         with self.reading(recipe):
-            return check_data(recipe.data, self.data_kind)
+            return check_data(recipe.data, self.data_kind, visit)
 
 
 @dataclass(frozen=True, kw_only=True)
