@@ -103,14 +103,14 @@ def plan_error(plan_bytes: int | None, peak_bytes: int | None) -> float | None:
 
 def plan_bytes(args: argparse.Namespace, variant: str, out: Path) -> tuple[int, dict]:
     """The dry-run plan (as --gpu-memory plans it) of a variant: total bytes, and the defaults it settled."""
-    from dpo_cli.runner.run import describe
+    from dpo_cli.runner.run import plan
     from dpo_cli.train.device import assumed_gpu
     from dpo_cli.train.recipe_load import load_recipe
 
     path = out / "recipe.json"
     path.write_text(json.dumps(recipe(args, "dpo-cli-slow" if variant == "plain-trl" else variant, out)))
-    plan = describe(load_recipe(path), assumed_gpu(80 << 30))
-    return plan["memory"].total, {d.key: d.value for d in plan["defaults"]}
+    run_plan, _ = plan(load_recipe(path), assumed_gpu(80 << 30))
+    return run_plan.memory.total, {d.key: d.value for d in run_plan.defaults}
 
 
 def prepare(args: argparse.Namespace) -> dict:

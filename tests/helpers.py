@@ -35,9 +35,10 @@ def build_run(recipe, *, eval_data: bool = False, build=None):
     import dataclasses
 
     from dpo_cli.runner.run import build_trainer as build_run_trainer
-    from dpo_cli.train.config import build_config, settle_defaults
+    from dpo_cli.train.config import settle_defaults
     from dpo_cli.train.device import plan_device
     from dpo_cli.train.models import load_models, load_processing_class
+    from dpo_cli.train.plan import configure
     from dpo_cli.train.stages import get_stage
     from dpo_cli.train.stages.base import PlannedRun, StageInputs
 
@@ -46,8 +47,8 @@ def build_run(recipe, *, eval_data: bool = False, build=None):
         stage = dataclasses.replace(stage, build_trainer=build)
     plan = plan_device(recipe.trainer)
     train, evaluation, data_info = stage.load_data(recipe)
-    recipe, _ = settle_defaults(recipe, PlannedRun(plan, 1, lambda: data_info["train"]))
-    args = build_config(recipe, plan)
+    settled, defaults = settle_defaults(recipe, PlannedRun(plan, 1, lambda: data_info["train"]))
+    recipe, args = settled, configure(recipe, settled, defaults, plan, 1).config
     models = load_models(recipe, stage, plan)
     inputs = StageInputs(recipe, args, models.policy, models.reference, load_processing_class(recipe.model), train,
                          evaluation if eval_data else None, [], models.peft_config)

@@ -452,3 +452,28 @@ def test_image_pairs_are_batched_and_scored_as_trls_dpo_trainer_does(tmp_path, d
     assert len(scores.chosen) == len(chosen) == 5
     torch.testing.assert_close(scores.chosen, chosen, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(scores.rejected, rejected, atol=1e-3, rtol=1e-4)
+
+
+def test_the_process_group_is_joined_from_the_fields_transformers_sets_it_up_from(tmp_path):
+    """train joins its process group before its TRL config exists (the config waits for the data): the state must be
+    the one the config would set up, so the fields that decide it are every field TrainingArguments' device set-up
+    reads, and the state it gives is the config's."""
+    import dataclasses
+    import inspect
+
+    from transformers import TrainingArguments
+
+    from dpo_cli.train.trl_compat import DISTRIBUTED_FIELDS, join_processes
+
+    setup = TrainingArguments.__dict__["_setup_devices"]
+    source = inspect.getsource(getattr(setup, "func", setup))
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert set(re.findall(r"self\.([A-Za-z_]\w*)", source)) & fields == set(DISTRIBUTED_FIELDS)
+
+    state = join_processes({"use_cpu": True, "ddp_timeout": 77, "output_dir": str(tmp_path), "bf16": False})
+    joined = (state.device, state.process_index, state.num_processes, state.distributed_type)  # accelerate's state
+    # is shared by every PartialState: read it before the config sets it up again
+    config = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, ddp_timeout=77)
+    assert joined == (config.device, config.process_index, config.world_size,
+                      config.distributed_state.distributed_type)
+    assert joined[0].type == "cpu"

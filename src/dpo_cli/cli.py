@@ -80,120 +80,15 @@ def train(
                             ] = 600,
 ):
     """Train from a recipe: dpo-cli train recipe.yaml [section.key=value ...]."""
-    from dpo_cli.core.errors import InputError
-    from dpo_cli.train.device import assumed_gpu, parse_size
-    from dpo_cli.train.recipe_load import load_recipe
-    from dpo_cli.train.recipe_pipeline import is_pipeline
+    from dpo_cli.runner.start import TrainOptions, train_command
 
-    if (gpu_memory or as_json) and not dry_run:
-        raise InputError("--gpu-memory and --json describe a plan: use them with --dry-run")
-    if sweep or select or print_commands:
-        from dpo_cli.runner.sweep import sweep_command
-
-        sweep_command(recipe, overrides or [], sweep or [], select=select, print_commands=print_commands,
-                      dry_run=dry_run, overwrite=overwrite, resume=resume, resume_force=resume_force, nproc=nproc,
-                      accelerate_config=accelerate_config, share_gpus=share_gpus,
-                      plan_only=bool(gpu_memory or as_json))
-        return
-    hardware = assumed_gpu(parse_size(gpu_memory)) if gpu_memory else None
-    from dpo_cli.train import launch
-
-    if nnodes > 1 and not nproc:
-        raise InputError("--nnodes starts the launcher on this machine: give --nproc too (processes per machine)")
-    nodes = launch.Nodes.parse(nnodes, node_rank, master, join_timeout)
-    if is_pipeline(recipe):
-        _train_pipeline(recipe, overrides or [], dry_run=dry_run, overwrite=overwrite, resume=resume,
-                        resume_force=resume_force, several=bool(nproc or accelerate_config), hardware=hardware,
-                        as_json=as_json)
-        return
-    resolved = load_recipe(recipe, overrides or [])
-    if nproc or accelerate_config or dry_run:
-        from dpo_cli.train.device import plan_device
-
-        plan = plan_device(resolved.trainer, hardware)
-        device = plan.device
-        config = launch.accelerate_config_path(accelerate_config) if accelerate_config else None
-        for warning in launch.config_warnings(launch.load_accelerate_config(config), resolved, device) \
-                if config else []:
-            console.warn(warning)
-        if nproc and not launch.inside_launcher():
-            launch.check_processes(nproc, plan, share_gpus)
-            recipe_args = [str(recipe), *(overrides or []), *(["--overwrite"] if overwrite else []),
-                           *(["--resume", resume] if resume else []), *(["--resume-force"] if resume_force else [])]
-            command = launch.launch_command(recipe_args, nproc, config, device, nodes)
-            if dry_run and not as_json:
-                console.stdout.print("would run: " + " ".join(command))
-            elif not dry_run:
-                raise typer.Exit(launch.relaunch(command, nodes))
-    if dry_run:
-        from dpo_cli.evidence.tables import plan_json, print_dry_run
-        from dpo_cli.runner.run import describe
-
-        # planned for the processes the run will have: --nproc on each of --nnodes, or the launcher's (a dry run
-        # under torchrun), since defaults such as a precomputed reference depend on the rows each step sees
-        processes = nproc * nodes.count if nproc else int(os.environ.get("WORLD_SIZE", "1"))
-        plan = describe(resolved, hardware, processes=processes)
-        if as_json:
-            console.stdout.out(plan_json(resolved, plan), highlight=False)
-        else:
-            print_dry_run(console.stdout, resolved, plan)
-        if plan["data_error"]:  # the plan stands without the data; the run would not
-            raise plan["data_error"]
-        return
-    from dpo_cli.evidence.tables import print_run_summary
-    from dpo_cli.runner.pipeline import run_stage
-
-    result = run_stage(resolved, overwrite=overwrite, resume=resume, resume_force=resume_force)
-    if result.is_main:
-        print_run_summary(console.stdout, result)
-    launch.leave_process_group()
-
-
-def _train_pipeline(path: Path, overrides: list[str], *, dry_run: bool, overwrite: bool, resume: Optional[str],
-                    resume_force: bool, several: bool, hardware=None, as_json: bool = False) -> None:
-    """A recipe with stages: each stage in order, complete ones skipped."""
-    from dpo_cli.core.errors import InputError
-    from dpo_cli.train.recipe_pipeline import load_pipeline
-
-    pipeline = load_pipeline(path, overrides)
-    if several:
-        raise InputError("--nproc and --accelerate-config start one stage recipe; for a pipeline start the launcher "
-                         "yourself: torchrun --nproc_per_node N -m dpo_cli train " + str(path))
-    out = console.stdout
-    if dry_run:
-        from dpo_cli.evidence.tables import plan_json, print_dry_run
-        from dpo_cli.runner.run import Upstream, describe
-
-        upstream: list[Upstream] = []  # what the earlier stages will have written, not there yet
-        plans = []
-        for stage in pipeline.stages:
-            plans.append(describe(stage.recipe, hardware, tuple(upstream)))
-            upstream.append(Upstream(stage.name, Path(stage.recipe.output_dir), plans[-1]["planned_model"]))
-        if as_json:
-            out.out('{"stages": {' + ", ".join(f'"{stage.name}": {plan_json(stage.recipe, plan)}'
-                                               for stage, plan in zip(pipeline.stages, plans)) + "}}", highlight=False)
-        else:
-            for stage, plan in zip(pipeline.stages, plans):
-                out.rule(f"stage {stage.name} ({stage.recipe.stage})")
-                print_dry_run(out, stage.recipe, plan)
-        errors = [plan["data_error"] for plan in plans if plan["data_error"]]
-        if errors:
-            raise errors[0]
-        return
-    from dpo_cli.core.rundir import RunDir
-    from dpo_cli.evidence.tables import print_pipeline_summary, print_run_summary
-    from dpo_cli.runner.pipeline import run_pipeline
-
-    run_pipeline(pipeline, overwrite=overwrite, resume=resume, resume_force=resume_force,
-                 on_result=lambda stage, result: print_run_summary(out, result) if result.is_main else None)
-    if os.environ.get("RANK", "0") == "0":  # under a launcher, the main process reports
-        print_pipeline_summary(out, RunDir(pipeline.output_dir).read_json(RunDir.PIPELINE))
-        out.print(f"[bold green]pipeline done[/]: {', '.join(s.name for s in pipeline.stages)} in "
-                  f"{pipeline.output_dir}; summary in pipeline.json, dpo-cli report {pipeline.output_dir} writes an "
-                  "HTML report")
-    from dpo_cli.train.launch import leave_process_group
-
-    leave_process_group()
+    code = train_command(recipe, overrides or [], TrainOptions(
+        dry_run=dry_run, overwrite=overwrite, nproc=nproc, accelerate_config=accelerate_config, resume=resume,
+        resume_force=resume_force, gpu_memory=gpu_memory, as_json=as_json, share_gpus=share_gpus,
+        sweep=tuple(sweep or ()), select=select, print_commands=print_commands, nnodes=nnodes, node_rank=node_rank,
+        master=master, join_timeout=join_timeout))
+    if code:
+        raise typer.Exit(code)
 
 
 def _positive_tokens(max_length: Optional[int]) -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -13,42 +12,45 @@ from rich.table import Table
 
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
-from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train.memory import human
 
+if TYPE_CHECKING:  # the plan is made by the train package; printing it needs none of its imports
+    from dpo_cli.train.plan import RunPlan
 
-def print_dry_run(console: Console, recipe: Recipe, plan: dict[str, Any]) -> None:
+
+def print_dry_run(console: Console, plan: RunPlan) -> None:
+    recipe = plan.recipe
     console.print("[bold]resolved recipe[/]")
     console.print(Syntax(recipe.resolved_yaml(), "yaml", theme="ansi_dark", background_color="default"))
-    if plan["config_class"] is not None:
-        table = Table(title=f"{plan['config_class']} fields set by this recipe", title_justify="left")
+    if plan.config_class is not None:
+        table = Table(title=f"{plan.config_class} fields set by this recipe", title_justify="left")
         table.add_column("field")
         table.add_column("value")
-        for key, value in redact(plan["config_fields"]).items():
+        for key, value in redact(plan.config_fields).items():
             table.add_row(key, repr(value))
         console.print(table)
-    device = plan["device"]
+    device = plan.device
     console.print(f"[bold]device[/]     {device.device} ({device.reason}); mixed precision: {device.precision}")
     console.print(f"[bold]model dtype[/] {recipe.model.dtype}")
-    if plan.get("global_batch"):
-        console.print(f"[bold]processes[/]  {plan['processes']}; {batch_text(plan['global_batch'])}", highlight=False)
-    for default in plan.get("defaults", []):
+    if plan.global_batch:
+        console.print(f"[bold]processes[/]  {plan.processes}; {batch_text(plan.global_batch)}", highlight=False)
+    for default in plan.defaults:
         how = "set by the recipe" if default.explicit else f"chosen: {default.reason}"
         console.print(f"[bold]{default.key}[/] {str(default.value).lower()} ({escape(how)})")
-    for line in plan["vision"].lines() if plan.get("vision") else []:
+    for line in plan.vision.lines() if plan.vision is not None else []:
         console.print(f"[bold]images[/]     {escape(line)}", highlight=False)
-    console.print(f"[bold]reference[/]  {plan['reference']}")
-    console.print(f"[bold]safety[/]     {plan['safety']}")
-    if plan.get("memory") is not None:
-        print_memory_plan(console, plan["memory"])
-    for split, found in plan.get("data", {}).items():
+    console.print(f"[bold]reference[/]  {plan.reference}")
+    console.print(f"[bold]safety[/]     {plan.safety}")
+    if plan.memory is not None:
+        print_memory_plan(console, plan.memory)
+    for split, found in plan.data.items():
         details = "; ".join(f"{what.replace('_', ' ')}: {', '.join(f'{k} {n:,}' for k, n in counts.items())}"
                             for what, counts in found.items() if isinstance(counts, dict))
         held_out = f", {found['held_out']:,} of them held out by data.eval_split" if found.get("held_out") else ""
         how = "already prepared and checked (data.cache_dir)" if found.get("prepared") else "read and checked"
         console.print(f"[bold]data[/]       {split}: {found['rows']:,} rows {how}{held_out}"
                       + (f" ({details})" if details else ""), highlight=False)
-    for note in plan.get("notes", []):
+    for note in plan.notes:
         console.print(f"[bold]pipeline[/]   {escape(note)}", highlight=False)
     console.print("dry run: no weights loaded, nothing written")
 
@@ -77,27 +79,6 @@ def print_memory_plan(console: Console, memory) -> None:
     for rank, (change, saving, fits) in enumerate(memory.suggestions, 1):
         console.print(f"  {rank}. {change}: saves about {human(saving)}{' (then fits)' if fits else ''}",
                       markup=False)
-
-
-def plan_json(recipe: Recipe, plan: dict[str, Any]) -> str:
-    """The whole dry-run plan as one JSON object, for scripts: bytes as integers."""
-    memory = plan.get("memory")
-    document = {
-        "recipe": redact(recipe.model_dump(mode="json")),
-        "config_class": plan["config_class"],
-        "config_fields": redact(plan["config_fields"]),
-        "device": dataclasses.asdict(plan["device"]),
-        "processes": plan.get("processes", 1),
-        "global_batch": plan.get("global_batch"),
-        "defaults": [dataclasses.asdict(d) for d in plan.get("defaults", [])],
-        "reference": plan["reference"],
-        "safety": plan["safety"],
-        "memory": memory.to_json() if hasattr(memory, "to_json") else {"unavailable": memory},
-        "data": {split: found["rows"] for split, found in plan.get("data", {}).items()},
-        "vision": plan["vision"].to_json() if plan.get("vision") else None,
-        "notes": plan.get("notes", []),
-    }
-    return json.dumps(document, indent=2, default=str)
 
 
 def batch_text(batch: dict) -> str:

@@ -22,11 +22,11 @@ from dpo_cli.evidence.truncation import truncation_warning
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.train import checkpoints
 from dpo_cli.train.callbacks import CompleteCheckpoints, MetricsFileCallback, ProgressCallback
-from dpo_cli.train.config import build_config, defaults_note, defaults_record, settle_defaults, trainer_kwargs
+from dpo_cli.train.config import defaults_note, defaults_record, settle_defaults, trainer_kwargs
 from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
-from dpo_cli.train.launch import distributed_record, global_batch, launched_by_accelerate
-from dpo_cli.train.manifest import RunResult, now, open_run
+from dpo_cli.train.launch import distributed_record, launched_by_accelerate
+from dpo_cli.train.manifest import RunRecord, RunResult, now, open_run
 from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import (
     check_chat_template,
@@ -36,12 +36,14 @@ from dpo_cli.train.models import (
     quiet_libraries,
     text_tokenizer,
 )
+from dpo_cli.train.plan import RunPlan, configure
 from dpo_cli.train.ranks import from_main
 from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage, training_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
+from dpo_cli.train.trl_compat import join_processes
 from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
@@ -55,18 +57,19 @@ class Upstream:
     model: str  # what it starts from: its output model has that shape
 
 
-def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = (),
-             processes: int = 1) -> dict[str, Any]:
-    """What --dry-run prints: device decision, the defaults this run gets, the TRL config fields we set, the
-    reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine may not
-    have (--gpu-memory), ``processes`` for the process count the run will have (--nproc x --nnodes). In a pipeline,
-    data an ``upstream`` stage writes is said rather than read, and a model it writes is planned as the model it
-    starts from (``planned_model``).
+def plan(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = (),
+         processes: int = 1) -> tuple[RunPlan, InputError | None]:
+    """The run's plan as --dry-run prints it: device decision, the defaults this run gets, the TRL config built from
+    them, the reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine
+    may not have (--gpu-memory), ``processes`` for the process count the run will have (--nproc x --nnodes). In a
+    pipeline, data an ``upstream`` stage writes is said rather than read, and a model it writes is planned as the
+    model it starts from (``planned_model``).
 
-    Data that cannot be read is ``data_error`` (the caller prints the plan, then raises it)."""
+    Returns (plan, the error the run would stop at for its data, or None): the plan stands without the data, so the
+    caller prints it, then raises the error."""
     stage = get_stage(recipe.stage)
     notes: list[str] = []
-    plan = plan_device(recipe.trainer, hardware)
+    device = plan_device(recipe.trainer, hardware)
     # every row read and checked, nothing written (no rejects file); the defaults count the training rows from it
     checked, data_error = {}, None
     # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
@@ -97,33 +100,17 @@ def describe(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple
     train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
         if train else None
 
-    settled, defaults = settle_defaults(recipe, PlannedRun(plan, processes, lambda: train_data))
-    config = build_config(settled, plan) if stage.trains else None  # a data-making stage has no TRL config
-    kwargs = trainer_kwargs(settled, plan) if stage.trains else {}
-    if data_error is None and vision is not None and prompt_tokens is not None and config is not None:
-        data_error = prompt_tokens.error(vision.tokens_per_image, getattr(config, "max_length", None))
-    device_fields = plan.trainer_fields()  # as the GPU would get them, also when planned from a CPU machine
+    settled, defaults = settle_defaults(recipe, PlannedRun(device, processes, lambda: train_data))
+    run_plan = configure(recipe, settled, defaults, device, processes)
+    if data_error is None and vision is not None and prompt_tokens is not None and run_plan.config is not None:
+        data_error = prompt_tokens.error(vision.tokens_per_image, getattr(run_plan.config, "max_length", None))
     planned = _stand_ins(settled, upstream, notes)
     try:
-        memory = estimate_memory(planned, plan, config)
+        memory = estimate_memory(planned, device, run_plan.config)
     except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
         memory = f"unavailable: {exc}"
-    return {
-        "config_class": type(config).__name__ if config is not None else None,
-        "config_fields": {k: device_fields[k] if k in device_fields else getattr(config, k) for k in kwargs},
-        "device": plan,
-        "processes": processes,
-        "global_batch": global_batch(config, processes) if config is not None else None,
-        "defaults": defaults,
-        "reference": stage.reference(settled).description,
-        "safety": _safety(stage),
-        "memory": memory,
-        "planned_model": planned.model.name_or_path,
-        "data": checked,
-        "vision": vision,
-        "notes": notes,
-        "data_error": data_error,
-    }
+    return replace(run_plan, memory=memory, planned_model=planned.model.name_or_path, data=checked, vision=vision,
+                   notes=tuple(notes)), data_error
 
 
 def _prompt_image_tokens(recipe: Recipe) -> PromptImageTokens | None:
@@ -193,15 +180,6 @@ def _stand_ins(recipe: Recipe, upstream: tuple[Upstream, ...], notes: list[str])
     return recipe.model_copy(update=update)
 
 
-def _safety(stage: Stage) -> str:
-    if not isinstance(stage, TrainingStage):
-        return ("makes data, trains nothing: no checkpoints or --resume (a stopped run starts again); under several "
-                "processes each samples its share of the prompts and the main one writes the files (engine vllm: one "
-                "process)")
-    if stage.step_loop:
-        return "watchdog, graceful stop on SIGTERM/SIGINT and --resume"
-    return (f"TRL's {stage.name} trainer runs its own loop: no NaN watchdog, no early stopping, no --resume; "
-            "SIGTERM/SIGINT stop the run at the end of a step")
 
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:
@@ -278,6 +256,8 @@ def build_trainer(stage: TrainingStage, inputs: StageInputs, data_info: dict, pr
 
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
           resume_force: bool = False) -> RunResult:
+    """One training run: the seven steps, each a call below, inside the run's lifecycle (output directory, lock,
+    run.json, signals)."""
     quiet_libraries()
     os.environ.update(recipe.env)  # before TRL starts trackers that read them (WANDB_PROJECT, ...)
     stage = training_stage(recipe.stage)  # a stage that makes data runs its own flow (pipeline.run_stage)
@@ -288,124 +268,197 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     vision_model = is_vision_language(recipe.model)
     check_images(recipe, stage, vision_model, data_images=False)  # the model alone: said before any data is read
 
-    # 1. config: device and precision from the hardware, the rest from the recipe
-    plan = plan_device(recipe.trainer)
-    args = build_config(recipe, plan)
+    # 1. config: device and precision from the hardware, the processes from the launcher; the TRL config itself is
+    # built once, at the end of step 2, when the data has settled the defaults that depend on it
+    device = plan_device(recipe.trainer)
+    processes = join_processes(trainer_kwargs(recipe, device))
     # every rank (torchrun, accelerate launch) resolves the same recipe; only the main process writes and reports
-    is_main = args.process_index == 0
+    is_main = processes.process_index == 0
     if resume == "auto":
         resume, overwrite = _auto_resume(RunDir(recipe.output_dir), is_main, overwrite)
     # a signal is handled from here to the end (what it does depends on the phase); open_run checks output_dir,
     # starts run.json and locks output_dir against other runs, as for a stage that makes data
     stopper = GracefulStop(stage.name, stage.step_loop)
-    with stopper, open_run(recipe, plan, args.world_size, is_main, overwrite=overwrite,
+    with stopper, open_run(recipe, device, processes.num_processes, is_main, overwrite=overwrite,
                            resuming=bool(resume)) as (run, record):
         manifest = record.manifest
 
-        # 2. data, checked before any weights are loaded
-        train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)
-        identity = _identity(recipe, manifest["data"])
-        checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
-        if checkpoint:
-            manifest["resumed_from"] = str(checkpoint)
-        if is_main:
-            run.write_recipe(recipe.resolved_yaml())
-        record.update()
-        # the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data is known;
-        # recipe.resolved.yaml keeps the recipe as given (auto), run.json what auto became and why
-        # decided once, on the main process: ranks and nodes with caches or installs of their own would otherwise
-        # choose differently (one precomputing, another not: a silent mix, or a hang in the reference pass)
-        recipe, defaults = from_main(settle_defaults(
-            recipe, PlannedRun(plan, args.world_size, lambda: manifest["data"]["train"])) if is_main else None)
-        args = build_config(recipe, plan)
-        record.update(defaults=defaults_record(defaults))
-        if is_main and (note := defaults_note(defaults)):
-            console.note(note)
+        # 2. data, checked before any weights are loaded; then this run's defaults, and its TRL config built from them
+        data = _load_data(stage, recipe, run, record, resume, resume_force)
+        run_plan = _settle(recipe, device, processes.num_processes, record)
 
         # 3. tokenizer (a vision-language model's processor) and models
-        images = has_images(train_dataset.column_names)
-        check_images(recipe, stage, vision_model, images)
-        processing = load_processing_class(recipe.model)
-        tokenizer = text_tokenizer(processing)
-        check_chat_template(recipe, stage.data_kind, processing)
-        # both measure rendered text: on image rows the tokens each image expands to are not in it, so they would
-        # say too little (TRL's vision collators truncate image rows as they batch them)
-        if is_main and not images and (warning := truncation_warning(tokenizer, train_dataset, args)):
-            console.warn(warning)
-        if is_main and not images and (warning := template_warning(tokenizer, train_dataset)):
-            console.warn(f"train data: {warning}")
-        models = load_models(recipe, stage, plan)
-        reference = stage.reference(recipe)
+        processing, models = _load_models(stage, run_plan, data, vision_model, is_main)
 
         # 4. trainer, with checkpoints a resume can trust, a graceful stop on SIGTERM/SIGINT, the watchdog
-        resumed_step = int(checkpoint.name.split("-")[1]) if checkpoint else None
-        throughput = Throughput.for_run(models.policy, reference.kind, plan, args.world_size)
-        callbacks = [throughput, MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(),
-                     stopper, CompleteCheckpoints(args, identity)]
-        watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
-        early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
-        callbacks += [c for c in (watchdog, early_stop) if c is not None]
-        trainer, ref_cache = build_trainer(stage, StageInputs(
-            recipe, args, models.policy, models.reference, processing, train_dataset, eval_dataset, callbacks,
-            models.peft_config), manifest["data"], plan.precision)
-        # what accelerate set up, which a launcher's config may not have got (FSDP on a machine without GPUs)
-        record.update(distributed=distributed_record(trainer, args))
-        if is_main and (manifest["distributed"]["processes"] > 1 or launched_by_accelerate()):
-            console.note(distributed_line(manifest["distributed"], "runs as"))
-            if "asked" in manifest["distributed"]:
-                console.warn(mismatch_warning(manifest["distributed"], plan.device))
-        if len(trainer.train_dataset) == 0:
-            raise DataError(f"no training rows are left once TRL has prepared them: every prompt fills "
-                            f"trainer.max_length ({args.max_length}), and TRL drops such rows; raise max_length or "
-                            f"shorten the prompts (dpo-cli inspect-data --tokenizer shows the lengths)")
+        built = _build(stage, run_plan, data, processing, models, run, record, stopper)
 
         # 5. train, with the held-out pairs scored first
-        held_out = _held_out(stage, recipe, args, processing, eval_dataset, trainer)
-        if held_out is not None:
-            held_out.score_before(trainer)
-        stopper.phase = "train"
-        try:
-            trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
-        except checkpoints.SAVE_ERRORS as exc:
-            failure = checkpoints.save_failure(run.path, trainer.state.global_step, exc)
-            if failure is None:
-                raise
-            raise failure from exc
-        if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
-            saved = checkpoints.newest_complete(run.path)[0]
-            raise Interrupted(f"stopped by {stopper.name()} after step {trainer.state.global_step}; checkpoint "
-                              f"saved in {saved}; resume with the same command plus --resume auto", stopper.signum)
-        if watchdog is not None and watchdog.warnings:
-            manifest["warnings"] = watchdog.warnings
-        if early_stop is not None:
-            manifest["early_stopping"] = early_stop.summary()
-        if watchdog is not None and watchdog.stopped_at is not None:
-            record.update(status="failed", finished_at=now(), global_step=trainer.state.global_step,
-                          error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
-            raise TrainingStopped(watchdog.message())
+        held_out = _held_out(stage, run_plan.settled, run_plan.config, processing, data.eval, built.trainer)
+        _train(built, held_out, data.checkpoint, run, record, stopper)
 
         # 6. evaluate: the held-out pairs again, against the same reference (a signal here skips to the save)
-        stopper.phase = "evaluate"
-        try:
-            if held_out is not None and stopper.signum is None:
-                manifest["evaluation"] = held_out.figures(trainer)
-        except Interrupted:
-            pass
+        _evaluate(built.trainer, held_out, manifest, stopper)
 
         # 7. save: final weights (safetensors) and tokenizer, then the manifest, last, marks the run complete
-        stopper.phase = "save"
-        checkpoints.save_final(trainer, run.path)  # every rank calls it (sharded states are gathered); main writes
-        if ref_cache is not None:
-            manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
-                                          for event, split, file in ref_cache.events]
-        if is_main:
-            checkpoints.replace_pickled_args(run.path, args)
-            if recipe.plot:
-                manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
-        if stopper.signum is not None:
-            raise Interrupted(f"stopped by {stopper.name()} after training; the final model is saved in {run}"
-                              + ("" if "evaluation" in manifest or held_out is None else
-                                 " (the held-out figures were left out)"), stopper.signum)
-        record.update(status="completed", finished_at=now(), global_step=trainer.state.global_step,
-                      reference=reference.description, throughput=throughput.summary())
+        _save(run_plan, built, held_out, run, record, stopper)
     return RunResult(run.path, manifest, is_main)
+
+
+@dataclass(frozen=True)
+class _Data:
+    """Step 2's data: the splits TRL trains and evaluates on, what a checkpoint records of them, where to resume."""
+
+    train: Any
+    eval: Any
+    identity: dict
+    checkpoint: Path | None
+
+
+@dataclass(frozen=True)
+class _Built:
+    """Step 4's trainer, its reference log-prob cache (or None), and the callbacks steps 5 and 7 read back."""
+
+    trainer: Any
+    ref_cache: Any
+    throughput: Throughput
+    watchdog: Watchdog | None
+    early_stop: EarlyStopping | None
+
+
+def _load_data(stage: TrainingStage, recipe: Recipe, run: RunDir, record: RunRecord, resume: str | None,
+               resume_force: bool) -> _Data:
+    """Step 2: the data, read and checked before any weights are loaded, and the checkpoint a resume starts from."""
+    manifest = record.manifest
+    train_dataset, eval_dataset, manifest["data"] = stage.load_data(recipe)
+    identity = _identity(recipe, manifest["data"])
+    checkpoint = _resume_point(run, resume, identity, resume_force) if resume else None
+    if checkpoint:
+        manifest["resumed_from"] = str(checkpoint)
+    if record.is_main:
+        run.write_recipe(recipe.resolved_yaml())
+    record.update()
+    return _Data(train_dataset, eval_dataset, identity, checkpoint)
+
+
+def _settle(recipe: Recipe, device: DevicePlan, processes: int, record: RunRecord) -> RunPlan:
+    """Step 2's end: the defaults that depend on this run (a precomputed reference, Liger kernels), now that its data
+    is known, and the run's plan with its TRL config, built from them once."""
+    # recipe.resolved.yaml keeps the recipe as given (auto), run.json what auto became and why
+    # decided once, on the main process: ranks and nodes with caches or installs of their own would otherwise
+    # choose differently (one precomputing, another not: a silent mix, or a hang in the reference pass)
+    settled, defaults = from_main(settle_defaults(
+        recipe, PlannedRun(device, processes, lambda: record.manifest["data"]["train"])) if record.is_main else None)
+    run_plan = configure(recipe, settled, defaults, device, processes)
+    record.update(defaults=defaults_record(defaults))
+    if record.is_main and (note := defaults_note(defaults)):
+        console.note(note)
+    return run_plan
+
+
+def _load_models(stage: TrainingStage, run_plan: RunPlan, data: _Data, vision_model: bool,
+                 is_main: bool) -> tuple[Any, Any]:
+    """Step 3: the tokenizer (a vision-language model's processor), checked against the data, then the models.
+    Returns (processing class, models)."""
+    recipe = run_plan.settled
+    images = has_images(data.train.column_names)
+    check_images(recipe, stage, vision_model, images)
+    processing = load_processing_class(recipe.model)
+    tokenizer = text_tokenizer(processing)
+    check_chat_template(recipe, stage.data_kind, processing)
+    # both measure rendered text: on image rows the tokens each image expands to are not in it, so they would
+    # say too little (TRL's vision collators truncate image rows as they batch them)
+    if is_main and not images and (warning := truncation_warning(tokenizer, data.train, run_plan.config)):
+        console.warn(warning)
+    if is_main and not images and (warning := template_warning(tokenizer, data.train)):
+        console.warn(f"train data: {warning}")
+    return processing, load_models(recipe, stage, run_plan.device)
+
+
+def _build(stage: TrainingStage, run_plan: RunPlan, data: _Data, processing, models, run: RunDir, record: RunRecord,
+           stopper: GracefulStop) -> _Built:
+    """Step 4: the stage's TRL trainer with our callbacks: metrics file, progress, complete checkpoints, graceful stop,
+    throughput, and the watchdog and early stopping where the stage's loop is ours to watch."""
+    recipe, args, device, manifest = run_plan.settled, run_plan.config, run_plan.device, record.manifest
+    resumed_step = int(data.checkpoint.name.split("-")[1]) if data.checkpoint else None
+    throughput = Throughput.for_run(models.policy, stage.reference(recipe).kind, device, run_plan.processes)
+    callbacks = [throughput, MetricsFileCallback(run.metrics_file, keep_until=resumed_step), ProgressCallback(),
+                 stopper, CompleteCheckpoints(args, data.identity)]
+    watchdog = Watchdog() if recipe.watchdog and stage.step_loop else None
+    early_stop = EarlyStopping(**recipe.early_stopping.model_dump()) if recipe.early_stopping else None
+    callbacks += [c for c in (watchdog, early_stop) if c is not None]
+    trainer, ref_cache = build_trainer(stage, StageInputs(
+        recipe, args, models.policy, models.reference, processing, data.train, data.eval, callbacks,
+        models.peft_config), manifest["data"], device.precision)
+    # what accelerate set up, which a launcher's config may not have got (FSDP on a machine without GPUs)
+    record.update(distributed=distributed_record(trainer, args))
+    if record.is_main and (manifest["distributed"]["processes"] > 1 or launched_by_accelerate()):
+        console.note(distributed_line(manifest["distributed"], "runs as"))
+        if "asked" in manifest["distributed"]:
+            console.warn(mismatch_warning(manifest["distributed"], device.device))
+    if len(trainer.train_dataset) == 0:
+        raise DataError(f"no training rows are left once TRL has prepared them: every prompt fills "
+                        f"trainer.max_length ({args.max_length}), and TRL drops such rows; raise max_length or "
+                        f"shorten the prompts (dpo-cli inspect-data --tokenizer shows the lengths)")
+    return _Built(trainer, ref_cache, throughput, watchdog, early_stop)
+
+
+def _train(built: _Built, held_out: HeldOut | None, checkpoint: Path | None, run: RunDir, record: RunRecord,
+           stopper: GracefulStop) -> None:
+    """Step 5: the held-out pairs scored before training, then TRL's training loop; a signal, or the watchdog, ends
+    the run here with the newest complete checkpoint named."""
+    trainer, watchdog, early_stop, manifest = built.trainer, built.watchdog, built.early_stop, record.manifest
+    if held_out is not None:
+        held_out.score_before(trainer)
+    stopper.phase = "train"
+    try:
+        trainer.train(**({"resume_from_checkpoint": str(checkpoint)} if checkpoint else {}))
+    except checkpoints.SAVE_ERRORS as exc:
+        failure = checkpoints.save_failure(run.path, trainer.state.global_step, exc)
+        if failure is None:
+            raise
+        raise failure from exc
+    if stopper.signum is not None and trainer.state.global_step < trainer.state.max_steps:
+        saved = checkpoints.newest_complete(run.path)[0]
+        raise Interrupted(f"stopped by {stopper.name()} after step {trainer.state.global_step}; checkpoint "
+                          f"saved in {saved}; resume with the same command plus --resume auto", stopper.signum)
+    if watchdog is not None and watchdog.warnings:
+        manifest["warnings"] = watchdog.warnings
+    if early_stop is not None:
+        manifest["early_stopping"] = early_stop.summary()
+    if watchdog is not None and watchdog.stopped_at is not None:
+        record.update(status="failed", finished_at=now(), global_step=trainer.state.global_step,
+                      error=watchdog.message(), checkpoint=str(watchdog.checkpoint))
+        raise TrainingStopped(watchdog.message())
+
+
+def _evaluate(trainer, held_out: HeldOut | None, manifest: dict, stopper: GracefulStop) -> None:
+    """Step 6: the held-out pairs scored again, against the same reference; a signal here skips to the save."""
+    stopper.phase = "evaluate"
+    try:
+        if held_out is not None and stopper.signum is None:
+            manifest["evaluation"] = held_out.figures(trainer)
+    except Interrupted:
+        pass
+
+
+def _save(run_plan: RunPlan, built: _Built, held_out: HeldOut | None, run: RunDir, record: RunRecord,
+          stopper: GracefulStop) -> None:
+    """Step 7: the final weights (safetensors) and tokenizer, the plots, then run.json, last, marks the run
+    complete."""
+    trainer, manifest = built.trainer, record.manifest
+    stopper.phase = "save"
+    checkpoints.save_final(trainer, run.path)  # every rank calls it (sharded states are gathered); main writes
+    if built.ref_cache is not None:
+        manifest["ref_logp_cache"] = [{"event": event, "split": split, "file": str(file)}
+                                      for event, split, file in built.ref_cache.events]
+    if record.is_main:
+        checkpoints.replace_pickled_args(run.path, run_plan.config)
+        if run_plan.settled.plot:
+            manifest["plots"] = plot_after_training(run, manifest.get("evaluation"))
+    if stopper.signum is not None:
+        raise Interrupted(f"stopped by {stopper.name()} after training; the final model is saved in {run}"
+                          + ("" if "evaluation" in manifest or held_out is None else
+                             " (the held-out figures were left out)"), stopper.signum)
+    record.update(status="completed", finished_at=now(), global_step=trainer.state.global_step,
+                  reference=run_plan.reference, throughput=built.throughput.summary())

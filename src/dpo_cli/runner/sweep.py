@@ -260,7 +260,9 @@ def _check_states(sweep: Sweep, overwrite: bool, resume: str | None) -> list[tup
 
 def _prepared(root: Path | None) -> set[Path]:
     """The folders of prepared rows in a data cache (data/load.py writes one per key of the sources)."""
-    return {p for p in root.iterdir() if p.is_dir()} if root is not None and root.is_dir() else set()
+    from dpo_cli.data.cache import META
+
+    return {p for p in root.iterdir() if (p / META).is_file()} if root is not None and root.is_dir() else set()
 
 
 def _data_cache(recipe: Recipe) -> Path | None:

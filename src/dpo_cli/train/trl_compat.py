@@ -276,3 +276,24 @@ def vision_pair_batches(processor, rows, *, max_length: int | None, batch_size: 
         batch = collator([dict(rows[i]) for i in range(start, min(start + batch_size, len(rows)))])
         completion = batch.pop("completion_mask")
         yield dict(batch), completion
+
+
+# The TrainingArguments fields transformers sets up the process group from (_setup_devices): the device, the backend,
+# its timeout, DeepSpeed, and whether to keep a state configured beforehand.
+DISTRIBUTED_FIELDS = ("use_cpu", "ddp_backend", "ddp_timeout", "deepspeed", "accelerator_config")
+
+
+def join_processes(fields: dict[str, Any]):
+    """Join the run's process group as its TRL config will set it up, before that config can be built (its defaults
+    wait for the data, and the data is prepared by the main process while the others wait in the group).
+
+    transformers starts accelerate's ``PartialState`` while it builds TrainingArguments, from DISTRIBUTED_FIELDS; the
+    group it starts stays for the process, so the TRL config built later joins this one. Asking TrainingArguments
+    itself, with those fields alone, keeps the backend, the timeout and the device transformers' own.
+    Returns the state (process_index, num_processes, is_main_process).
+    """
+    from transformers import TrainingArguments
+
+    given = {name: fields[name] for name in DISTRIBUTED_FIELDS if name in fields}
+    return TrainingArguments(output_dir=str(fields.get("output_dir", "tmp_trainer")), report_to="none",
+                             **given).distributed_state
