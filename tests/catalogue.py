@@ -393,7 +393,8 @@ CASES = [
               "chosen": [{"role": "assistant", "content": "Red."}],
               "rejected": [{"role": "assistant", "content": "Blue."}]}) + "\n"}),
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
-         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl",
+         "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl, "
+         "demo/images/train.jsonl, demo/images/eval.jsonl",
          recipe_with("builtin:tiny-chat", "builtin:tiny-chatt")),
 
     # data rows, through convert-data (training reads data with the same adapters and checks)

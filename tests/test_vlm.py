@@ -309,15 +309,26 @@ def test_tiny_vlm_trains_from_each_image_layout(stage, source, tiny_vlm, write_r
 
     source = source.replace("dataset_info.json", str(IMAGE_FIXTURES / "dataset_info.json")) if "registry" in source \
         else str(IMAGE_FIXTURES / source)
-    if not IMAGE_FIXTURES.is_dir():
-        pytest.skip("the image fixtures come with the data side of issue 20")
     if get_stage(stage).no_images() is not None:
         pytest.skip(get_stage(stage).no_images())
     recipe = load_recipe(_recipe(write_recipe, stage, tmp_path / "out"), [f"data.train={source}"])
-    if not has_images(check_data(recipe.data, get_stage(stage).data_kind)["train"]["columns"]):
-        pytest.skip("this data loader does not keep the images column yet")
+    assert has_images(check_data(recipe.data, get_stage(stage).data_kind)["train"]["columns"])
     result = train(recipe)
     assert result.manifest["status"] == "completed" and _losses(tmp_path / "out")
     before, after = _weights(tiny_vlm), _weights(tmp_path / "out")
     key = "model.language_model.layers.0.mlp.down_proj.weight"
     assert not (before[key] == after[key]).all()
+
+
+@pytest.mark.slow
+def test_the_shipped_image_recipe_trains_and_scores_its_held_out_images(tiny_vlm, tmp_path, capsys, cpu_only):
+    """recipes/tiny/vlm-dpo.yaml, the worked example: bundled image rows, LoRA on the language model, held-out
+    figures before and after."""
+    code, out, err = run_cli(capsys, "train", str(REPO / "recipes" / "tiny" / "vlm-dpo.yaml"),
+                             f"output_dir={tmp_path / 'run'}", "trainer.max_steps=2", "plot=false")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert manifest["status"] == "completed" and manifest["data"]["eval"]["rows"] == 8
+    for when in ("before", "after"):
+        assert math.isfinite(manifest["evaluation"][when]["reward_margin"])
+    assert "held-out pairs: 8" in out

@@ -60,7 +60,7 @@ def resolve_builtin(name: str) -> str:
         from dpo_cli.core.errors import InputError
 
         raise InputError(f"no built-in '{what}'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, "
-                         f"demo/eval.jsonl")
+                         f"demo/eval.jsonl, demo/images/train.jsonl, demo/images/eval.jsonl")
     return str(path)
 
 
