@@ -314,8 +314,11 @@ def internals(source: str, forbidden: tuple[str, ...]) -> list[str]:
     column names and the texts and switches trl_compat quiets TRL with) or filters a warning by its text."""
     tree = ast.parse(source)
     found = []
-    own = {id(node): _defined_in(cls) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
-           for node in ast.walk(cls)}
+    own = {}  # id(node) -> the private names its enclosing class defines (found once per class)
+    for cls in ast.walk(tree):
+        if isinstance(cls, ast.ClassDef):
+            defined = _defined_in(cls)
+            own.update((id(node), defined) for node in ast.walk(cls))
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and not (node.module or "").startswith("dpo_cli"):
             found += [f"line {node.lineno}: imports {a.name} from {node.module}" for a in node.names if _private(a.name)]
