@@ -296,7 +296,8 @@ def test_an_override_value_with_aliases_of_aliases_is_refused_at_once():
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
-@pytest.mark.parametrize("command", ["inspect-data", "train"])
+# train's process imports TRL before it reads the data (6-10 s a process): the slow lane
+@pytest.mark.parametrize("command", ["inspect-data", pytest.param("train", marks=pytest.mark.slow)])
 def test_a_pipe_or_a_device_as_data_is_refused_in_one_line(tmp_path, kind, command):
     data = tmp_path / "train.jsonl"
     if kind == "fifo":

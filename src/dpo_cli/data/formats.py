@@ -186,6 +186,8 @@ def _check_scores(row: dict, at: Where, options: AdapterOptions) -> None:
     """The labels say which response is chosen; the scores beside them can only disagree. Equal scores are a tie,
     which teaches no preference: the row is left out and counted. A chosen score below the rejected one is kept as
     labelled and counted as a warning."""
+    if SCORE_NAMES.isdisjoint(row):  # most rows have no scores: one pass over their few keys
+        return
     for chosen_name, rejected_name in SCORE_COLUMNS:
         sc, sr = row.get(chosen_name), row.get(rejected_name)
         if _is_number(sc) and _is_number(sr) and sc == sc and sr == sr:  # NaN is no score
