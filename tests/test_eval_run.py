@@ -6,31 +6,10 @@ import json
 
 import pytest
 
-from dpo_cli.core.builtins import asset_path
+from helpers import demo_head, tiny_dpo_recipe
 
 pytestmark = pytest.mark.slow  # every test here trains a model (make test-fast skips them)
 
-RECIPE = """\
-stage: dpo
-model:
-  name_or_path: builtin:tiny-chat
-data:
-  train: {train}
-  eval: {eval}
-trainer:
-  beta: 0.1
-  learning_rate: 5.0e-3
-  max_steps: 3
-  per_device_train_batch_size: 4
-  per_device_eval_batch_size: 8
-  max_length: 64
-  logging_steps: 1
-  eval_strategy: steps
-  eval_steps: 2
-  save_strategy: "no"
-  report_to: tensorboard
-output_dir: {out}
-"""
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -40,13 +19,9 @@ def run_dir(tiny_model, tmp_path_factory):
     from dpo_cli.train.recipe_load import load_recipe
 
     folder = tmp_path_factory.mktemp("evidence")
-    paths = {}
-    for name, rows in (("train", 24), ("eval", 8)):
-        lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
-        paths[name] = folder / f"{name}.jsonl"
-        paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
     recipe = folder / "recipe.yaml"
-    recipe.write_text(RECIPE.format(train=paths["train"], eval=paths["eval"], out=folder / "run"), encoding="utf-8")
+    recipe.write_text(tiny_dpo_recipe(demo_head("train", 24, folder), demo_head("eval", 8, folder), folder / "run",
+                                      eval_strategy="steps", eval_steps=2, report_to="tensorboard"), encoding="utf-8")
     train(load_recipe(recipe))
     return folder / "run"
 

@@ -4,39 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from dpo_cli.core.builtins import asset_path
 from dpo_cli.data.load import load_splits
 from dpo_cli.evidence.heldout import HeldOut
 from dpo_cli.train.recipe_load import load_recipe
 from dpo_cli.train.scoring import Truncation
 from dpo_cli.train.stages import get_stage
-from helpers import build_run, build_trainer
+from helpers import build_run, build_trainer, demo_head, tiny_dpo_recipe
 
 pytestmark = pytest.mark.slow
-
-RECIPE = """\
-stage: dpo
-model: {{name_or_path: builtin:tiny-chat}}
-data: {{train: {train}, eval: {eval}}}
-trainer:
-  beta: 0.1
-  learning_rate: 5.0e-3
-  max_steps: 3
-  per_device_train_batch_size: 4
-  per_device_eval_batch_size: 8
-  max_length: 64
-  save_strategy: "no"
-  report_to: none
-output_dir: {out}
-{extra}"""
-
-
-def _head(name: str, rows: int, folder) -> str:
-    lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
-    path = folder / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
-
 
 def _other(folder) -> str:
     """A reference that is not the policy's starting point: the tiny model with its final norm scaled."""
@@ -53,6 +28,11 @@ def _other(folder) -> str:
     return str(folder / "other")
 
 
+def _recipe(folder, eval_rows: int, extra: str) -> str:
+    return tiny_dpo_recipe(demo_head("train", 24, folder), demo_head("eval", eval_rows, folder), folder / "run",
+                           extra=extra, logging_steps=None, report_to="none")
+
+
 @pytest.mark.parametrize("extra, kind", [
     ("", "copy"),
     ("lora: {r: 8, alpha: 16, dropout: 0.0}\n", "shared"),
@@ -60,8 +40,7 @@ def _other(folder) -> str:
     ("ref_model: {name_or_path: OTHER}\n", "separate"),
 ])
 def test_held_out_accuracy_and_margin_match_trl_eval(tiny_model, write_recipe, tmp_path, extra, kind):
-    recipe = load_recipe(write_recipe(RECIPE.format(train=_head("train", 24, tmp_path), eval=_head("eval", 8, tmp_path),
-                                                    out=tmp_path / "run", extra=extra.replace("OTHER", _other(tmp_path)))))
+    recipe = load_recipe(write_recipe(_recipe(tmp_path, 8, extra.replace("OTHER", _other(tmp_path)))))
     assert get_stage("dpo").reference(recipe).kind == kind
     trainer = build_trainer(recipe, eval_data=True)
     _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
@@ -91,9 +70,7 @@ def test_a_precomputed_or_cached_reference_reads_like_a_live_one(tiny_model, wri
 
     extra = f"ref_model: {{precompute: true, cache_dir: {tmp_path / 'cache'}}}\n"
     extra += "lora: {r: 8, alpha: 16, dropout: 0.0}\n" if lora else ""
-    recipe = load_recipe(write_recipe(RECIPE.format(train=_head("train", 24, tmp_path),
-                                                    eval=_head("eval", 16, tmp_path), out=tmp_path / "run",
-                                                    extra=extra)))
+    recipe = load_recipe(write_recipe(_recipe(tmp_path, 16, extra)))
     _, rows, _ = load_splits(recipe.data, recipe.seed, "preference")
     for attempt in ("computed", "cached"):
         trainer, cache = build_run(recipe, eval_data=True)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from dpo_cli.core.builtins import asset_path
 from dpo_cli.core.errors import InputError
 from dpo_cli.evidence.judge import (
     LanguageModelJudge,
@@ -19,7 +18,7 @@ from dpo_cli.evidence.judge import (
     summarise,
     wilson_interval,
 )
-from helpers import run_cli
+from helpers import demo_head, run_cli, tiny_dpo_recipe
 
 # --- the figures on known numbers --------------------------------------------------------------------------------------
 
@@ -120,26 +119,6 @@ def test_judge_kind_comes_from_the_configuration_not_the_name(tiny_model, tmp_pa
 
 # --- bad input on the command line --------------------------------------------------------------------------------------
 
-RECIPE = """\
-stage: dpo
-model:
-  name_or_path: builtin:tiny-chat
-data:
-  train: {train}
-  eval: {eval}
-trainer:
-  beta: 0.1
-  learning_rate: 5.0e-3
-  max_steps: 3
-  per_device_train_batch_size: 4
-  per_device_eval_batch_size: 8
-  max_length: 64
-  logging_steps: 1
-  save_strategy: "no"
-output_dir: {out}
-"""
-
-
 def _cli(args):
     from typer.testing import CliRunner
 
@@ -156,8 +135,7 @@ def fake_run(tiny_model, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"status": "completed", "stage": "dpo"}))
-    (run / "recipe.resolved.yaml").write_text(RECIPE.format(train="builtin:demo/train.jsonl",
-                                                            eval="builtin:demo/eval.jsonl", out=run))
+    (run / "recipe.resolved.yaml").write_text(tiny_dpo_recipe("builtin:demo/train.jsonl", "builtin:demo/eval.jsonl", run))
     shutil.copy(tiny_model / "config.json", run / "config.json")
     return run
 
@@ -200,7 +178,7 @@ def test_judge_options_without_a_judge_are_exit_2(capsys, fake_run):
 def test_the_recipe_eval_section_is_checked(write_recipe):
     from dpo_cli.train.recipe_load import load_recipe
 
-    base = RECIPE.format(train="builtin:demo/train.jsonl", eval="builtin:demo/eval.jsonl", out="/tmp/x")
+    base = tiny_dpo_recipe("builtin:demo/train.jsonl", "builtin:demo/eval.jsonl", "/tmp/x")
     recipe = load_recipe(write_recipe(base + "eval:\n  judge: builtin:tiny-chat\n  n: 4\n"))
     assert recipe.eval.judge == "builtin:tiny-chat" and recipe.eval.n == 4 and recipe.eval.sample is False
     with pytest.raises(InputError, match="eval.*nn"):
@@ -216,13 +194,8 @@ def test_the_recipe_eval_section_is_checked(write_recipe):
 # --- real tiny runs ------------------------------------------------------------------------------------------------------
 
 
-def _subset(folder: Path) -> dict[str, Path]:
-    paths = {}
-    for name, rows in (("train", 24), ("eval", 6)):
-        lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
-        paths[name] = folder / f"{name}.jsonl"
-        paths[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return paths
+def _subset(folder: Path) -> dict[str, str]:
+    return {"train": demo_head("train", 24, folder), "eval": demo_head("eval", 6, folder)}
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +212,7 @@ def judged(tiny_model, tmp_path_factory):
                           f"data.eval={paths['eval']}", "trainer.num_train_epochs=1"])
     run_stage(reward)
     recipe = folder / "dpo.yaml"
-    recipe.write_text(RECIPE.format(train=paths["train"], eval=paths["eval"], out=folder / "dpo")
+    recipe.write_text(tiny_dpo_recipe(paths["train"], paths["eval"], folder / "dpo")
                       + f"eval:\n  judge: {folder / 'reward'}\n  max_new_tokens: 12\n", encoding="utf-8")
     result = run_stage(load_recipe(recipe))
     return folder, result
@@ -310,7 +283,7 @@ def test_a_local_judge_lm_asks_both_orders(judged, tmp_path):
 
 
 def test_a_recipe_judge_that_cannot_judge_stops_before_training(capsys, write_recipe, tmp_path, tiny_model):
-    base = RECIPE.format(train="builtin:demo/train.jsonl", eval="builtin:demo/eval.jsonl", out=tmp_path / "out")
+    base = tiny_dpo_recipe("builtin:demo/train.jsonl", "builtin:demo/eval.jsonl", tmp_path / "out")
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n")
     neither = _save_config(tmp_path / "encoder", tiny_model, architectures=["LlamaModel"])

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from dpo_cli.evidence.report import SECTIONS, write_report
+from helpers import CHROMIUM, IMAGE_WIDTHS, rendered_dom
 from test_plots import write_metrics
 
-CHROMIUM = Path("/usr/bin/chromium")
 AFTER = {"pairs": 8, "reward_accuracy": 0.875, "reward_margin": 0.12, "logprob_accuracy": 0.75,
          "logps_chosen": -60.0, "logps_rejected": -70.0, "kl_chosen_per_token": 0.0123, "margin_std": 0.05,
          "margin_quantiles": {"min": -0.1, "p10": 0.0, "p25": 0.05, "p50": 0.1, "p75": 0.15, "p90": 0.2, "max": 0.3},
@@ -98,26 +97,14 @@ def test_report_on_a_directory_that_is_not_a_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
 def test_report_renders_in_headless_chromium_with_every_plot_showing(report, tmp_path):
-    html = report.read_text()
-    # a probe added to a copy: once loaded, record each image's decoded width in the DOM that Chromium dumps
-    probe = ("<script>addEventListener('load',()=>{document.body.setAttribute('data-widths',"
-             "[...document.images].map(i=>i.complete?i.naturalWidth:-1).join(','))})</script></body>")
-    page = tmp_path / "probe.html"
-    page.write_text(html.replace("</body>", probe))
-    done = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    widths = re.search(r'data-widths="([^"]*)"', done.stdout)
-    assert widths, "the page did not finish loading"
-    assert [int(w) for w in widths.group(1).split(",")] == [640] * 6 + [320, 640]  # curves are 640 px, a grid of one 320
+    dom = rendered_dom(report.read_text(), tmp_path, IMAGE_WIDTHS)
+    widths = re.search(r'data-widths="([^"]*)"', dom).group(1)
+    assert [int(w) for w in widths.split(",")] == [640] * 6 + [320, 640]  # curves are 640 px, a grid of one 320
     for title in SECTIONS.values():
-        assert f"<h2>{title}</h2>" in done.stdout
-    judged = done.stdout.split('<section id="judge">')[1].split("</section>")[0]
+        assert f"<h2>{title}</h2>" in dom
+    judged = dom.split('<section id="judge">')[1].split("</section>")[0]
     for shown in ("6 / 2 / 2", "0.700 (95% Wilson interval 0.397 to 0.892)", "0.612", "41.5 / 37.0 tokens",
                   "Name a &lt;colour&gt;", "(empty)", "-0.500"):
         assert shown in judged, shown

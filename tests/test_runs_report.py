@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from dpo_cli.evidence.runs_report import SECTIONS, write_reports
-from helpers import run_cli
-from test_report import AFTER, CHROMIUM, make_run
+from helpers import CHROMIUM, IMAGE_WIDTHS, rendered_dom, run_cli
+from test_report import AFTER, make_run
 
 RECIPE = "stage: dpo\nmodel:\n  name_or_path: tiny\ntrainer:\n  beta: {beta}\n  max_steps: 12\noutput_dir: {out}\n"
 
@@ -88,27 +87,16 @@ def test_curves_are_overlaid_one_line_per_run(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs the chromium Debian package (/usr/bin/chromium)")
 def test_the_side_by_side_page_renders_in_headless_chromium_with_every_runs_figures(tmp_path):
     sweep = _sweep(tmp_path, metrics=True)
     html = write_reports([sweep]).read_text()
-    probe = ("<script>addEventListener('load',()=>{document.body.setAttribute('data-widths',"
-             "[...document.images].map(i=>i.complete?i.naturalWidth:-1).join(','));"
-             "document.body.setAttribute('data-cells',[...document.querySelectorAll('#figures tr')].map("
-             "r=>[...r.cells].map(c=>c.innerText).join('|')).join(';'))})</script></body>")
-    page = tmp_path / "probe.html"
-    page.write_text(html.replace("</body>", probe))
-    done = subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    widths = re.search(r'data-widths="([^"]*)"', done.stdout)
-    assert widths, "the page did not finish loading"
-    assert [int(w) for w in widths.group(1).split(",")] == [640] * 8
-    rows = re.search(r'data-cells="([^"]*)"', done.stdout).group(1).split(";")
+    cells = ("document.body.setAttribute('data-cells',[...document.querySelectorAll('#figures tr')].map("
+             "r=>[...r.cells].map(c=>c.innerText).join('|')).join(';'));")
+    dom = rendered_dom(html, tmp_path, IMAGE_WIDTHS + cells)
+    assert [int(w) for w in re.search(r'data-widths="([^"]*)"', dom).group(1).split(",")] == [640] * 8
+    rows = re.search(r'data-cells="([^"]*)"', dom).group(1).split(";")
     assert [row.split("|")[0] for row in rows[1:]] == ["trainer.beta=0.1", "trainer.beta=0.2", "trainer.beta=0.05"]
     assert [row.split("|")[5] for row in rows[1:]] == ["0.875", "0.625", "0.500"]
     for title in SECTIONS.values():
-        assert f"<h2>{title}</h2>" in done.stdout
+        assert f"<h2>{title}</h2>" in dom

@@ -7,42 +7,16 @@ import math
 
 import pytest
 
-RECIPE = """\
-stage: dpo
-model:
-  name_or_path: builtin:tiny-chat
-data:
-  train: {train}
-  eval: {eval}
-trainer:
-  beta: 0.1
-  learning_rate: {lr}
-  max_steps: {steps}
-  per_device_train_batch_size: 2
-  per_device_eval_batch_size: 16
-  max_length: {max_length}
-  logging_steps: 1
-  save_strategy: "no"
-{extra}output_dir: {out}
-"""
-
-
-def _head(name: str, rows: int, folder) -> str:
-    """The first rows of a bundled demo file: enough pairs for a few steps, few enough to stay fast on 2 cores."""
-    from dpo_cli.core.builtins import asset_path
-
-    lines = asset_path(f"demo/{name}.jsonl").read_text(encoding="utf-8").splitlines()[:rows]
-    path = folder / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return str(path)
+from helpers import demo_head, tiny_dpo_recipe
 
 
 def _recipe(write_recipe, out, *, lr=5.0e-4, steps=5, max_length=64, extra="", overrides=()):
     from dpo_cli.train.recipe_load import load_recipe
 
     folder = out.parent
-    text = RECIPE.format(lr=lr, steps=steps, max_length=max_length, extra=extra, out=out,
-                         train=_head("train", 24, folder), eval=_head("eval", 8, folder))
+    text = tiny_dpo_recipe(demo_head("train", 24, folder), demo_head("eval", 8, folder), out, extra=extra,
+                           learning_rate=lr, max_steps=steps, max_length=max_length, per_device_train_batch_size=2,
+                           per_device_eval_batch_size=16)
     return load_recipe(write_recipe(text), list(overrides))
 
 
