@@ -82,3 +82,23 @@ def test_every_adapter_and_shape_raises_only_data_errors(row, option):
                 except (DataError, Omitted):
                     continue
                 assert isinstance(out, list) and all(isinstance(r, dict) for r in out)
+
+
+whitespace_texts = st.lists(st.sampled_from(["a", "b", "ab", " ", "\n", "\t", "  "]), max_size=8).map("".join)
+
+
+@given(whitespace_texts, whitespace_texts, st.booleans())
+@settings(max_examples=2000, deadline=None)
+def test_a_pair_differing_only_in_whitespace_is_refused_and_any_other_pair_passes(chosen, rejected, as_messages):
+    """check_distinct's shortcut (the answers' first and last words) never lets a whitespace-only pair through."""
+    from dpo_cli.data.checks import check_distinct
+
+    same_words = chosen.split() == rejected.split()
+    if as_messages:
+        chosen, rejected = ({"role": "assistant", "content": text} for text in (chosen, rejected))
+    try:
+        check_distinct(chosen, rejected, Where("rows.jsonl", 1))
+    except DataError as exc:
+        assert same_words, exc
+    else:
+        assert not same_words

@@ -344,11 +344,24 @@ def _words(value: Any) -> Any:
     return value
 
 
+def _ends_differ(chosen: Any, rejected: Any) -> bool:
+    """True when the first or the last words of two answers differ, so their words cannot all be the same; this
+    reads only the ends of each text."""
+    if type(chosen) is dict and type(rejected) is dict:
+        chosen, rejected = chosen.get("content"), rejected.get("content")
+    if type(chosen) is not str or type(rejected) is not str:
+        return False
+    first, last = chosen.split(None, 1), rejected.split(None, 1)
+    return first[:1] != last[:1] or chosen.rsplit(None, 1)[-1:] != rejected.rsplit(None, 1)[-1:]
+
+
 def check_distinct(chosen: Any, rejected: Any, at: Where) -> None:
     """A pair must prefer one answer over another: the same answer twice, or twice with only whitespace changed
     (a trailing space or newline), teaches nothing but a preference for whitespace."""
     if chosen == rejected:
         raise at.error("identical", "chosen and rejected are identical", "rejected")
+    if _ends_differ(chosen, rejected):  # most pairs: settled without splitting both answers into words
+        return
     if _words(chosen) == _words(rejected):
         raise at.error("identical", "chosen and rejected differ only in whitespace (spaces, tabs or newlines); a "
                        "pair must differ in what it says", "rejected")
