@@ -397,8 +397,10 @@ def main() -> None:
 
         # Library deprecation notices are for dpo-cli's developers to act on, not for someone running a recipe.
         warnings.filterwarnings("ignore", category=FutureWarning)
-        # bitsandbytes' CPU backend warns at import (peft imports it) that the optional `kernels` package is missing
-        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        # bitsandbytes' CPU backend, imported by peft, looks up a Hub kernel at import: without the optional `kernels`
+        # package bitsandbytes warns, with it offline `kernels` says it skipped a trust check; neither is ours to act on
+        for name in ("bitsandbytes", "kernels"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     try:
         app()
     except DpoCliError as exc:
