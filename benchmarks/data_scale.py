@@ -149,6 +149,9 @@ def main() -> None:
                     ratio = "" if kind == kinds[0] else "  " + ", ".join(
                         f"{statistics.median(values) / statistics.median(r[name] for r in base):.2f}"
                         for values, name in zip(columns, ("seconds", "cpu_s", "rss_mb")))
+                    if kind != kinds[0]:  # each repeat's pair ran back to back: their ratios show the spread
+                        ratio += "; wall per repeat " + ", ".join(
+                            f"{r['seconds'] / b['seconds']:.2f}" for r, b in zip(results, base))
                     print(f"{size:8,} {phase:6} {kind:12} " + " ".join(f"{spread(v):>22}" for v in columns) + ratio)
             sys.stdout.flush()
 
