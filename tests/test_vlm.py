@@ -332,3 +332,116 @@ def test_the_shipped_image_recipe_trains_and_scores_its_held_out_images(tiny_vlm
     for when in ("before", "after"):
         assert math.isfinite(manifest["evaluation"][when]["reward_margin"])
     assert "held-out pairs: 8" in out
+
+
+# --- online DPO on image prompts: the policy generates from each prompt's one image, the judge picks ----------------
+
+DEMO_IMAGES = "builtin:demo/images/train.jsonl"  # TRL's vision layout, one image a row: read as prompts here
+
+
+@pytest.fixture(scope="module")
+def text_reward_model(tiny_model, tmp_path_factory):
+    """A text-only judge: tiny-chat with a one-score head (untrained: the test needs a reward model, not a good one)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("text-rm")
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+def _online(write_recipe, out, reward: str, train: str = DEMO_IMAGES):
+    return _recipe(write_recipe, "online-dpo", out, f"reward: {reward}\n").read_text().replace(
+        f"{{path: {PAIRS}, limit: 8}}", train)
+
+
+def test_online_dpo_plans_image_prompts_and_refuses_a_row_with_two_images(tiny_vlm, text_reward_model, write_recipe,
+                                                                          tmp_path, capsys):
+    from dpo_cli.train.stages import get_stage
+
+    if get_stage("online-dpo").unavailable():
+        pytest.skip(get_stage("online-dpo").unavailable())
+    recipe = write_recipe(_online(write_recipe, tmp_path / "out", f"{{model: {text_reward_model}}}"), "online.yaml")
+    # the longest demo prompt is 1 image x 16 + 29 text tokens = 45: longer than max_length, which TRL 1.16 applies to
+    # text prompts only (a dpo run would be refused here)
+    code, out, err = run_cli(capsys, "train", str(recipe), "trainer.max_new_tokens=8", "trainer.max_length=40",
+                             "--dry-run")
+    if get_stage("online-dpo").no_images() is not None:  # TRL before 1.16: one line that names the TRL to install
+        line = [line for line in err.splitlines() if line.strip()][-1]
+        assert code == 2 and "stage online-dpo cannot take images" in line and "pip install 'trl>=1.16'" in line
+        return
+    assert code == 0, err
+    assert "vision-language model (llava)" in out and "16 tokens per image" in out
+    assert f"reward model judging the samples ({text_reward_model}) reads text only" in " ".join(out.split())
+
+    # the dpo stage's fixture holds a row with two images: one line naming the file, the line and the field
+    two = str(IMAGE_FIXTURES / "trl_vision.jsonl")
+    code, out, err = run_cli(capsys, "train", str(recipe), f"data.train={two}", "--dry-run")
+    line = [line for line in err.splitlines() if line.strip()][-1]
+    assert code == 2 and "Traceback" not in err
+    assert f"{two}:2: field 'images'" in line and "the row has 2 images" in line and "exactly one image" in line
+    # ... or a row counted and kept aside under skip_invalid, as every bad image row is
+    code, out, err = run_cli(capsys, "train", str(recipe), f"data.train={{path: {two}, skip_invalid: true}}",
+                             "--dry-run")
+    assert code == 0, err
+    assert "train: 1 rows read and checked (dropped: image-count 1)" in out
+
+
+def test_a_text_reward_model_reads_image_prompts_as_their_text(tiny_model):
+    from transformers import AutoTokenizer
+
+    from dpo_cli.train.rewards import TextPrompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = _rows("preference")[0]["prompt"]
+    conversation = prompt + [{"role": "assistant", "content": "It is red."}]
+    text = TextPrompts(tokenizer).apply_chat_template(conversation, tokenize=False)
+    assert text == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>What colour is it?"}, conversation[1]], tokenize=False)
+    assert prompt[0]["content"][0] == {"type": "image"}  # the policy's prompt is left as it was
+    wrapped = TextPrompts(tokenizer)
+    wrapped.pad_token = tokenizer.eos_token  # TRL sets a missing pad token on what it is given
+    assert tokenizer.pad_token == tokenizer.eos_token and wrapped(text="a b")["input_ids"] == tokenizer("a b")[
+        "input_ids"]
+
+
+@pytest.mark.slow
+def test_online_dpo_trains_tiny_vlm_on_image_prompts(tiny_vlm, text_reward_model, write_recipe, tmp_path, capsys,
+                                                     cpu_only, monkeypatch):
+    """The real loader reads the demo image pairs as prompts with one image each; the policy samples two answers per
+    prompt from its image, a reward model (text only) and a user function that sees the image judge them."""
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.rewards import TextPrompts
+    from dpo_cli.train.stages import get_stage
+
+    rendered = []  # what the reward model's chat template made of the image prompts
+    render = TextPrompts.apply_chat_template
+    monkeypatch.setattr(TextPrompts, "apply_chat_template",
+                        lambda self, *args, **kwargs: rendered.append(render(self, *args, **kwargs)) or rendered[-1])
+
+    if get_stage("online-dpo").unavailable() or get_stage("online-dpo").no_images():
+        pytest.skip("this TRL's online DPO takes no images")
+    seen = tmp_path / "seen.jsonl"
+    judge = tmp_path / "judge.py"
+    judge.write_text("import json\n"
+                     "def sees_image(prompts, completions, image, **kwargs):\n"
+                     f"    with open({str(seen)!r}, 'a') as f:\n"
+                     "        for picture, prompt in zip(image, prompts):\n"
+                     "            f.write(json.dumps([list(picture.size), prompt[0]['content'][0]['type']]) + '\\n')\n"
+                     "    return [float(len(image) > 0)] * len(completions)\n", encoding="utf-8")
+    out = tmp_path / "out"
+    recipe = write_recipe(_online(write_recipe, out, f"{{functions: [{{reward_model: {text_reward_model}}}, "
+                                                     f"{judge}:sees_image]}}"), "online.yaml")
+    result = train(load_recipe(recipe, ["trainer.max_new_tokens=6", "trainer.max_length=64"]))
+    assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
+    logs = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
+    assert len(logs) == 2 and all(math.isfinite(m["loss"]) for m in logs)
+    assert all(math.isfinite(m["objective/scores"]) for m in logs)  # the judges scored the samples
+    # each of the 2 x 2 prompts' two samples came with its picture (the demo's are 32x32) and its image part
+    assert [json.loads(line) for line in seen.read_text().splitlines()] == [[[32, 32], "image"]] * 8
+    assert "reads text only" in capsys.readouterr().err  # said once, at the run
+    assert len(rendered) == 8 and all("user\n<image>" in text and "'type'" not in text for text in rendered)
+    before, after = _weights(tiny_vlm), _weights(out)
+    # the tower learned too: its image features went through the forward that the loss came from
+    for key in ("model.language_model.layers.0.mlp.down_proj.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.weight"):
+        assert not (before[key] == after[key]).all(), key

@@ -14,7 +14,14 @@ from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
-from dpo_cli.train.rewards import RewardSpec, SpecError, build_reward_functions, load_user_function, parse_spec
+from dpo_cli.train.rewards import (
+    RewardSpec,
+    SpecError,
+    TextPrompts,
+    build_reward_functions,
+    load_user_function,
+    parse_spec,
+)
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, StageInputs
 from dpo_cli.train.trl_compat import field_choices
 
@@ -147,7 +154,10 @@ def build_scored_trainer(trainer_class: type, inputs: StageInputs,
     """A TRL trainer that samples from prompts and scores with reward functions (GRPO, RLOO, online DPO share the
     call); ``specs`` reads which functions from the recipe."""
     recipe = inputs.recipe
-    functions, processing = reward_functions(recipe, specs(recipe, raise_at_field), inputs.train_dataset.column_names)
+    columns = inputs.train_dataset.column_names
+    functions, processing = reward_functions(recipe, specs(recipe, raise_at_field), columns)
+    if "image" in columns or "images" in columns:  # TRL's image columns: a reward model reads their prompts as text
+        processing = [None if p is None else TextPrompts(p) for p in processing]
     return trainer_class(model=inputs.model, reward_funcs=functions, args=inputs.args,
                          train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                          processing_class=inputs.tokenizer, reward_processing_classes=processing,
