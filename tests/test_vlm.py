@@ -114,17 +114,15 @@ def test_lora_targets_the_language_model_unless_the_recipe_names_targets(tiny_vl
     assert lora_targets(LoraSection(), meta_model(ModelSection(name_or_path="builtin:tiny-chat"))) == "all-linear"
 
 
-@pytest.mark.parametrize("stage", ["orpo", "reward", "grpo"])
+@pytest.mark.parametrize("stage", ["orpo", "reward", "simpo"])
 def test_a_stage_without_an_image_path_refuses_a_vision_language_model(stage, tiny_vlm, write_recipe, tmp_path,
                                                                         capsys):
     from dpo_cli.train.stages import unavailable
 
     if unavailable(stage):
         pytest.skip(unavailable(stage))
-    extra = "reward: {functions: [{regex: {pattern: \"^[A-Z]\"}}]}\n" if stage == "grpo" else ""
-    recipe = _recipe(write_recipe, stage, tmp_path / "out", extra)
-    overrides = ["trainer.num_generations=2"] if stage == "grpo" else []
-    code, out, err = run_cli(capsys, "train", str(recipe), *overrides, "--dry-run")
+    recipe = _recipe(write_recipe, stage, tmp_path / "out")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--dry-run")
     assert code == 2
     line = [line for line in err.splitlines() if line.strip()][-1]
     assert f"stage {stage} cannot take images" in line and "sft, dpo" in line and "Traceback" not in err
@@ -405,43 +403,53 @@ def test_a_text_reward_model_reads_image_prompts_as_their_text(tiny_model):
         "input_ids"]
 
 
+# what each sampling stage needs beyond the shared recipe to sample two short answers per prompt
+SAMPLING = {"online-dpo": ["trainer.max_new_tokens=6", "trainer.max_length=64"],
+            "grpo": ["trainer.num_generations=2", "trainer.max_completion_length=6"],
+            "rloo": ["trainer.num_generations=2", "trainer.max_completion_length=6"]}
+
+
 @pytest.mark.slow
-def test_online_dpo_trains_tiny_vlm_on_image_prompts(tiny_vlm, text_reward_model, write_recipe, tmp_path, capsys,
-                                                     cpu_only, monkeypatch):
-    """The real loader reads the demo image pairs as prompts with one image each; the policy samples two answers per
-    prompt from its image, a reward model (text only) and a user function that sees the image judge them."""
+@pytest.mark.parametrize("stage", sorted(SAMPLING))
+def test_sampling_stages_train_tiny_vlm_on_image_prompts(stage, tiny_vlm, text_reward_model, write_recipe, tmp_path,
+                                                         capsys, cpu_only, monkeypatch):
+    """The real loader reads the demo image pairs as prompts with their image; the policy samples answers to each
+    prompt from its image, and a reward model (text only) and a user function that sees the image judge them.
+    Online DPO gets one image per prompt (TRL's image column), GRPO and RLOO the images list."""
     from dpo_cli.runner.run import train
     from dpo_cli.train.rewards import TextPrompts
     from dpo_cli.train.stages import get_stage
 
+    if get_stage(stage).unavailable() or get_stage(stage).no_images():
+        pytest.skip(f"this TRL's {stage} takes no images")
     rendered = []  # what the reward model's chat template made of the image prompts
     render = TextPrompts.apply_chat_template
     monkeypatch.setattr(TextPrompts, "apply_chat_template",
                         lambda self, *args, **kwargs: rendered.append(render(self, *args, **kwargs)) or rendered[-1])
-
-    if get_stage("online-dpo").unavailable() or get_stage("online-dpo").no_images():
-        pytest.skip("this TRL's online DPO takes no images")
     seen = tmp_path / "seen.jsonl"
     judge = tmp_path / "judge.py"
     judge.write_text("import json\n"
-                     "def sees_image(prompts, completions, image, **kwargs):\n"
+                     "def sees_image(prompts, completions, image=None, images=None, **kwargs):\n"
+                     "    pictures = image if image is not None else [found[0] for found in images]\n"
                      f"    with open({str(seen)!r}, 'a') as f:\n"
-                     "        for picture, prompt in zip(image, prompts):\n"
+                     "        for picture, prompt in zip(pictures, prompts, strict=True):\n"
                      "            f.write(json.dumps([list(picture.size), prompt[0]['content'][0]['type']]) + '\\n')\n"
-                     "    return [float(len(image) > 0)] * len(completions)\n", encoding="utf-8")
+                     "    return [1.0] * len(completions)\n", encoding="utf-8")
     out = tmp_path / "out"
     recipe = write_recipe(_online(write_recipe, out, f"{{functions: [{{reward_model: {text_reward_model}}}, "
-                                                     f"{judge}:sees_image]}}"), "online.yaml")
-    result = train(load_recipe(recipe, ["trainer.max_new_tokens=6", "trainer.max_length=64"]))
+                                                     f"{judge}:sees_image]}}").replace("online-dpo", stage),
+                          "sampling.yaml")
+    result = train(load_recipe(recipe, SAMPLING[stage]))
     assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
     logs = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
     assert len(logs) == 2 and all(math.isfinite(m["loss"]) for m in logs)
-    assert all(math.isfinite(m["objective/scores"]) for m in logs)  # the judges scored the samples
-    # each of the 2 x 2 prompts' two samples came with its picture (the demo's are 32x32) and its image part
-    assert [json.loads(line) for line in seen.read_text().splitlines()] == [[[32, 32], "image"]] * 8
+    # every sample was judged with its prompt's picture (the demo's are 32x32) and the image part placing it
+    judged = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert judged and judged == [[[32, 32], "image"]] * len(judged)
     assert "reads text only" in capsys.readouterr().err  # said once, at the run
-    assert len(rendered) == 8 and all("user\n<image>" in text and "'type'" not in text for text in rendered)
+    assert len(rendered) == len(judged) and all("user\n<image>" in text and "'type'" not in text for text in rendered)
     before, after = _weights(tiny_vlm), _weights(out)
     # the tower learned too: its image features went through the forward that the loss came from
-    for key in ("model.language_model.layers.0.mlp.down_proj.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.weight"):
+    for key in ("model.language_model.layers.0.mlp.down_proj.weight",
+                "model.vision_tower.encoder.layers.0.mlp.fc1.weight"):
         assert not (before[key] == after[key]).all(), key
