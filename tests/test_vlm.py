@@ -426,6 +426,16 @@ def test_sampling_stages_train_tiny_vlm_on_image_prompts(stage, tiny_vlm, text_r
     render = TextPrompts.apply_chat_template
     monkeypatch.setattr(TextPrompts, "apply_chat_template",
                         lambda self, *args, **kwargs: rendered.append(render(self, *args, **kwargs)) or rendered[-1])
+    # a sampled image token has no image behind it and fails the forward that scores the answer: never sampled
+    from transformers import LlavaForConditionalGeneration
+
+    suppressed, generate = [], LlavaForConditionalGeneration.generate
+
+    def watched(self, *args, **kwargs):
+        suppressed.append(list(kwargs["generation_config"].suppress_tokens or []))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "generate", watched)
     seen = tmp_path / "seen.jsonl"
     judge = tmp_path / "judge.py"
     judge.write_text("import json\n"
@@ -448,6 +458,8 @@ def test_sampling_stages_train_tiny_vlm_on_image_prompts(stage, tiny_vlm, text_r
     assert judged and judged == [[[32, 32], "image"]] * len(judged)
     assert "reads text only" in capsys.readouterr().err  # said once, at the run
     assert len(rendered) == len(judged) and all("user\n<image>" in text and "'type'" not in text for text in rendered)
+    image_token = json.loads((tiny_vlm / "config.json").read_text())["image_token_index"]
+    assert suppressed and all(image_token in tokens for tokens in suppressed)
     before, after = _weights(tiny_vlm), _weights(out)
     # the tower learned too: its image features went through the forward that the loss came from
     for key in ("model.language_model.layers.0.mlp.down_proj.weight",
