@@ -392,6 +392,14 @@ CASES = [
               {"type": "image"}, {"type": "text", "text": "What is it?"}]}],
               "chosen": [{"role": "assistant", "content": "Red."}],
               "rejected": [{"role": "assistant", "content": "Blue."}]}) + "\n"}),
+    Case("online-dpo-images", "data", "an image prompt with two images for online-dpo (TRL's trainer takes one "
+         "image with each prompt)", [*TRAIN, "--dry-run"],
+         "{tmp}/train.jsonl:1: field 'images': stage online-dpo reads prompts: a prompt column (text or messages), "
+         "plus any columns the reward functions read, such as an answer; the row has 2 images, but TRL's "
+         "OnlineDPOTrainer takes exactly one image with each prompt",
+         {"r.yaml": ONLINE_RECIPE.replace("builtin:tiny-chat", "builtin:tiny-vlm"),
+          "train.jsonl": json.dumps({"images": [PNG, PNG], "prompt": [{"role": "user", "content": [
+              {"type": "image"}, {"type": "text", "text": "Which is redder?"}, {"type": "image"}]}]}) + "\n"}),
     Case("builtin-unknown", "model", "a builtin: name that does not exist", TRAIN,
          "no built-in 'tiny-chatt'; built-ins are: tiny-chat, tiny-vlm, demo/train.jsonl, demo/eval.jsonl, "
          "demo/images/train.jsonl, demo/images/eval.jsonl",

@@ -287,6 +287,40 @@ def test_prepared_sft_rows_keep_their_images(tmp_path):
     assert len(pairs) == 4 and pairs[1]["label"] is False and pairs[1]["images"][0].size == (16, 16)
 
 
+def test_prompt_rows_with_one_image_each_hold_it_in_an_image_column(tmp_path):
+    """The prompts of online DPO (TRL reads one image per prompt from an ``image`` column): a file image and an
+    embedded one, prepared as one datasets.Image() each and read back; a changed image file is prepared again."""
+    from datasets import Image
+
+    from dpo_cli.data.load import load_training_data
+
+    rows = _rows(str(IMAGES / "rlaif_v.parquet"), "prompt-one-image")[0]
+    assert rows[0] == {"prompt": [user(None, "What color is the square?")], "image": data(Path(RED).read_bytes())}
+    data_dir = tmp_path / "data"
+    shutil.copytree(IMAGES, data_dir)
+    source = {"registry": str(data_dir / "dataset_info.json"), "name": "mllm_dpo_demo"}  # a file image
+    fingerprints = []
+    for where in (source, str(IMAGES / "rlaif_v.parquet")):
+        dataset, fingerprint = load_training_data(where, "prompt-one-image", cache_dir=tmp_path / "cache")
+        fingerprints.append(fingerprint)
+        assert dataset.column_names == ["prompt", "image"] and isinstance(dataset.features["image"], Image)
+        assert dataset[0]["image"].size in ((16, 8), (16, 16))  # blue, red
+        assert dataset[0]["prompt"][0]["content"][0]["type"] == "image"
+        assert load_training_data(where, "prompt-one-image", cache_dir=tmp_path / "cache")[1] == fingerprint
+    (data_dir / "pics" / "blue.png").write_bytes(_png((1, 2, 3), (16, 16)))
+    changed, again = load_training_data(source, "prompt-one-image", cache_dir=tmp_path / "cache")
+    assert again != fingerprints[0] and changed[0]["image"].getpixel((0, 0)) == (1, 2, 3)
+
+
+def test_a_prompt_row_with_two_images_is_refused_where_one_image_a_prompt_is_read(tmp_path):
+    with pytest.raises(DataError, match="the row has 2 images, but TRL's OnlineDPOTrainer takes exactly one") as err:
+        _rows(str(IMAGES / "trl_vision.jsonl"), "prompt-one-image")
+    assert (err.value.line, err.value.field) == (2, "images")
+    rows, pipeline = _rows(str(IMAGES / "trl_vision.jsonl"), "prompt-one-image", skip_invalid=True)
+    assert len(rows) == 1 and pipeline.stats.dropped == {"image-count": 1}
+    assert _rows(str(IMAGES / "trl_vision.jsonl"), "prompt")[0][1]["images"] == [path(RED), path(BLUE)]  # GRPO's kind
+
+
 def test_registry_reads_images_from_its_folder_and_still_refuses_videos(tmp_path):
     (tmp_path / "sub").mkdir()
     shutil.copytree(IMAGES / "pics", tmp_path / "pics")

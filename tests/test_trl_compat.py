@@ -480,3 +480,20 @@ def test_the_process_group_is_joined_from_the_fields_transformers_sets_it_up_fro
     assert joined == (config.device, config.process_index, config.world_size,
                       config.distributed_state.distributed_type)
     assert joined[0].type == "cpu"
+
+
+def test_online_dpo_takes_images_where_its_trl_generates_from_them_and_keeps_them_whole():
+    """dpo-cli lets online DPO take image prompts where this says so (TRL 1.16), and then plans no max_length cut for
+    them: a TRL whose online DPO takes images and cuts image prompts again fails here."""
+    from importlib import metadata
+
+    from dpo_cli.train.stages import unavailable
+    from dpo_cli.train.trl_compat import online_dpo_cuts_image_prompts, online_dpo_takes_images
+
+    if unavailable("online-dpo"):
+        pytest.skip(unavailable("online-dpo"))
+    version = tuple(int(part) for part in metadata.version("trl").split(".")[:2])
+    if version >= (1, 16):
+        assert online_dpo_takes_images() and not online_dpo_cuts_image_prompts()
+    else:  # 1.0 and 1.12 read: the processor runs on the images with empty prompts, and cuts them
+        assert not online_dpo_takes_images() and online_dpo_cuts_image_prompts()

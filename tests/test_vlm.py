@@ -114,17 +114,15 @@ def test_lora_targets_the_language_model_unless_the_recipe_names_targets(tiny_vl
     assert lora_targets(LoraSection(), meta_model(ModelSection(name_or_path="builtin:tiny-chat"))) == "all-linear"
 
 
-@pytest.mark.parametrize("stage", ["orpo", "reward", "grpo"])
+@pytest.mark.parametrize("stage", ["orpo", "reward", "simpo"])
 def test_a_stage_without_an_image_path_refuses_a_vision_language_model(stage, tiny_vlm, write_recipe, tmp_path,
                                                                         capsys):
     from dpo_cli.train.stages import unavailable
 
     if unavailable(stage):
         pytest.skip(unavailable(stage))
-    extra = "reward: {functions: [{regex: {pattern: \"^[A-Z]\"}}]}\n" if stage == "grpo" else ""
-    recipe = _recipe(write_recipe, stage, tmp_path / "out", extra)
-    overrides = ["trainer.num_generations=2"] if stage == "grpo" else []
-    code, out, err = run_cli(capsys, "train", str(recipe), *overrides, "--dry-run")
+    recipe = _recipe(write_recipe, stage, tmp_path / "out")
+    code, out, err = run_cli(capsys, "train", str(recipe), "--dry-run")
     assert code == 2
     line = [line for line in err.splitlines() if line.strip()][-1]
     assert f"stage {stage} cannot take images" in line and "sft, dpo" in line and "Traceback" not in err
@@ -332,3 +330,138 @@ def test_the_shipped_image_recipe_trains_and_scores_its_held_out_images(tiny_vlm
     for when in ("before", "after"):
         assert math.isfinite(manifest["evaluation"][when]["reward_margin"])
     assert "held-out pairs: 8" in out
+
+
+# --- online DPO on image prompts: the policy generates from each prompt's one image, the judge picks ----------------
+
+DEMO_IMAGES = "builtin:demo/images/train.jsonl"  # TRL's vision layout, one image a row: read as prompts here
+
+
+@pytest.fixture(scope="module")
+def text_reward_model(tiny_model, tmp_path_factory):
+    """A text-only judge: tiny-chat with a one-score head (untrained: the test needs a reward model, not a good one)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("text-rm")
+    AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(out)
+    return out
+
+
+def _online(write_recipe, out, reward: str, train: str = DEMO_IMAGES):
+    return _recipe(write_recipe, "online-dpo", out, f"reward: {reward}\n").read_text().replace(
+        f"{{path: {PAIRS}, limit: 8}}", train)
+
+
+def test_online_dpo_plans_image_prompts_and_refuses_a_row_with_two_images(tiny_vlm, text_reward_model, write_recipe,
+                                                                          tmp_path, capsys):
+    from dpo_cli.train.stages import get_stage
+
+    if get_stage("online-dpo").unavailable():
+        pytest.skip(get_stage("online-dpo").unavailable())
+    recipe = write_recipe(_online(write_recipe, tmp_path / "out", f"{{model: {text_reward_model}}}"), "online.yaml")
+    # the longest demo prompt is 1 image x 16 + 29 text tokens = 45: longer than max_length, which TRL 1.16 applies to
+    # text prompts only (a dpo run would be refused here)
+    code, out, err = run_cli(capsys, "train", str(recipe), "trainer.max_new_tokens=8", "trainer.max_length=40",
+                             "--dry-run")
+    if get_stage("online-dpo").no_images() is not None:  # TRL before 1.16: one line that names the TRL to install
+        line = [line for line in err.splitlines() if line.strip()][-1]
+        assert code == 2 and "stage online-dpo cannot take images" in line and "pip install 'trl>=1.16'" in line
+        return
+    assert code == 0, err
+    assert "vision-language model (llava)" in out and "16 tokens per image" in out
+    assert f"reward model judging the samples ({text_reward_model}) reads text only" in " ".join(out.split())
+
+    # the dpo stage's fixture holds a row with two images: one line naming the file, the line and the field
+    two = str(IMAGE_FIXTURES / "trl_vision.jsonl")
+    code, out, err = run_cli(capsys, "train", str(recipe), f"data.train={two}", "--dry-run")
+    line = [line for line in err.splitlines() if line.strip()][-1]
+    assert code == 2 and "Traceback" not in err
+    assert f"{two}:2: field 'images'" in line and "the row has 2 images" in line and "exactly one image" in line
+    # ... or a row counted and kept aside under skip_invalid, as every bad image row is
+    code, out, err = run_cli(capsys, "train", str(recipe), f"data.train={{path: {two}, skip_invalid: true}}",
+                             "--dry-run")
+    assert code == 0, err
+    assert "train: 1 rows read and checked (dropped: image-count 1)" in out
+
+
+def test_a_text_reward_model_reads_image_prompts_as_their_text(tiny_model):
+    from transformers import AutoTokenizer
+
+    from dpo_cli.train.rewards import TextPrompts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = _rows("preference")[0]["prompt"]
+    conversation = prompt + [{"role": "assistant", "content": "It is red."}]
+    text = TextPrompts(tokenizer).apply_chat_template(conversation, tokenize=False)
+    assert text == tokenizer.apply_chat_template(
+        [{"role": "user", "content": "<image>What colour is it?"}, conversation[1]], tokenize=False)
+    assert prompt[0]["content"][0] == {"type": "image"}  # the policy's prompt is left as it was
+    wrapped = TextPrompts(tokenizer)
+    wrapped.pad_token = tokenizer.eos_token  # TRL sets a missing pad token on what it is given
+    assert tokenizer.pad_token == tokenizer.eos_token and wrapped(text="a b")["input_ids"] == tokenizer("a b")[
+        "input_ids"]
+
+
+# what each sampling stage needs beyond the shared recipe to sample two short answers per prompt
+SAMPLING = {"online-dpo": ["trainer.max_new_tokens=6", "trainer.max_length=64"],
+            "grpo": ["trainer.num_generations=2", "trainer.max_completion_length=6"],
+            "rloo": ["trainer.num_generations=2", "trainer.max_completion_length=6"]}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", sorted(SAMPLING))
+def test_sampling_stages_train_tiny_vlm_on_image_prompts(stage, tiny_vlm, text_reward_model, write_recipe, tmp_path,
+                                                         capsys, cpu_only, monkeypatch):
+    """The real loader reads the demo image pairs as prompts with their image; the policy samples answers to each
+    prompt from its image, and a reward model (text only) and a user function that sees the image judge them.
+    Online DPO gets one image per prompt (TRL's image column), GRPO and RLOO the images list."""
+    from dpo_cli.runner.run import train
+    from dpo_cli.train.rewards import TextPrompts
+    from dpo_cli.train.stages import get_stage
+
+    if get_stage(stage).unavailable() or get_stage(stage).no_images():
+        pytest.skip(f"this TRL's {stage} takes no images")
+    rendered = []  # what the reward model's chat template made of the image prompts
+    render = TextPrompts.apply_chat_template
+    monkeypatch.setattr(TextPrompts, "apply_chat_template",
+                        lambda self, *args, **kwargs: rendered.append(render(self, *args, **kwargs)) or rendered[-1])
+    # a sampled image token has no image behind it and fails the forward that scores the answer: never sampled
+    from transformers import LlavaForConditionalGeneration
+
+    suppressed, generate = [], LlavaForConditionalGeneration.generate
+
+    def watched(self, *args, **kwargs):
+        suppressed.append(list(kwargs["generation_config"].suppress_tokens or []))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlavaForConditionalGeneration, "generate", watched)
+    seen = tmp_path / "seen.jsonl"
+    judge = tmp_path / "judge.py"
+    judge.write_text("import json\n"
+                     "def sees_image(prompts, completions, image=None, images=None, **kwargs):\n"
+                     "    pictures = image if image is not None else [found[0] for found in images]\n"
+                     f"    with open({str(seen)!r}, 'a') as f:\n"
+                     "        for picture, prompt in zip(pictures, prompts, strict=True):\n"
+                     "            f.write(json.dumps([list(picture.size), prompt[0]['content'][0]['type']]) + '\\n')\n"
+                     "    return [1.0] * len(completions)\n", encoding="utf-8")
+    out = tmp_path / "out"
+    recipe = write_recipe(_online(write_recipe, out, f"{{functions: [{{reward_model: {text_reward_model}}}, "
+                                                     f"{judge}:sees_image]}}").replace("online-dpo", stage),
+                          "sampling.yaml")
+    result = train(load_recipe(recipe, SAMPLING[stage]))
+    assert result.manifest["status"] == "completed" and result.manifest["global_step"] == 2
+    logs = [m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if m["split"] == "train"]
+    assert len(logs) == 2 and all(math.isfinite(m["loss"]) for m in logs)
+    # every sample was judged with its prompt's picture (the demo's are 32x32) and the image part placing it
+    judged = [json.loads(line) for line in seen.read_text().splitlines()]
+    assert judged and judged == [[[32, 32], "image"]] * len(judged)
+    assert "reads text only" in capsys.readouterr().err  # said once, at the run
+    assert len(rendered) == len(judged) and all("user\n<image>" in text and "'type'" not in text for text in rendered)
+    image_token = json.loads((tiny_vlm / "config.json").read_text())["image_token_index"]
+    assert suppressed and all(image_token in tokens for tokens in suppressed)
+    before, after = _weights(tiny_vlm), _weights(out)
+    # the tower learned too: its image features went through the forward that the loss came from
+    for key in ("model.language_model.layers.0.mlp.down_proj.weight",
+                "model.vision_tower.encoder.layers.0.mlp.fc1.weight"):
+        assert not (before[key] == after[key]).all(), key

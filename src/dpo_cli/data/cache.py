@@ -37,7 +37,8 @@ from dpo_cli.core.errors import DataError
 
 MESSAGE_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages")  # may carry tool calls or reasoning
 JSON_COLUMNS = ("tools",)  # always JSON; a row without tools reads them as none
-IMAGE_COLUMNS = ("images",)  # a list of datasets.Image() values
+# datasets.Image() values: a list of them, or one (a prompt's only image, as TRL's OnlineDPOTrainer reads it)
+IMAGE_COLUMNS = ("images", "image")
 BATCH = 4096
 ROWS, META = "rows.arrow", "meta.json"
 
@@ -180,7 +181,8 @@ class Writer:
             if name not in self.json_columns and _has_extras(row.get(name)):
                 self.json_columns.add(name)
         if any(row.get(name) for name in IMAGE_COLUMNS):
-            row = {**row, **{name: self._spooled(row[name]) for name in IMAGE_COLUMNS if row.get(name)}}
+            row = {**row, **{name: self._spooled(row[name]) if name == "images" else self._spooled([row[name]])[0]
+                             for name in IMAGE_COLUMNS if row.get(name)}}
         self._lines.write(self._dumps(row))
         self._lines.write(b"\n")
         self._batch.append(row)
@@ -233,7 +235,7 @@ class Writer:
             if name in IMAGE_COLUMNS:
                 from datasets import Image, Sequence
 
-                out[name] = Sequence(Image())
+                out[name] = Sequence(Image()) if name == "images" else Image()
             elif name in self.json_columns:
                 out[name] = Json() if name in JSON_COLUMNS else List(Json())
             else:
@@ -259,7 +261,8 @@ class Writer:
                 columns = {name: [row.get(name) for row in batch] for name in self.columns}
                 for name in IMAGE_COLUMNS:
                     if name in columns:
-                        columns[name] = [_unspooled(refs) for refs in columns[name]]
+                        columns[name] = [_unspooled(refs) for refs in columns[name]] if name == "images" else \
+                            [ref and _unspooled([ref])[0] for ref in columns[name]]
                 # Arrow converts plain values itself; only JSON columns need datasets' (Python) encoding
                 encoded = Dataset.from_dict({name: columns[name] for name in json_features},
                                             features=json_features).data.table if json_features else None

@@ -78,8 +78,12 @@ def _checked(pipeline: RowPipeline, sources: Any, digest, write_rejects: bool = 
             raise DataError(f"this row has columns ({', '.join(sorted(keys))}) but earlier rows have "
                             f"({', '.join(sorted(columns))}); one dataset cannot mix them",
                             file=record.file, line=record.line)
-        if row.get("images"):  # an image is in the fingerprint by its bytes, wherever the row keeps it
-            fingerprinted = {**row, "images": [file_digest(ref).hex() for ref in row["images"]]}
+        if row.get("images") or row.get("image"):  # an image is in the fingerprint by its bytes, wherever it is
+            fingerprinted = {**row}
+            if row.get("images"):
+                fingerprinted["images"] = [file_digest(ref).hex() for ref in row["images"]]
+            if row.get("image"):
+                fingerprinted["image"] = file_digest(row["image"]).hex()
             digest.update(json.dumps(fingerprinted, ensure_ascii=False, sort_keys=True).encode())
         else:
             digest.update(json.dumps(row, ensure_ascii=False, sort_keys=True).encode())

@@ -91,6 +91,19 @@ def to_prompt(example: dict, at: Where) -> list[dict]:
     return [_with_tools({"prompt": example["prompt"]}, example)]
 
 
+def to_prompt_one_image(example: dict, at: Where) -> list[dict]:
+    """Prompt-only rows for a trainer that takes one image with each prompt, as an ``image`` column (TRL's
+    OnlineDPOTrainer): a row with images holds exactly one; more, or none among rows with images, is the row's error
+    rather than a crash mid-run."""
+    found = example.get("images")
+    if found is None:
+        return to_prompt(example, at)
+    if len(found) != 1:
+        raise at.error("image-count", f"the row has {len(found)} images, but TRL's OnlineDPOTrainer takes exactly one "
+                       f"image with each prompt", "images")
+    return [{**{k: v for k, v in row.items() if k != "images"}, "image": found[0]} for row in to_prompt(example, at)]
+
+
 def to_sft(example: dict, at: Where) -> list[dict]:
     """What an SFT stage reads: conversations, or prompt-completion text for plain-text data."""
     if "messages" in example:
@@ -244,4 +257,5 @@ TARGETS: dict[str, Callable[[dict, Where], list[dict]]] = {
 # the data kinds load_training_data serves, one per stage's needs
 KINDS: dict[str, Callable[[dict, Where], list[dict]]] = {
     "preference": to_pairs, "kto": to_kto, "prompt": to_prompt, "sft": to_sft,
+    "prompt-one-image": to_prompt_one_image,
 }

@@ -44,7 +44,7 @@ from dpo_cli.train.stages import get_stage, training_stage
 from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.trl_compat import join_processes
-from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, vision_facts
+from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, judge_note, vision_facts
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
 
 
@@ -94,6 +94,8 @@ def plan(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Ups
             data_error = exc
     if vision_model and data_error is None:
         vision = vision_facts(recipe)
+        if has_images(train["columns"] if train else ()):
+            vision = replace(vision, judge=judge_note(stage, recipe))
     if train is not None and data_error is None and stage.uses_reward and recipe.reward is not None:
         data_error = _reward_columns(recipe, train["columns"])
     # as load_splits records it for a run; None when the data is not here (the default says it could not count)
@@ -103,7 +105,7 @@ def plan(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Ups
     settled, defaults = settle_defaults(recipe, PlannedRun(device, processes, lambda: train_data))
     run_plan = configure(recipe, settled, defaults, device, processes)
     if data_error is None and vision is not None and prompt_tokens is not None and run_plan.config is not None:
-        data_error = prompt_tokens.error(vision.tokens_per_image, getattr(run_plan.config, "max_length", None))
+        data_error = prompt_tokens.error(vision.tokens_per_image, stage.image_prompt_limit(run_plan.config))
     planned = _stand_ins(settled, upstream, notes)
     try:
         memory = estimate_memory(planned, device, run_plan.config)
@@ -372,6 +374,8 @@ def _load_models(stage: TrainingStage, run_plan: RunPlan, data: _Data, vision_mo
         console.warn(warning)
     if is_main and not images and (warning := template_warning(tokenizer, data.train)):
         console.warn(f"train data: {warning}")
+    if is_main and images and (note := judge_note(stage, recipe)):
+        console.note(note)
     return processing, load_models(recipe, stage, run_plan.device)
 
 

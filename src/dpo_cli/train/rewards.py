@@ -1,4 +1,5 @@
-"""GRPO reward functions: built-ins by name, user functions by module:function or file.py:function, and a guard."""
+"""Reward functions for the stages that sample (GRPO, RLOO, online DPO): built-ins by name, user functions by
+module:function or file.py:function, a guard, and a reward model's view of image prompts."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core.errors import DpoCliError, did_you_mean
+from dpo_cli.data.images import text_of
 
 BUILTINS = ("length", "regex", "contains_answer", "reward_model")
 
@@ -222,6 +224,33 @@ class GuardedReward:
                                           "completion)")
             out.append(number)
         return out
+
+
+class TextPrompts:
+    """A reward model's tokenizer that renders image prompts as text. TRL hands a reward model the policy's prompts
+    with their image content parts, which a text model's chat template prints as Python lists (or fails on); here
+    each message's parts become its text, each image the ``<image>`` placeholder: the reward model sees no image."""
+
+    def __init__(self, tokenizer):
+        object.__setattr__(self, "tokenizer", tokenizer)
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        def flat(message):
+            return {**message, "content": text_of(message["content"])} if isinstance(message, dict) and \
+                isinstance(message.get("content"), list) else message
+
+        batch = bool(conversation) and isinstance(conversation[0], list)
+        conversation = [[flat(m) for m in c] for c in conversation] if batch else [flat(m) for m in conversation]
+        return self.tokenizer.apply_chat_template(conversation, *args, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):  # pad token, eos token, decode, ...: the tokenizer's own
+        return getattr(self.tokenizer, name)
+
+    def __setattr__(self, name, value):  # TRL sets a missing pad token on the tokenizer it was given
+        setattr(self.tokenizer, name, value)
 
 
 # what TRL's trainers pass every reward function besides the dataset's columns

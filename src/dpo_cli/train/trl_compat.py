@@ -251,6 +251,36 @@ def kto_takes_images() -> bool:
     return hasattr(module, "DataCollatorForVisionUnpairedPreference")
 
 
+@functools.cache
+def online_dpo_takes_images() -> bool:
+    """TRL's OnlineDPOTrainer generates from image prompts: its training step hands each batch's ``image`` column (one
+    image a prompt) to its generation, which runs the processor on prompts and images together and passes the image
+    tensors it made on to the loss's forward (TRL 1.16). TRL 1.0 to 1.15 run the processor a second time on the
+    images with empty prompts (``text=[""] * len(images)``), which processors that count image tokens refuse
+    (LLaVA's in transformers 5, tried on TRL 1.0): their image path fails at the first step. Read from the private
+    ``_generate`` and the training step's source; False where the trainer is missing."""
+    try:
+        from trl.experimental.online_dpo import OnlineDPOTrainer
+    except ImportError:
+        return False
+    try:
+        generates = "images" in inspect.signature(OnlineDPOTrainer._generate).parameters
+        step = inspect.getsource(OnlineDPOTrainer.training_step)
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False
+    return generates and re.search(r'text=\[\s*""\s*\]\s*\*', step) is None
+
+
+@functools.cache
+def online_dpo_cuts_image_prompts() -> bool:
+    """Whether TRL's OnlineDPOTrainer cuts prompts from the left to fit max_length even when they hold images (TRL
+    1.0 to 1.15: the image tokens go, their features stay, and the model's forward fails), rather than leaving image
+    prompts whole (TRL 1.16). Read from its forward pass, which skips the cut where it has vision inputs."""
+    from trl.experimental.online_dpo import OnlineDPOTrainer
+
+    return "vision_inputs is None" not in inspect.getsource(OnlineDPOTrainer._forward)
+
+
 def dataset_fingerprint(dataset) -> str:
     """The fingerprint datasets gives a dataset: the same for the same cache files and the same transforms (split,
     select, map), whatever the process; TRL keys its own caches of a dataset by it."""

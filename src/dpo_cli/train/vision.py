@@ -26,6 +26,18 @@ def has_images(columns) -> bool:
     return any(column in IMAGE_COLUMNS for column in columns or ())
 
 
+def judge_note(stage: Stage, recipe: Recipe) -> str | None:
+    """What a run on image prompts says once about its judge: the reward models read the prompts' text alone."""
+    sampling = stage.sampling(recipe) if stage.uses_reward else None
+    models = sampling.reward_models if sampling is not None else ()
+    if not models:
+        return None
+    many = len(models) > 1
+    return (f"the reward model{'s' if many else ''} judging the samples ({', '.join(models)}) "
+            f"read{'' if many else 's'} text only: the prompt's text with each image as <image>, never the image "
+            f"itself; the images go to the policy, which generates from them")
+
+
 def image_stages() -> list[str]:
     from dpo_cli.train.stages import STAGES
 
@@ -70,6 +82,7 @@ class VisionFacts:
     tokens_per_image: int | None  # image tokens one image puts in the sequence (at the probed size)
     probe: str  # how tokens_per_image was found, or why it could not be
     lora: str | None  # what LoRA adapts, when the recipe has a lora: section
+    judge: str | None = None  # what the stage's judge sees of the image rows, when it cannot see the images
 
     def lines(self) -> list[str]:
         tokens = f"{self.tokens_per_image} tokens per image" if self.tokens_per_image is not None else \
@@ -79,11 +92,14 @@ class VisionFacts:
                  f"processor: {self.processor}; {tokens} ({self.probe})"]
         if self.lora is not None:
             lines.append(f"LoRA targets: {self.lora}")
+        if self.judge is not None:
+            lines.append(self.judge)
         return lines
 
     def to_json(self) -> dict[str, Any]:
         return {"model_type": self.model_type, "vision_params": self.vision_params, "processor": self.processor,
-                "tokens_per_image": self.tokens_per_image, "probe": self.probe, "lora_targets": self.lora}
+                "tokens_per_image": self.tokens_per_image, "probe": self.probe, "lora_targets": self.lora,
+                "judge": self.judge}
 
 
 def vision_params(model) -> int:

@@ -133,6 +133,11 @@ def no_trainer_fields(recipe: Recipe) -> dict[str, Any]:
     return {}
 
 
+def max_length_of(config: TrainingArguments) -> int | None:
+    """TRL's vision collators cut each image row to the config's max_length, its prompt included."""
+    return getattr(config, "max_length", None)
+
+
 def nothing_to_settle(recipe: Recipe, run: PlannedRun) -> list[Default]:
     return []
 
@@ -154,7 +159,7 @@ class Stage:
     trains: ClassVar[bool]  # isinstance(stage, TrainingStage), for code that only says which kind it is
 
     name: str
-    data_kind: str  # what data.load_training_data builds: preference, kto, prompt or sft
+    data_kind: str  # what data.load_training_data builds: preference, kto, prompt, prompt-one-image or sft
     data_expects: str  # said beside a row the stage cannot use
     # why this stage cannot take a vision-language model or rows with images (said at --dry-run and load, exit 2);
     # None: it can (TRL's trainer takes the processor and an images column). Every stage says.
@@ -222,6 +227,9 @@ class TrainingStage(Stage):
     # the on-disk cache of reference log-probs that a run reads and fills (a precomputed reference, cached), or None:
     # (recipe, run.json's data record, precision) -> RefLogpCache; the run passes it to build_trainer as ref_cache
     reference_cache: Callable[[Recipe, dict, str], RefLogpCache | None] = no_reference_cache
+    # the tokens an image row's prompt must fit in before TRL cuts image tokens out of it (the model's forward then
+    # fails), from the stage's TRL config; None where TRL never cuts a prompt with images
+    image_prompt_limit: Callable[[TrainingArguments], int | None] = max_length_of
 
     def config_class(self) -> type:
         """The TRL config dataclass (imports TRL, which is heavy)."""

@@ -14,7 +14,14 @@ from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
-from dpo_cli.train.rewards import RewardSpec, SpecError, build_reward_functions, load_user_function, parse_spec
+from dpo_cli.train.rewards import (
+    RewardSpec,
+    SpecError,
+    TextPrompts,
+    build_reward_functions,
+    load_user_function,
+    parse_spec,
+)
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, StageInputs
 from dpo_cli.train.trl_compat import field_choices
 
@@ -142,12 +149,28 @@ PROMPT_DATA = ("prompts: a prompt column (text or messages), plus any columns th
                "answer")
 
 
+def suppress_image_token(args, processor) -> None:
+    """Never sample the image token: an answer holding one has no image behind it, and the forward that scores the
+    answer fails ("Image features and image tokens do not match"). TRL 1.16's GRPO and RLOO suppress it themselves;
+    its online DPO, and GRPO and RLOO in TRL 1.0, do not. Through the config's public generation_kwargs (the
+    recipe's own keys win); not for vLLM, whose sampling parameters have no such key."""
+    token = getattr(processor, "image_token_id", None)
+    given = getattr(args, "generation_kwargs", None)
+    if token is None or getattr(args, "use_vllm", False) or not (given is None or isinstance(given, dict)):
+        return
+    args.generation_kwargs = {"suppress_tokens": [token], **(given or {})}
+
+
 def build_scored_trainer(trainer_class: type, inputs: StageInputs,
                          specs: Callable[[Recipe, ErrorAt], list[RewardSpec]]):
     """A TRL trainer that samples from prompts and scores with reward functions (GRPO, RLOO, online DPO share the
     call); ``specs`` reads which functions from the recipe."""
     recipe = inputs.recipe
-    functions, processing = reward_functions(recipe, specs(recipe, raise_at_field), inputs.train_dataset.column_names)
+    columns = inputs.train_dataset.column_names
+    functions, processing = reward_functions(recipe, specs(recipe, raise_at_field), columns)
+    if "image" in columns or "images" in columns:  # TRL's image columns: a reward model reads their prompts as text
+        processing = [None if p is None else TextPrompts(p) for p in processing]
+        suppress_image_token(inputs.args, inputs.tokenizer)
     return trainer_class(model=inputs.model, reward_funcs=functions, args=inputs.args,
                          train_dataset=inputs.train_dataset, eval_dataset=inputs.eval_dataset,
                          processing_class=inputs.tokenizer, reward_processing_classes=processing,

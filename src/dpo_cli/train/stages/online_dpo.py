@@ -18,6 +18,7 @@ from dpo_cli.train.stages.checks import (
     setting,
     trainer_weights,
 )
+from dpo_cli.train.trl_compat import online_dpo_takes_images
 
 MODULE = "trl.experimental.online_dpo"
 
@@ -53,6 +54,17 @@ def sampling(recipe: Recipe) -> SamplingPlan:
                         reward_model_paths(recipe))
 
 
+def no_images() -> str | None:
+    """Online DPO takes image prompts (one image each) where this TRL's OnlineDPOTrainer generates from them."""
+    if online_dpo_takes_images():
+        return None
+    from importlib import metadata
+
+    return (f"TRL {metadata.version('trl')}'s OnlineDPOTrainer has no working image path (up to TRL 1.15 it runs the "
+            f"processor on the images with empty prompts, which fails at the first step); TRL 1.16 "
+            f"takes one image with each prompt: pip install 'trl>=1.16'")
+
+
 def build_trainer(inputs: StageInputs):
     from trl.experimental.online_dpo import OnlineDPOTrainer
 
@@ -63,7 +75,7 @@ STAGE = TrainingStage(
     name="online-dpo",
     config=CONFIG,
     build_trainer=build_trainer,
-    data_kind="prompt",
+    data_kind="prompt-one-image",  # TRL reads one image with each prompt, from an image column
     data_expects=PROMPT_DATA,
     reference=reference,
     sequences_per_row=lambda recipe: 2,  # the two samples of each prompt go through the model together
@@ -72,6 +84,8 @@ STAGE = TrainingStage(
     trainer_fields=trainer_weights,
     unavailable=lambda: missing_experimental("online-dpo", MODULE, "OnlineDPOTrainer"),
     sampling=sampling,
-    no_images=lambda: ("TRL's OnlineDPOTrainer can take image prompts, but dpo-cli's prompt rows "
-                       "and judges carry text only so far"),
+    no_images=no_images,
+    # the TRL that takes image prompts (1.16) never cuts one: it cuts text prompts to max_length only
+    # (tests/test_trl_compat.py holds it to that)
+    image_prompt_limit=lambda config: None,
 )

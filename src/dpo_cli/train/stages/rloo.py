@@ -45,6 +45,7 @@ STAGE = TrainingStage(
     validate=validate,
     trainer_fields=trainer_weights,
     sampling=lambda recipe: group_sampling(recipe, config_class()),
-    no_images=lambda: ("TRL's RLOOTrainer can take image prompts, but dpo-cli's prompt rows and "
-                       "reward functions carry text only so far"),
+    # TRL's RLOOTrainer takes the prompt rows' images column and the processor (TRL 1.0 and 1.16); a reward model
+    # reads the prompts as text (checks.build_scored_trainer)
+    no_images=lambda: None,
 )
