@@ -89,3 +89,26 @@ def test_a_run_builds_its_trl_config_once_after_the_defaults_are_settled(tiny_mo
     # the config the run trained with carries the defaults settled from its data, as run.json records them
     defaults = result.manifest["defaults"]
     assert configs_built[0].precompute_ref_log_probs is defaults["ref_model.precompute"]["value"]
+
+
+def test_a_run_freezes_what_is_loaded_after_collecting_garbage_and_hands_it_back():
+    """The cycle collector skips the objects alive when a run starts (the imports), but garbage waiting then, such as
+    an earlier pipeline stage's trainer in a reference cycle, is freed first, and nothing stays frozen afterwards."""
+    import gc
+    import weakref
+
+    from dpo_cli.runner.run import collector_skips_what_is_loaded
+
+    class Stage:
+        pass
+
+    earlier = Stage()
+    earlier.myself = earlier  # a cycle: only the collector frees it
+    gone = weakref.ref(earlier)
+    del earlier
+    alive = Stage()
+    before = gc.get_freeze_count()
+    with collector_skips_what_is_loaded():
+        assert gone() is None
+        assert gc.get_freeze_count() > before and alive is not None
+    assert gc.get_freeze_count() == before

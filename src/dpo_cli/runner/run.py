@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -256,6 +259,21 @@ def build_trainer(stage: TrainingStage, inputs: StageInputs, data_info: dict, pr
     return trainer, ref_cache
 
 
+@contextlib.contextmanager
+def collector_skips_what_is_loaded() -> Iterator[None]:
+    """For the run, Python's cycle collector leaves alone every object alive when it starts: the half million that
+    importing torch, transformers and TRL made, which full collections (triggered by dataset preparation and the
+    steps) would otherwise scan again each time: 1.7-2.3 s of a 9 s one-step run on 50,000 cached pairs, measured.
+    Garbage is collected first, and the objects are handed back afterwards, so nothing of an earlier pipeline stage or
+    of the run itself outlives its use."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
           resume_force: bool = False) -> RunResult:
     """One training run: the seven steps, each a call below, inside the run's lifecycle (output directory, lock,
@@ -282,7 +300,7 @@ def train(recipe: Recipe, *, overwrite: bool = False, resume: str | None = None,
     # starts run.json and locks output_dir against other runs, as for a stage that makes data
     stopper = GracefulStop(stage.name, stage.step_loop)
     with stopper, open_run(recipe, device, processes.num_processes, is_main, overwrite=overwrite,
-                           resuming=bool(resume)) as (run, record):
+                           resuming=bool(resume)) as (run, record), collector_skips_what_is_loaded():
         manifest = record.manifest
 
         # 2. data, checked before any weights are loaded; then this run's defaults, and its TRL config built from them
