@@ -344,3 +344,25 @@ def test_inspect_data_on_a_file_whose_only_row_is_unreadable_reports_it(tmp_path
     data.write_text('{"prompt": "Q", "chosen": "A \\ud800", "rejected": "B"}\n', encoding="utf-8")
     code, out, err = run_cli(capsys, "inspect-data", str(data))
     assert code == 2 and "no rows" not in err and "invalid-utf8" in out and "1 rows fail a check" in out
+
+
+def test_a_signal_during_the_template_check_stops_the_run_not_the_template(write_recipe, monkeypatch):
+    """A signal lands wherever the process is: inside the chat-template probe, which reports whatever a template
+    raises as a broken template, the stop must stay the stop (exit 128+N), not become exit 2 naming the template. CI
+    caught it once: SIGTERM during the probe printed 'the chat template ... fails ...: Interrupted'."""
+    import signal
+
+    import trl.data_utils
+
+    from dpo_cli.core.errors import Interrupted
+    from dpo_cli.train.models import check_chat_template, load_tokenizer
+    from dpo_cli.train.recipe_load import load_recipe
+
+    def signal_arrives(*args, **kwargs):
+        raise Interrupted("stopped by SIGTERM while preparing", signal.SIGTERM)
+
+    recipe = load_recipe(write_recipe("stage: dpo\nmodel: {name_or_path: builtin:tiny-chat}\n"
+                                      "data: {train: builtin:demo/train.jsonl}\n"))
+    monkeypatch.setattr(trl.data_utils, "maybe_apply_chat_template", signal_arrives)
+    with pytest.raises(Interrupted):
+        check_chat_template(recipe, "preference", load_tokenizer(recipe.model))

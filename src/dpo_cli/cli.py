@@ -403,7 +403,7 @@ def main() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
     try:
         app()
-    except DpoCliError as exc:
+    except (DpoCliError, Interrupted) as exc:
         if _state["debug"] or _env_debug():
             raise
         if not (exc.every_rank and os.environ.get("RANK", "0") != "0"):  # the main process says it once

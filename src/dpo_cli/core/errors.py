@@ -14,9 +14,13 @@ class DpoCliError(Exception):
     every_rank = False  # raised alike by every process of a launched job: only the main one prints it
 
 
-class Interrupted(DpoCliError):
+class Interrupted(BaseException):
     """A command stopped on a signal; the exit code is 128 + the signal number, as shells report it. A signal stops
-    every rank of a launched job at the same step (train/interrupt.py)."""
+    every rank of a launched job at the same step (train/interrupt.py).
+
+    Like KeyboardInterrupt it is not an Exception: raised from a signal handler wherever the process happens to be,
+    it must pass through every ``except Exception`` on its way out (a chat-template probe caught one and reported the
+    stop as a broken template, exit 2), ours and the libraries' alike."""
 
     every_rank = True
 

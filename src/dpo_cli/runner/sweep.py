@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DpoCliError, InputError, Interrupted, did_you_mean
+from dpo_cli.core.errors import DpoCliError, InputError, did_you_mean
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import parse_scalar
@@ -384,9 +384,7 @@ def run_sweep(sweep: Sweep, *, overwrite: bool = False, resume: str | None = Non
             try:
                 result = run_stage(point.recipe, overwrite=point_overwrite, resume=point_resume,
                                    resume_force=resume_force)
-            except Interrupted:
-                raise
-            except DpoCliError as exc:  # a diverged or failed point does not stop the others
+            except DpoCliError as exc:  # a diverged or failed point does not stop the others (a signal does)
                 console.error(f"{head} failed: {exc}")
                 manifest = run.manifest_or_none() or {}
                 records.append(_record(point, "failed", {**manifest, "status": manifest.get("status", "failed")},
