@@ -366,3 +366,34 @@ def test_a_signal_during_the_template_check_stops_the_run_not_the_template(write
     monkeypatch.setattr(trl.data_utils, "maybe_apply_chat_template", signal_arrives)
     with pytest.raises(Interrupted):
         check_chat_template(recipe, "preference", load_tokenizer(recipe.model))
+
+
+def test_a_signal_landing_during_the_ranks_step_end_exchange_stops_them_at_the_next_step(monkeypatch):
+    """Under several processes the ranks agree at each step's end, in an all_reduce, whether a signal came. One that
+    lands while a rank waits in that collective is handled as it returns, after its flag was sent: it must stay
+    pending for the next step (it was overwritten with the reduced 'no signal', and every rank trained on to the end;
+    CI caught it under load)."""
+    import signal
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+    from transformers import TrainerControl
+
+    from dpo_cli.train.interrupt import GracefulStop
+
+    stopper = GracefulStop("dpo")
+    stopper.phase = "train"
+    exchanges = []
+
+    def all_reduce(flag, op=None):  # the other rank sent 0; our own signal arrives during the first exchange
+        exchanges.append(int(flag.item()))
+        if len(exchanges) == 1:
+            stopper._handle(signal.SIGTERM, None)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    args, state = SimpleNamespace(world_size=2, device="cpu"), SimpleNamespace(global_step=3)
+    first = stopper.on_step_end(args, state, TrainerControl())
+    assert not first.should_training_stop  # no rank had it when the flags were exchanged: none stops yet
+    second = stopper.on_step_end(args, state, TrainerControl())
+    assert exchanges == [0, signal.SIGTERM] and second.should_training_stop and second.should_save
+    assert stopper.name() == "SIGTERM"

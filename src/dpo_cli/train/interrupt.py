@@ -55,8 +55,12 @@ class GracefulStop(TrainerCallback):
 
             flag = torch.tensor([self.signum or 0], device=args.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            self.signum = int(flag.item()) or None
-            stop = self.signum is not None
+            # A signal that lands while this rank waits in the collective is handled as it returns, after its flag
+            # was sent: it stays pending for the next step's reduction (overwriting it with the reduced value lost
+            # it, and every rank trained on to the end), so all ranks still stop at one step.
+            stop = int(flag.item()) != 0
+            if stop:
+                self.signum = int(flag.item())
         if stop and not self.step_loop:
             raise Interrupted(f"stopped by {self.name()} after step {state.global_step}; stage {self.stage} cannot "
                               f"resume from a checkpoint (TRL's trainer for it has no resume): run the stage again "
