@@ -479,3 +479,37 @@ def test_an_accelerate_config_gets_the_recipes_bounds_on_aliases(tmp_path):
     bomb.write_text("distributed_type: MULTI_GPU\n" + "\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"bomb.yaml:\d+: YAML aliases expand this value to more than"):
         load_accelerate_config(bomb)
+
+
+@pytest.mark.slow
+def test_a_signal_during_the_step_end_exchange_stops_both_ranks_at_the_next_step(tmp_path):
+    """Two gloo ranks: rank 0 gets SIGTERM while it waits in the step-end all_reduce for rank 1 (which comes late), so
+    the flag it sent says no signal. Both ranks must go on for that step and both stop at the next; the signal was
+    overwritten by the reduced flag once, and the ranks trained on to the end."""
+    script = tmp_path / "exchange.py"
+    script.write_text(
+        "import json, os, signal, threading, time\n"
+        "from types import SimpleNamespace\n"
+        "import torch.distributed as dist\n"
+        "from transformers import TrainerControl\n"
+        "from dpo_cli.train.interrupt import GracefulStop\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "args, state = SimpleNamespace(world_size=2, device='cpu'), SimpleNamespace(global_step=1)\n"
+        "with GracefulStop('dpo') as stopper:\n"
+        "    stopper.phase = 'train'\n"
+        "    dist.barrier()\n"
+        "    if rank == 0:  # lands while rank 0 waits in the exchange\n"
+        "        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "    else:\n"
+        "        time.sleep(1.5)\n"
+        "    first = stopper.on_step_end(args, state, TrainerControl()).should_training_stop\n"
+        "    second = stopper.on_step_end(args, state, TrainerControl()).should_training_stop\n"
+        "print(json.dumps({'rank': rank, 'first': first, 'second': second}), flush=True)\n", encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
+                   key=lambda r: r["rank"])
+    assert found == [{"rank": 0, "first": False, "second": True}, {"rank": 1, "first": False, "second": True}]
