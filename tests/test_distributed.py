@@ -505,11 +505,11 @@ def test_a_signal_during_the_step_end_exchange_stops_both_ranks_at_the_next_step
         "        time.sleep(1.5)\n"
         "    first = stopper.on_step_end(args, state, TrainerControl()).should_training_stop\n"
         "    second = stopper.on_step_end(args, state, TrainerControl()).should_training_stop\n"
-        "print(json.dumps({'rank': rank, 'first': first, 'second': second}), flush=True)\n", encoding="utf-8")
+        "with open(f'{os.path.dirname(__file__)}/rank{rank}.json', 'w') as f:\n"
+        "    json.dump({'rank': rank, 'first': first, 'second': second}, f)\n", encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    found = sorted((json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")),
-                   key=lambda r: r["rank"])
+    found = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert found == [{"rank": 0, "first": False, "second": True}, {"rank": 1, "first": False, "second": True}]
