@@ -103,8 +103,8 @@ def plan_error(plan_bytes: int | None, peak_bytes: int | None) -> float | None:
 
 def plan_bytes(args: argparse.Namespace, variant: str, out: Path) -> tuple[int, dict]:
     """The dry-run plan (as --gpu-memory plans it) of a variant: total bytes, and the defaults it settled."""
-    from dpo_cli.runner.run import plan
     from dpo_cli.train.device import assumed_gpu
+    from dpo_cli.train.plan import plan
     from dpo_cli.train.recipe_load import load_recipe
 
     path = out / "recipe.json"

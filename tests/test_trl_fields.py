@@ -55,6 +55,13 @@ def test_the_cache_holds_every_init_field_of_each_installed_config_in_order(fres
         fields = config_fields(path)
         assert list(fields.types) == [f.name for f in dataclasses.fields(config_class) if f.init], path
         assert fields.name == config_class.__name__
+        # each default as the class has it (an enum as its value), which a dry run plans from without TRL
+        for f in dataclasses.fields(config_class):
+            if f.init:
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                default = getattr(default, "value", default)
+                assert fields.defaults[f.name] == (list(default) if isinstance(default, tuple) else default), \
+                    (path, f.name)
     written = json.loads(cache_file().read_text())
     assert set(written["configs"]) == set(configs)
     assert written["versions"] == trl_fields.versions()
@@ -153,3 +160,19 @@ def test_a_trainer_typo_is_refused_without_importing_torch_transformers_or_trl(w
     assert done.returncode == 2, done.stderr
     assert "DPOConfig has no field 'betaa'; did you mean 'beta'?" in done.stderr
     assert "heavy: []" in done.stderr
+
+
+def test_a_fact_of_trl_is_learned_once_per_installed_trl(fresh_cache, monkeypatch):
+    learned = []
+
+    def learn():
+        learned.append(1)
+        return 512
+
+    assert trl_fields.trl_fact("chunk", learn) == 512 and trl_fields.trl_fact("chunk", learn) == 512
+    assert learned == [1]
+    config_fields("trl:DPOConfig")  # a config read later keeps the fact, and the fact the config
+    assert trl_fields.trl_fact("chunk", learn) == 512 and learned == [1] and trl_fields.cached("trl:DPOConfig")
+    real = trl_fields.versions()
+    monkeypatch.setattr(trl_fields, "versions", lambda: {**real, "trl": real["trl"] + ".post1"})
+    assert trl_fields.trl_fact("chunk", learn) == 512 and learned == [1, 1]

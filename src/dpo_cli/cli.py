@@ -39,7 +39,9 @@ def train(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML file.", show_default=False)],
     overrides: Annotated[Optional[list[str]], typer.Argument(
         help="Dotted overrides such as trainer.beta=0.2 output_dir=/tmp/run.", show_default=False)] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Resolve and check everything, load no weights.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help=(
+        "Check the recipe and every data row and plan the run, memory included; load no weights, import no TRL "
+        "trainer (TRL's own config checks run when training starts)."))] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty output directory.")] = False,
     nproc: Annotated[Optional[int], typer.Option(
         "--nproc", min=1, help="Start this many processes: torchrun on CPU, accelerate launch on GPUs.")] = None,

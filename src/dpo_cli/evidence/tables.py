@@ -52,6 +52,9 @@ def print_dry_run(console: Console, plan: RunPlan) -> None:
                       + (f" ({details})" if details else ""), highlight=False)
     for note in plan.notes:
         console.print(f"[bold]pipeline[/]   {escape(note)}", highlight=False)
+    if plan.config_class is not None and not plan.trl_checked:
+        console.print(f"[bold]TRL checks[/] {plan.config_class}'s own checks run when the run starts, before data or "
+                      "weights load (a dry run imports no TRL)", highlight=False)
     console.print("dry run: no weights loaded, nothing written")
 
 

@@ -1,10 +1,10 @@
 """The fields of TRL's config dataclasses, cached on disk per installed TRL, so a recipe is checked without TRL.
 
 Importing a TRL config imports TRL, transformers and torch (5 to 15 s); a recipe's trainer: section needs only the
-names and types of its fields. The first check under a given TRL (and transformers, whose TrainingArguments every TRL
-config extends) imports the class and writes what it found to a JSON file keyed by both versions, which
-``importlib.metadata`` reads without importing either. A later check reads that file; a different install writes its
-own file.
+names and types of its fields, and a dry run's plan only their defaults and a few facts of TRL's trainers (trl_fact).
+The first check under a given TRL (and transformers, whose TrainingArguments every TRL config extends) imports the
+class and writes what it found to a JSON file keyed by both versions, which ``importlib.metadata`` reads without
+importing either. A later check reads that file; a different install writes its own file.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import importlib
 import json
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +26,7 @@ from dpo_cli.core.atomic import atomic_write_text
 from dpo_cli.core.builtins import cache_home
 
 # Bump when the way types are written below changes, so files of the older layout are not read.
-LAYOUT = 1
+LAYOUT = 2
 _NAMED_TYPES = {"any": Any, "none": type(None), "bool": bool, "int": int, "float": float, "str": str, "dict": dict,
                 "list": list, "tuple": tuple}
 
@@ -33,10 +34,12 @@ _NAMED_TYPES = {"any": Any, "none": type(None), "bool": bool, "int": int, "float
 @dataclass(frozen=True, eq=False)  # compared by identity: the pydantic model built from it is kept per object
 class ConfigFields:
     """A TRL config dataclass as the recipe check sees it: its name and, per init field in order, the type pydantic
-    checks a value against (``Any`` where pydantic cannot check one)."""
+    checks a value against (``Any`` where pydantic cannot check one) and its default as JSON writes it (an enum's
+    value; a default JSON cannot write is left out)."""
 
     name: str
     types: dict[str, Any]
+    defaults: dict[str, Any]
     # fields whose type is a class of TRL's or its dependencies' that the cache cannot describe (accelerate's
     # ParallelismConfig): a recipe that sets one is checked against the imported class instead
     opaque: frozenset[str] = frozenset()
@@ -69,6 +72,7 @@ def from_class(config_class: type) -> ConfigFields:
 
     hints = typing.get_type_hints(config_class)
     found: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
     for f in dataclasses.fields(config_class):
         if not f.init:
             continue
@@ -78,7 +82,17 @@ def from_class(config_class: type) -> ConfigFields:
         except Exception:  # a type pydantic cannot check (a callable, a torch type): accept as given
             annotation = Any
         found[f.name] = annotation
-    return ConfigFields(config_class.__name__, found)
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            continue
+        try:  # as a JSON file keeps it and reads it back: an enum as its value, a tuple as a list
+            defaults[f.name] = json.loads(json.dumps(default.value if isinstance(default, enum.Enum) else default))
+        except (TypeError, ValueError):
+            pass
+    return ConfigFields(config_class.__name__, found, defaults)
 
 
 def encode(fields: ConfigFields) -> dict:
@@ -90,12 +104,12 @@ def encode(fields: ConfigFields) -> dict:
         except _Opaque:
             types_out[name] = "any"
             opaque.append(name)
-    return {"name": fields.name, "types": types_out, "opaque": opaque}
+    return {"name": fields.name, "types": types_out, "defaults": fields.defaults, "opaque": opaque}
 
 
 def decode(entry: dict) -> ConfigFields:
     return ConfigFields(entry["name"], {name: _decode_type(t) for name, t in entry["types"].items()},
-                        frozenset(entry["opaque"]))
+                        dict(entry["defaults"]), frozenset(entry["opaque"]))
 
 
 def _encode_type(annotation: Any) -> Any:
@@ -133,12 +147,27 @@ def _decode_type(encoded: Any) -> Any:
     return container[tuple(Ellipsis if v == "..." else _decode_type(v) for v in value)]
 
 
-def _read(file: Path) -> dict:
+def _read(file: Path, part: str) -> dict:
+    """One part of the cache file: "configs" (module:Class to its fields) or "facts" (name to value)."""
     try:
         written = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    return written.get("configs", {}) if isinstance(written, dict) else {}
+    found = written.get(part, {}) if isinstance(written, dict) else {}
+    return found if isinstance(found, dict) else {}
+
+
+def _write(part: str, key: str, value: Any) -> None:
+    """Add one entry to the cache file of the installed TRL (atomically: a process writing at the same time loses
+    its entry at worst, which is read from TRL again)."""
+    file = cache_file()
+    parts = {name: _read(file, name) for name in ("configs", "facts")}
+    parts[part][key] = value
+    try:
+        atomic_write_text(file, json.dumps({"versions": versions(), "layout": LAYOUT, **parts}))
+    except OSError:
+        pass  # a read-only home: every check reads TRL, as without a cache
+    _cached.cache_clear()
 
 
 def cached(path: str) -> ConfigFields | None:
@@ -149,7 +178,7 @@ def cached(path: str) -> ConfigFields | None:
 
 @functools.cache
 def _cached(file: Path, path: str) -> ConfigFields | None:
-    entry = _read(file).get(path)
+    entry = _read(file, "configs").get(path)
     try:
         return decode(entry) if entry else None
     except (KeyError, TypeError, ValueError, AttributeError):  # a file damaged or written by hand: read the class
@@ -161,12 +190,17 @@ def config_fields(path: str) -> ConfigFields:
     found = cached(path)
     if found is not None:
         return found
-    fields = from_class(import_config(path))
-    file = cache_file()
-    configs = {**_read(file), path: encode(fields)}
-    try:
-        atomic_write_text(file, json.dumps({"versions": versions(), "layout": LAYOUT, "configs": configs}))
-    except OSError:
-        pass  # a read-only home: every check reads the class, as without a cache
-    _cached.cache_clear()
-    return decode(configs[path])  # as a later check reads it, so the first check says the same
+    encoded = encode(from_class(import_config(path)))
+    _write("configs", path, encoded)
+    return decode(encoded)  # as a later check reads it, so the first check says the same
+
+
+def trl_fact(name: str, learn: Callable[[], Any]) -> Any:
+    """A fact of the installed TRL that takes importing it to learn (a constant of its trainer's): from the cache,
+    else ``learn()``, which imports TRL, and cached. The value must be JSON (a number, a string, None)."""
+    facts = _read(cache_file(), "facts")
+    if name in facts:
+        return facts[name]
+    value = learn()
+    _write("facts", name, value)
+    return value

@@ -14,7 +14,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_callback import ProgressCallback as TransformersProgress
 
 from dpo_cli.core import console
-from dpo_cli.core.errors import DataError, InputError, Interrupted, ModelLoadError, RecipeError
+from dpo_cli.core.errors import DataError, InputError, Interrupted
 from dpo_cli.core.redact import redact
 from dpo_cli.core.rundir import RunDir
 from dpo_cli.evidence.heldout import HeldOut
@@ -30,7 +30,6 @@ from dpo_cli.train.device import DevicePlan, plan_device
 from dpo_cli.train.interrupt import GracefulStop
 from dpo_cli.train.launch import distributed_record, launched_by_accelerate
 from dpo_cli.train.manifest import RunRecord, RunResult, now, open_run
-from dpo_cli.train.memory import estimate_memory
 from dpo_cli.train.models import (
     check_chat_template,
     is_vision_language,
@@ -41,150 +40,13 @@ from dpo_cli.train.models import (
 )
 from dpo_cli.train.plan import RunPlan, configure
 from dpo_cli.train.ranks import from_main
-from dpo_cli.train.rewards import SpecError, check_columns, parse_spec
 from dpo_cli.train.scoring import Truncation
-from dpo_cli.train.stages import get_stage, training_stage
-from dpo_cli.train.stages.base import PlannedRun, Stage, StageInputs, TrainingStage
+from dpo_cli.train.stages import training_stage
+from dpo_cli.train.stages.base import PlannedRun, StageInputs, TrainingStage
 from dpo_cli.train.throughput import Throughput
 from dpo_cli.train.trl_compat import join_processes
-from dpo_cli.train.vision import PromptImageTokens, check_images, has_images, judge_note, vision_facts
+from dpo_cli.train.vision import check_images, has_images, judge_note
 from dpo_cli.train.watchdog import EarlyStopping, TrainingStopped, Watchdog
-
-
-@dataclass(frozen=True)
-class Upstream:
-    """An earlier stage of a pipeline, as a dry run sees it: its output is not written yet."""
-
-    name: str
-    output_dir: Path
-    model: str  # what it starts from: its output model has that shape
-
-
-def plan(recipe: Recipe, hardware: DevicePlan | None = None, upstream: tuple[Upstream, ...] = (),
-         processes: int = 1) -> tuple[RunPlan, InputError | None]:
-    """The run's plan as --dry-run prints it: device decision, the defaults this run gets, the TRL config built from
-    them, the reference, the memory plan, and every data row checked. ``hardware`` plans for a device this machine
-    may not have (--gpu-memory), ``processes`` for the process count the run will have (--nproc x --nnodes). In a
-    pipeline, data an ``upstream`` stage writes is said rather than read, and a model it writes is planned as the
-    model it starts from (``planned_model``).
-
-    Returns (plan, the error the run would stop at for its data, or None): the plan stands without the data, so the
-    caller prints it, then raises the error."""
-    stage = get_stage(recipe.stage)
-    notes: list[str] = []
-    device = plan_device(recipe.trainer, hardware)
-    # every row read and checked, nothing written (no rejects file); the defaults count the training rows from it
-    checked, data_error = {}, None
-    # a model an earlier pipeline stage writes is not here to read: checked when that stage has run
-    vision, vision_model = None, is_vision_language(recipe.model)
-    prompt_tokens = _prompt_image_tokens(recipe) if vision_model else None
-    try:
-        checked = stage.check_data(recipe, prompt_tokens)
-    except DataError as exc:
-        writer = _writer(exc.file, upstream)
-        if writer is None:
-            data_error = exc
-        else:
-            notes.append(f"{exc.file} is written by stage {writer.name}: read and checked when that stage has run")
-    if data_error is None and checked and _writer(recipe.model.tokenizer or recipe.model.name_or_path,
-                                                  upstream) is None:
-        data_error = _template_error(recipe, stage)
-    train = checked.get("train")
-    if data_error is None:
-        try:
-            check_images(recipe, stage, vision_model, has_images(train["columns"] if train else ()))
-        except InputError as exc:
-            data_error = exc
-    if vision_model and data_error is None:
-        vision = vision_facts(recipe)
-        if has_images(train["columns"] if train else ()):
-            vision = replace(vision, judge=judge_note(stage, recipe))
-    if train is not None and data_error is None and stage.uses_reward and recipe.reward is not None:
-        data_error = _reward_columns(recipe, train["columns"])
-    # as load_splits records it for a run; None when the data is not here (the default says it could not count)
-    train_data = {"rows": train["rows"] - train.get("held_out", 0), "fingerprint": train["fingerprint"]} \
-        if train else None
-
-    settled, defaults = settle_defaults(recipe, PlannedRun(device, processes, lambda: train_data))
-    run_plan = configure(recipe, settled, defaults, device, processes)
-    if data_error is None and vision is not None and prompt_tokens is not None and run_plan.config is not None:
-        data_error = prompt_tokens.error(vision.tokens_per_image, stage.image_prompt_limit(run_plan.config))
-    planned = _stand_ins(settled, upstream, notes)
-    try:
-        memory = estimate_memory(planned, device, run_plan.config)
-    except ModelLoadError as exc:  # a hub model this machine cannot reach: the rest of the plan still stands
-        memory = f"unavailable: {exc}"
-    return replace(run_plan, memory=memory, planned_model=planned.model.name_or_path, data=checked, vision=vision,
-                   notes=tuple(notes)), data_error
-
-
-def _prompt_image_tokens(recipe: Recipe) -> PromptImageTokens | None:
-    """What measures the image rows' prompts as the data is checked; None when the model's processor is not here
-    (a hub name offline: the plan says so elsewhere)."""
-    try:
-        return PromptImageTokens(load_processing_class(recipe.model))
-    except ModelLoadError:
-        return None
-
-
-def _reward_columns(recipe: Recipe, columns: list[str]) -> InputError | None:
-    """The run's own check that every column a reward function reads is in the data, made before any weight loads."""
-    try:
-        check_columns([parse_spec(entry) for entry in recipe.reward.functions], columns)
-    except SpecError as exc:
-        return RecipeError(str(exc), field="reward.functions")
-    return None
-
-
-def _template_error(recipe: Recipe, stage: Stage) -> InputError | None:
-    """A dry run renders the first training row with the tokenizer (no weights): a missing or failing chat
-    template, or a file given as the model, fails the plan as it would fail the run."""
-    from dpo_cli.core.builtins import resolve_builtin
-
-    local = Path(resolve_builtin(recipe.model.tokenizer or recipe.model.name_or_path)).expanduser()
-    if local.is_dir() and not any((local / name).is_file() for name in TOKENIZER_FILES):
-        return None  # a config.json of shapes to plan from: no tokenizer to render with
-    try:
-        check_chat_template(recipe, stage.data_kind, load_processing_class(recipe.model))
-    except ModelLoadError as exc:
-        # a file is never a model; a hub name, or a path of the machine the run is planned for, is for the run to find
-        return exc if local.exists() and not local.is_dir() else None
-    except InputError as exc:
-        return exc
-    return None
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-def _writer(path: object, upstream: tuple[Upstream, ...]) -> Upstream | None:
-    """The earlier pipeline stage whose output directory holds ``path``, if any."""
-    if path is None:
-        return None
-    resolved = Path(str(path)).resolve()
-    return next((u for u in upstream if resolved.is_relative_to(u.output_dir.resolve())), None)
-
-
-def _stand_ins(recipe: Recipe, upstream: tuple[Upstream, ...], notes: list[str]) -> Recipe:
-    """The recipe the memory plan reads: a model (policy, reference, reward model) that an earlier stage writes is
-    planned as the model that stage starts from."""
-    def stand_in(path: str | None) -> str | None:
-        writer = _writer(path, upstream)
-        if writer is None or Path(path).exists():  # a re-run finds what complete stages wrote
-            return path
-        notes.append(f"{path} is written by stage {writer.name}: planned with the shape of {writer.model}")
-        return writer.model
-
-    update: dict[str, Any] = {"model": recipe.model.model_copy(
-        update={"name_or_path": stand_in(recipe.model.name_or_path)})}
-    if recipe.ref_model.name_or_path:
-        update["ref_model"] = recipe.ref_model.model_copy(
-            update={"name_or_path": stand_in(recipe.ref_model.name_or_path)})
-    if recipe.reward is not None and recipe.reward.model:
-        update["reward"] = recipe.reward.model_copy(update={"model": stand_in(recipe.reward.model)})
-    return recipe.model_copy(update=update)
-
-
 
 
 def _identity(recipe: Recipe, data_info: dict) -> dict:

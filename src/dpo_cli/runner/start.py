@@ -61,7 +61,7 @@ def train_command(path: Path, overrides: Sequence[str], options: TrainOptions) -
     if is_pipeline(path):
         _pipeline(path, overrides, o, hardware)
         return 0
-    recipe = load_recipe(path, overrides)
+    recipe = load_recipe(path, overrides, trl=not o.dry_run)  # a dry run imports no TRL (train/plan.py)
     if o.nproc or o.accelerate_config or o.dry_run:
         from dpo_cli.train.device import plan_device
 
@@ -82,7 +82,7 @@ def train_command(path: Path, overrides: Sequence[str], options: TrainOptions) -
             elif not o.dry_run:
                 return launch.relaunch(command, nodes)
     if o.dry_run:
-        from dpo_cli.runner.run import plan
+        from dpo_cli.train.plan import plan
 
         # planned for the processes the run will have: --nproc on each of --nnodes, or the launcher's (a dry run
         # under torchrun), since defaults such as a precomputed reference depend on the rows each step sees
@@ -106,13 +106,13 @@ def _pipeline(path: Path, overrides: Sequence[str], o: TrainOptions, hardware) -
     """A recipe with stages: each stage in order, complete ones skipped; or, with --dry-run, each stage's plan."""
     from dpo_cli.train.recipe_pipeline import load_pipeline
 
-    pipeline = load_pipeline(path, list(overrides))
+    pipeline = load_pipeline(path, list(overrides), trl=not o.dry_run)
     if o.nproc or o.accelerate_config:
         raise InputError("--nproc and --accelerate-config start one stage recipe; for a pipeline start the launcher "
                          "yourself: torchrun --nproc_per_node N -m dpo_cli train " + str(path))
     out = console.stdout
     if o.dry_run:
-        from dpo_cli.runner.run import Upstream, plan
+        from dpo_cli.train.plan import Upstream, plan
 
         upstream: list[Upstream] = []  # what the earlier stages will have written, not there yet
         plans, errors = {}, []

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 from typing import Any
 
 from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import config_fields
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.device import DevicePlan
 from dpo_cli.train.stages import get_stage, training_stage
@@ -73,3 +75,13 @@ def build_config(recipe: Recipe, plan: DevicePlan, error: ErrorAt | None = None)
         if error is None:
             raise RecipeError(message, field=f"trainer.{named}" if named else "trainer") from None
         raise error(("trainer", named) if named else ("trainer",), message) from None
+
+
+def planned_config(recipe: Recipe, plan: DevicePlan) -> SimpleNamespace:
+    """The stage's TRL config as a dry run plans from it, without importing TRL: its fields' defaults, from the cache
+    of TRL's config fields (recipe/trl_fields.py), under the keyword arguments build_config would pass. TRL's own
+    ``__post_init__`` does not run: its cross-field checks, and the few values it derives (bf16 from the device,
+    GRPO's generation batch), wait for the run's build_config."""
+    check_trackers(recipe.trainer.get("report_to"))
+    defaults = config_fields(training_stage(recipe.stage).config).defaults
+    return SimpleNamespace(**{**defaults, **trainer_kwargs(recipe, plan)})

@@ -91,8 +91,9 @@ def check_override_depth(overrides: Sequence[str]) -> None:
                               f"few levels deep (section.key, or NAME.section.key in a pipeline)")
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a recipe file, apply overrides and validate every section, the trainer section against TRL."""
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), *, trl: bool = True) -> Recipe:
+    """Read a recipe file, apply overrides and validate every section, the trainer section against TRL's config
+    fields; ``trl`` false (a dry run) leaves out TRL's own checks of its config, which import TRL (check_with_trl)."""
     path = Path(path)
     check_override_depth(overrides)
     data, root = load_yaml(path)
@@ -102,12 +103,8 @@ def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     if "stages" in data:
         raise located.error(("stages",), "this file is a pipeline (it has stages:); run it with dpo-cli train")
     data.setdefault("output_dir", str(Path("runs") / path.stem))
-    return build_recipe(data, located)
-
-
-def build_recipe(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
-    """Validate one stage recipe's data; ``prefix`` locates it inside a pipeline file (``("stages", 2)``)."""
-    return check_rules(check_keys(data, located, prefix), located, prefix)
+    recipe = check_rules(check_keys(data, located), located)
+    return check_with_trl(recipe, located) if trl else recipe
 
 
 def _error_at(located: Located, prefix: tuple) -> ErrorAt:
@@ -145,20 +142,27 @@ def check_keys(data: dict, located: Located, prefix: tuple = ()) -> Recipe:
 
 
 def check_rules(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
-    """The checks after check_keys: options TRL ignores, cross-section and stage rules, and TRL's own checks of its
-    config (these import TRL)."""
+    """The checks after check_keys that need no TRL: cross-section and stage rules, rejects files, LoRA targets."""
     error = _error_at(located, prefix)
     stage = get_stage(recipe.stage)
-    if isinstance(stage, TrainingStage):
-        warn_ignored_options(recipe, stage, error)
     check_conflicts(recipe, stage, error)
     check_rejects_files(recipe, located.file, error)
     if recipe.lora is not None:
         check_lora_targets(recipe, error)
     if stage.validate is not None:
         stage.validate(recipe, error)
+    return recipe
+
+
+def check_with_trl(recipe: Recipe, located: Located, prefix: tuple = ()) -> Recipe:
+    """TRL's own verdict on a recipe's trainer: section, which imports TRL (5 to 15 s): options its trainer ignores
+    (a warning) and its config's cross-field checks, each naming the key at fault. A run makes these before it loads
+    data or weights, and before a launcher starts its processes; a dry run leaves them out."""
+    stage = get_stage(recipe.stage)
     if isinstance(stage, TrainingStage):
-        build_config(recipe, plan_device(recipe.trainer), error)  # TRL's own cross-field checks, now, not later
+        error = _error_at(located, prefix)
+        warn_ignored_options(recipe, stage, error)
+        build_config(recipe, plan_device(recipe.trainer), error)
     return recipe
 
 

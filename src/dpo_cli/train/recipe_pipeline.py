@@ -13,7 +13,7 @@ from dpo_cli.core.errors import RecipeError, did_you_mean
 from dpo_cli.core.redact import remember
 from dpo_cli.recipe.schema import Recipe
 from dpo_cli.recipe.yamlfile import Located, apply_overrides, load_yaml
-from dpo_cli.train.recipe_load import check_keys, check_override_depth, check_rules
+from dpo_cli.train.recipe_load import check_keys, check_override_depth, check_rules, check_with_trl
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -80,8 +80,9 @@ def _cycle(graph: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeline:
-    """Read and check a pipeline: names, references (unknown names, cycles, order), then every stage's recipe."""
+def load_pipeline(path: str | Path, overrides: list[str] | tuple = (), *, trl: bool = True) -> Pipeline:
+    """Read and check a pipeline: names, references (unknown names, cycles, order), then every stage's recipe (with
+    TRL's own checks unless ``trl`` is false: recipe_load.load_recipe)."""
     path = Path(path)
     check_override_depth(overrides)
     data, root = load_yaml(path)
@@ -161,6 +162,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | tuple = ()) -> Pipeli
         if "seed" in data:
             stage_data.setdefault("seed", data["seed"])
         recipes.append(check_keys(stage_data, located, ("stages", i)))
-    # every stage's keys first (no TRL needed), so a typo in the last stage is not reported after TRL's import
-    return Pipeline(output_dir, [PipelineStage(name, check_rules(recipe, located, ("stages", i)), graph[name])
-                                 for i, (name, recipe) in enumerate(zip(names, recipes))])
+    recipes = [check_rules(recipe, located, ("stages", i)) for i, recipe in enumerate(recipes)]
+    # every stage checked without TRL first, so a mistake in the last stage is not reported after TRL's import
+    if trl:
+        recipes = [check_with_trl(recipe, located, ("stages", i)) for i, recipe in enumerate(recipes)]
+    return Pipeline(output_dir, [PipelineStage(name, recipe, graph[name]) for name, recipe in zip(names, recipes)])

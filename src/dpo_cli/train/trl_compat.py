@@ -16,6 +16,8 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from dpo_cli.recipe.trl_fields import trl_fact
+
 # The columns TRL's DPOTrainer tokenizes each pair into (the reference cache hashes them), and the two it adds when it
 # precomputes the reference (its DPO guide names them; held-out scoring reads them).
 DPO_TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
@@ -43,6 +45,10 @@ def field_choices(config_class: type, name: str) -> list[str] | None:
 
 def fused_lm_head_tokens() -> int | None:
     """Positions TRL's fused LM head scores at once (TRL 1.13+ computes log-probs without full logits), else None."""
+    return trl_fact("fused_lm_head_tokens", _fused_lm_head_tokens)
+
+
+def _fused_lm_head_tokens() -> int | None:
     try:
         from trl.kernels.chunked_logprob import TOKEN_CHUNK_SIZE
     except ImportError:
@@ -52,7 +58,12 @@ def fused_lm_head_tokens() -> int | None:
 
 def fused_lm_head_vocab_chunk() -> int | None:
     """Vocabulary columns of one tile of TRL's fused LM head (a private constant of trl.trainer.utils), else None:
-    the memory plan then counts the whole vocabulary per tile, which over-counts but never under-counts."""
+    the memory plan then counts the whole vocabulary per tile, which over-counts but never under-counts. Cached per
+    installed TRL, so a dry run's memory plan imports no TRL trainer."""
+    return trl_fact("fused_lm_head_vocab_chunk", _fused_lm_head_vocab_chunk)
+
+
+def _fused_lm_head_vocab_chunk() -> int | None:
     try:
         from trl.trainer import utils
     except ImportError:
@@ -63,7 +74,12 @@ def fused_lm_head_vocab_chunk() -> int | None:
 
 def dpo_liger_is_fused_loss() -> bool:
     """TRL's DPO with use_liger_kernel runs Liger's fused DPO loss (TRL up to about 1.12: it cannot precompute the
-    reference nor mix loss types) rather than Liger's layer kernels beside TRL's own fused LM head (TRL 1.16)."""
+    reference nor mix loss types) rather than Liger's layer kernels beside TRL's own fused LM head (TRL 1.16).
+    Cached per installed TRL: a dry run settles the Liger default without importing TRL's trainer."""
+    return trl_fact("dpo_liger_is_fused_loss", _dpo_liger_is_fused_loss)
+
+
+def _dpo_liger_is_fused_loss() -> bool:
     from trl import DPOTrainer
 
     return hasattr(DPOTrainer, "_compute_loss_liger")

@@ -3,7 +3,6 @@ load, built as TRL's reward functions at run time)."""
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import importlib.util
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from typing import Any
 
 from dpo_cli.core.errors import RecipeError
 from dpo_cli.recipe.schema import Recipe
+from dpo_cli.recipe.trl_fields import config_fields, import_config, trl_fact, versions
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier, load_tokenizer
 from dpo_cli.train.rewards import (
@@ -34,14 +34,10 @@ def raise_at_field(path, message: str) -> RecipeError:
     return RecipeError(message, field=".".join(map(str, path)))
 
 
-def setting(recipe: Recipe, config_class: type, name: str) -> Any:
-    """A trainer: value, or the installed TRL config's default for it."""
-    if name in recipe.trainer:
-        return recipe.trainer[name]
-    found = next((f for f in dataclasses.fields(config_class) if f.name == name), None)
-    if found is None:
-        return None
-    return found.default if found.default is not dataclasses.MISSING else found.default_factory()
+def setting(recipe: Recipe, config: str, name: str) -> Any:
+    """A trainer: value, or the default of the installed TRL's config ``module:Class`` (read from the cache of its
+    fields, without TRL)."""
+    return recipe.trainer[name] if name in recipe.trainer else config_fields(config).defaults.get(name)
 
 
 def missing_experimental(stage: str, module: str, trainer: str) -> str | None:
@@ -57,8 +53,9 @@ def missing_experimental(stage: str, module: str, trainer: str) -> str | None:
             f"versions): pip install 'trl=={CHECKED_TRL[-1]}'")
 
 
-def check_loss_types(recipe: Recipe, error: ErrorAt, config_class: type) -> list[str]:
-    """Each trainer.loss_type must be one the installed TRL lists for this config; returns the names given.
+def check_loss_types(recipe: Recipe, error: ErrorAt, config: str) -> list[str]:
+    """Each trainer.loss_type must be one the installed TRL lists for its config ``module:Class``; returns the names
+    given. The list is read from TRL once per installed version (a cached fact), so the check imports no TRL after.
 
     Fails closed: when the config's loss types cannot be read, a recipe that sets one is refused rather than passed on
     to fail mid-run.
@@ -67,20 +64,19 @@ def check_loss_types(recipe: Recipe, error: ErrorAt, config_class: type) -> list
     if given is None:
         return []
     given = [given] if isinstance(given, str) else list(given)
-    import trl
-
-    known = field_choices(config_class, "loss_type")
+    known = trl_fact(f"{config} loss_type choices", lambda: field_choices(import_config(config), "loss_type"))
+    trl = f"TRL {versions()['trl']}"
     if not known:
-        raise error(("trainer", "loss_type"), f"cannot read which loss types {config_class.__name__} of TRL "
-                    f"{trl.__version__} accepts, so trainer.loss_type cannot be checked; remove it to use the default, "
-                    f"or install a TRL version dpo-cli supports")
+        raise error(("trainer", "loss_type"), f"cannot read which loss types {config_fields(config).name} of {trl} "
+                    f"accepts, so trainer.loss_type cannot be checked; remove it to use the default, or install a "
+                    f"TRL version dpo-cli supports")
     for i, name in enumerate(given):
         if name not in known:
             entry = "" if len(given) == 1 else f" (entry {i + 1} of the list)"
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise error(("trainer", "loss_type"), f"loss type '{name}'{entry} is not one TRL {trl.__version__} "
-                        f"knows{hint}; it knows: {', '.join(known)}")
+            raise error(("trainer", "loss_type"), f"loss type '{name}'{entry} is not one {trl} knows{hint}; it knows: "
+                        f"{', '.join(known)}")
     return given
 
 
@@ -177,11 +173,11 @@ def build_scored_trainer(trainer_class: type, inputs: StageInputs,
                          callbacks=inputs.callbacks, peft_config=inputs.peft_config)
 
 
-def kl_reference(recipe: Recipe, config_class: type) -> ReferencePlan:
+def kl_reference(recipe: Recipe, config: str) -> ReferencePlan:
     """GRPO's and RLOO's reference: none without a KL penalty (beta 0), else the policy with its LoRA adapter
     disabled, or a frozen copy TRL makes. Their default beta differs (GRPO 0, RLOO 0.05 in TRL 1.0 to 1.16), so it
     is read from the installed config."""
-    beta = setting(recipe, config_class, "beta")
+    beta = setting(recipe, config, "beta")
     if not beta:
         return ReferencePlan("none", "none: beta is 0, so no KL penalty and no reference model")
     if recipe.lora is not None:
@@ -213,14 +209,14 @@ def reward_model_paths(recipe: Recipe) -> tuple[str, ...]:
     return tuple(paths)
 
 
-def group_sampling(recipe: Recipe, config_class: type) -> SamplingPlan:
+def group_sampling(recipe: Recipe, config: str) -> SamplingPlan:
     """GRPO and RLOO generate one batch of completions (generation_batch_size, num_generations per prompt) at once."""
-    batch = setting(recipe, config_class, "generation_batch_size")
+    batch = setting(recipe, config, "generation_batch_size")
     if batch is None:
-        steps = setting(recipe, config_class, "steps_per_generation") or \
-            setting(recipe, config_class, "gradient_accumulation_steps")
-        batch = setting(recipe, config_class, "per_device_train_batch_size") * steps
-    completion = setting(recipe, config_class, "max_completion_length") or 256
+        steps = setting(recipe, config, "steps_per_generation") or \
+            setting(recipe, config, "gradient_accumulation_steps")
+        batch = setting(recipe, config, "per_device_train_batch_size") * steps
+    completion = setting(recipe, config, "max_completion_length") or 256
     return SamplingPlan(int(batch), ASSUMED_PROMPT_TOKENS + int(completion), reward_model_paths(recipe))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, check_loss_types, missing_experimental
@@ -14,12 +13,9 @@ MODULE = "trl.experimental.cpo"
 CONFIG = "trl.experimental.cpo:CPOConfig"
 
 
-def config_class() -> type:
-    return import_config(CONFIG)
-
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
-    check_loss_types(recipe, error, config_class())
+    check_loss_types(recipe, error, CONFIG)
     check_beta(recipe, error)
 
 

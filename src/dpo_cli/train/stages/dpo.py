@@ -8,7 +8,6 @@ from typing import Any
 
 from dpo_cli.core.builtins import cache_home, resolve_builtin
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import is_vision_language
 from dpo_cli.train.refcache import ReferencePrecompute, RefLogpCache, cache_key
@@ -18,9 +17,6 @@ from dpo_cli.train.trl_compat import dpo_liger_is_fused_loss, dpo_trainer_with_p
 
 CONFIG = "trl:DPOConfig"
 
-
-def config_class() -> type:
-    return import_config(CONFIG)
 
 
 def precompute_enabled(recipe: Recipe) -> bool:
@@ -71,7 +67,7 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
     for name in [given] if isinstance(given, str) else given or []:
         if name in REPLACED_LOSSES:
             raise error(("trainer", "loss_type"), f"loss type '{name}': {REPLACED_LOSSES[name]}")
-    given = check_loss_types(recipe, error, config_class())
+    given = check_loss_types(recipe, error, CONFIG)
     if not given or set(given) != {"sft"}:  # the SFT loss alone has no beta
         check_beta(recipe, error)
     if recipe.ref_model.precompute is True and recipe.trainer.get("precompute_ref_log_probs") is False:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ASSUMED_PROMPT_TOKENS, ReferencePlan, SamplingPlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import (
@@ -26,9 +25,6 @@ MODULE = "trl.experimental.online_dpo"
 CONFIG = "trl.experimental.online_dpo:OnlineDPOConfig"
 
 
-def config_class() -> type:
-    return import_config(CONFIG)
-
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
     # TRL's own ways to name a judge (OnlineDPOConfig.judge exists in TRL 1.0, gone by 1.16)
@@ -36,7 +32,7 @@ def validate(recipe: Recipe, error: ErrorAt) -> None:
         if key in recipe.trainer:
             raise error(("trainer", key), f"set the judge with reward.model or reward.functions, not trainer.{key}")
     judge_specs(recipe, error)
-    check_loss_types(recipe, error, config_class())
+    check_loss_types(recipe, error, CONFIG)
     check_beta(recipe, error)
 
 
@@ -48,9 +44,8 @@ def reference(recipe: Recipe) -> ReferencePlan:
 
 def sampling(recipe: Recipe) -> SamplingPlan:
     """Two completions per prompt, generated together for the whole batch."""
-    config = config_class()
-    new_tokens = setting(recipe, config, "max_new_tokens")
-    return SamplingPlan(2 * setting(recipe, config, "per_device_train_batch_size"), ASSUMED_PROMPT_TOKENS + new_tokens,
+    new_tokens = setting(recipe, CONFIG, "max_new_tokens")
+    return SamplingPlan(2 * setting(recipe, CONFIG, "per_device_train_batch_size"), ASSUMED_PROMPT_TOKENS + new_tokens,
                         reward_model_paths(recipe))
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import check_beta, missing_experimental
@@ -13,9 +12,6 @@ MODULE = "trl.experimental.orpo"
 
 CONFIG = "trl.experimental.orpo:ORPOConfig"
 
-
-def config_class() -> type:
-    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:

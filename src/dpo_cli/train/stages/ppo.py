@@ -6,7 +6,6 @@ import importlib.util
 from importlib import metadata
 
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.models import load_sequence_classifier
 from dpo_cli.train.stages.base import ReferencePlan, StageInputs, TrainingStage
@@ -28,9 +27,6 @@ def unavailable() -> str | None:
 
 CONFIG = "trl.experimental.ppo:PPOConfig"
 
-
-def config_class() -> type:
-    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dpo_cli.recipe.schema import Recipe
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.recipe.yamlfile import ErrorAt
 from dpo_cli.train.stages.base import StageInputs, TrainingStage
 from dpo_cli.train.stages.checks import (
@@ -18,9 +17,6 @@ from dpo_cli.train.stages.checks import (
 
 CONFIG = "trl:RLOOConfig"
 
-
-def config_class() -> type:
-    return import_config(CONFIG)
 
 
 def validate(recipe: Recipe, error: ErrorAt) -> None:
@@ -40,11 +36,11 @@ STAGE = TrainingStage(
     build_trainer=build_trainer,
     data_kind="prompt",
     data_expects=PROMPT_DATA,
-    reference=lambda recipe: kl_reference(recipe, config_class()),
+    reference=lambda recipe: kl_reference(recipe, CONFIG),
     uses_reward=True,
     validate=validate,
     trainer_fields=trainer_weights,
-    sampling=lambda recipe: group_sampling(recipe, config_class()),
+    sampling=lambda recipe: group_sampling(recipe, CONFIG),
     # TRL's RLOOTrainer takes the prompt rows' images column and the processor (TRL 1.0 and 1.16); a reward model
     # reads the prompts as text (checks.build_scored_trainer)
     no_images=lambda: None,

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from dpo_cli.recipe.trl_fields import import_config
 from dpo_cli.train.stages.base import StageInputs, TrainingStage
 
 CONFIG = "trl:SFTConfig"
 
-
-def config_class() -> type:
-    return import_config(CONFIG)
 
 
 def build_trainer(inputs: StageInputs):
