@@ -50,7 +50,7 @@ lint: install
 # held-out figures, eval and compare).
 TRL_LINE_TESTS := tests/test_stages_smoke.py tests/test_stages_config.py tests/test_recipes_dir.py tests/test_train.py \
 	tests/test_refcache.py tests/test_reliability.py tests/test_heldout.py tests/test_trl_compat.py tests/test_vlm.py \
-	tests/test_vlm_evidence.py
+	tests/test_vlm_evidence.py tests/test_run_plan.py tests/test_trl_fields.py
 test-ppo:
 	$(call venv,.venv-ppo,dev$(,)ppo)
 	.venv-ppo/bin/python -m pytest -q $(TRL_LINE_TESTS)

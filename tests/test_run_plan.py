@@ -124,12 +124,12 @@ def test_a_dry_run_plans_from_the_values_trls_config_will_hold(name, tiny_model,
 
     assert built.trl_checked and not planned.trl_checked
     assert {**planned.to_json(), "trl_checked": True} == built.to_json()
-    # what TRL's __post_init__ derives or normalizes: the device's pin_memory and bf16 (not planned from these),
-    # report_to "none" as [], a deprecated name's twin, GRPO's generation batch (the sampling plan reads it from the
-    # batch size and accumulation it derives from), online DPO's one beta
+    # what TRL's __post_init__ derives or normalizes: the device's pin_memory (not planned from it), report_to
+    # "none" as [], a deprecated name's twin, GRPO's generation batch (the sampling plan derives it from the batch size
+    # and accumulation as TRL does), online DPO's one beta, TRL 1.12's SFT loss (None: chunked_nll)
     derived = {"accelerator_config", "activation_checkpointing", "dataloader_pin_memory", "debug", "disable_tqdm",
                "pad_to_multiple_of", "report_to", "generation_batch_size", "steps_per_generation"}
-    derived |= {"beta"} if stage.name == "online-dpo" else set()
+    derived |= {"online-dpo": {"beta"}, "sft": {"loss_type"}}.get(stage.name, set())
     differ = {key for key, value in vars(planned.config).items()
               if key not in derived and _plain(getattr(built.config, key)) != _plain(value)}
     assert differ == set(), sorted(differ)
