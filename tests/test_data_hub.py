@@ -157,6 +157,15 @@ def test_a_files_digest_is_remembered_while_the_file_is_unchanged(tmp_path):
     assert again.cache_files[0]["filename"] == first.cache_files[0]["filename"]
 
 
+def test_a_file_named_relatively_or_absolutely_is_prepared_once(tmp_path, monkeypatch):
+    data = _pairs_file(tmp_path / "pairs.jsonl", 5)
+    absolute, _ = load_training_data([str(data)], cache_dir=tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(RowPipeline, "rows", lambda *a, **k: pytest.fail("the rows were prepared again"))
+    relative, _ = load_training_data(["pairs.jsonl"], cache_dir=tmp_path / "cache")
+    assert relative.cache_files[0]["filename"] == absolute.cache_files[0]["filename"]
+
+
 @pytest.mark.parametrize("change", ["content", "option", "version"])
 def test_a_changed_source_option_or_version_never_reuses_the_cache(tmp_path, monkeypatch, change):
     data = _pairs_file(tmp_path / "pairs.jsonl", 5)

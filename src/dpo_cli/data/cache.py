@@ -81,6 +81,10 @@ def _content(path: Path, memo: Path | None) -> list:
     return [path.stat().st_size, _file_digest(path, memo)]
 
 
+# the source options that name a local path (a glob in path resolves too: only its directory part changes)
+LOCAL_PATHS = ("path", "rejects", "registry", "media_dir")
+
+
 def key(sources: list, kind: str, memo: Path | None = None) -> str:
     """The cache key of canonical rows of ``kind`` read from ``sources`` (data.rows.Source objects); ``memo`` keeps
     the digests of files as they are now (see _file_digest)."""
@@ -92,8 +96,9 @@ def key(sources: list, kind: str, memo: Path | None = None) -> str:
         if source.hub is not None:
             dataset, revision = hub.open_dataset(source.hub)
             content: Any = [revision, hub.cache_files(dataset)]
-        else:
-            content = [[str(p), _content(p, memo)] for p in source.local_files()]
+        else:  # a file named relatively or absolutely, from any directory, is one source: its rows are prepared once
+            options.update({k: str(Path(options[k]).resolve()) for k in LOCAL_PATHS if k in options})
+            content = [[str(p.resolve()), _content(p, memo)] for p in source.local_files()]
         described.append([options, content])
     text = json.dumps({"dpo-cli": _dpo_cli_version(), "kind": kind, "sources": described}, sort_keys=True,
                       default=str)
