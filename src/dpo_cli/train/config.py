@@ -80,8 +80,8 @@ def build_config(recipe: Recipe, plan: DevicePlan, error: ErrorAt | None = None)
 def planned_config(recipe: Recipe, plan: DevicePlan) -> SimpleNamespace:
     """The stage's TRL config as a dry run plans from it, without importing TRL: its fields' defaults, from the cache
     of TRL's config fields (recipe/trl_fields.py), under the keyword arguments build_config would pass. TRL's own
-    ``__post_init__`` does not run: its cross-field checks, and the few values it derives (bf16 from the device,
-    GRPO's generation batch), wait for the run's build_config."""
+    ``__post_init__`` does not run: its cross-field checks, and the few values it derives (report_to as a list,
+    GRPO's generation batch; no plan reads them), wait for the run's build_config."""
     check_trackers(recipe.trainer.get("report_to"))
     defaults = config_fields(training_stage(recipe.stage).config).defaults
     return SimpleNamespace(**{**defaults, **trainer_kwargs(recipe, plan)})
