@@ -369,6 +369,42 @@ def test_sigterm_to_the_nproc_wrapper_stops_every_worker_with_a_checkpoint(tiny_
 
 
 @pytest.mark.slow
+def test_sigterm_while_the_main_process_prepares_the_data_stops_every_rank_promptly(tiny_model, tmp_path):
+    """The signal lands while rank 0 writes the prepared rows and rank 1 waits for them: both stop, the wrapper says
+    so once and exits 143, the half-written rows are gone, output_dir stays empty, and no rank is left waiting for
+    the launcher's kill (30 s after its SIGTERM)."""
+    import psutil
+
+    data, cache, out = tmp_path / "big.jsonl", tmp_path / "cache", tmp_path / "run"
+    with data.open("w") as f:
+        for i in range(40_000):
+            f.write(json.dumps({"prompt": f"question {i} about plants", "chosen": f"a helpful answer {i} " * 20,
+                                "rejected": f"no {i}"}) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    wrapper = subprocess.Popen([sys.executable, "-m", "dpo_cli", "train", str(REPO / "recipes" / "tiny" / "dpo.yaml"),
+                                f"output_dir={out}", f"data.train={data}", f"data.cache_dir={cache}", "data.eval=null",
+                                "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+
+    def scratch() -> list:  # data/cache.py prepares into a hidden folder and renames it when done
+        return [p for p in cache.glob(".*") if p.name != ".digests"] if cache.is_dir() else []
+
+    while not scratch():
+        assert wrapper.poll() is None and time.time() < deadline, "the rows were never being prepared"
+        time.sleep(0.05)
+    started = psutil.Process(wrapper.pid).children(recursive=True)
+    wrapper.send_signal(signal.SIGTERM)
+    signalled = time.time()
+    _, err = wrapper.communicate(timeout=300)
+
+    assert wrapper.returncode == 143, err[-3000:]
+    assert time.time() - signalled < 25, "a rank waited for the launcher to kill it"
+    assert err.count("stopped by SIGTERM") == 1 and "Traceback" not in err, err[-3000:]
+    assert scratch() == [] and not any(out.iterdir()), list(out.iterdir())  # run.json starts once the data is in
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.mark.slow
 def test_a_node_that_never_joins_ends_the_wait_with_one_message(tiny_model, tmp_path):
     """Node 0 of two started alone: it says what it waits for, and gives up after --join-timeout with one line."""
     import socket
