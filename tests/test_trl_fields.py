@@ -176,3 +176,15 @@ def test_a_fact_of_trl_is_learned_once_per_installed_trl(fresh_cache, monkeypatc
     real = trl_fields.versions()
     monkeypatch.setattr(trl_fields, "versions", lambda: {**real, "trl": real["trl"] + ".post1"})
     assert trl_fields.trl_fact("chunk", learn) == 512 and learned == [1, 1]
+
+
+def test_null_is_refused_where_trls_field_takes_no_none_and_kept_where_it_does():
+    """A dry run no longer meets TRL's own refusal of ``per_device_train_batch_size: null`` (it would plan from
+    None): the check refuses it, and keeps null for a field TRL types as optional."""
+    def error(loc, message):
+        return RecipeError(message, field=".".join(map(str, loc)))
+
+    with pytest.raises(RecipeError, match="valid integer") as refused:
+        validate_trainer("trl:DPOConfig", {"per_device_train_batch_size": None}, error)
+    assert refused.value.field == "trainer.per_device_train_batch_size"
+    assert validate_trainer("trl:DPOConfig", {"loss_weights": None}, error) == {"loss_weights": None}

@@ -72,12 +72,13 @@ def _one_for_a_list(given: Any, checked: Any) -> bool:
 
 @functools.cache
 def trainer_schema(fields: ConfigFields) -> type[BaseModel]:
-    """A pydantic model with one optional field per field of a TRL config, typed as TRL types it."""
+    """A pydantic model with one field per field of a TRL config, typed as TRL types it: a key may be left out, but
+    null only where TRL takes None (``per_device_train_batch_size: null`` is refused here, not by TRL later)."""
     model_fields: dict[str, Any] = {}
     for name, annotation in fields.types.items():
         if typing.get_origin(annotation) is list:
             annotation = Annotated[annotation, BeforeValidator(_as_list)]
-        model_fields[name] = (annotation | None, None)
+        model_fields[name] = (annotation, None)
     return create_model(f"{fields.name}Fields", __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True,
                                                                      allow_inf_nan=False),
                         **model_fields)
