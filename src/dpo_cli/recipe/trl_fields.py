@@ -168,6 +168,7 @@ def _write(part: str, key: str, value: Any) -> None:
     except OSError:
         pass  # a read-only home: every check reads TRL, as without a cache
     _cached.cache_clear()
+    _facts.cache_clear()
 
 
 def cached(path: str) -> ConfigFields | None:
@@ -195,10 +196,16 @@ def config_fields(path: str) -> ConfigFields:
     return decode(encoded)  # as a later check reads it, so the first check says the same
 
 
+@functools.cache
+def _facts(file: Path) -> dict:
+    """The facts part of the cache file, read once per process (and again after this process writes it)."""
+    return _read(file, "facts")
+
+
 def trl_fact(name: str, learn: Callable[[], Any]) -> Any:
     """A fact of the installed TRL that takes importing it to learn (a constant of its trainer's): from the cache,
     else ``learn()``, which imports TRL, and cached. The value must be JSON (a number, a string, None)."""
-    facts = _read(cache_file(), "facts")
+    facts = _facts(cache_file())
     if name in facts:
         return facts[name]
     value = learn()

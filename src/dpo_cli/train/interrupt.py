@@ -58,9 +58,10 @@ class GracefulStop(TrainerCallback):
             # A signal that lands while this rank waits in the collective is handled as it returns, after its flag
             # was sent: it stays pending for the next step's reduction (overwriting it with the reduced value lost
             # it, and every rank trained on to the end), so all ranks still stop at one step.
-            stop = int(flag.item()) != 0
+            reduced = int(flag.item())
+            stop = reduced != 0
             if stop:
-                self.signum = int(flag.item())
+                self.signum = reduced
         if stop and not self.step_loop:
             raise Interrupted(f"stopped by {self.name()} after step {state.global_step}; stage {self.stage} cannot "
                               f"resume from a checkpoint (TRL's trainer for it has no resume): run the stage again "
